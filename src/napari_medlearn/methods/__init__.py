@@ -1,0 +1,9 @@
+"""Methods: numpy arrays in, frozen result dataclasses out.
+
+The only code path that runs a model: widgets, the CLI and batch processing all call these.
+Nothing here imports napari or Qt.
+"""
+
+from .cardiac import CardiacResult, cardiac_measures, segment_heart, segment_heart_steps
+
+__all__ = ["CardiacResult", "cardiac_measures", "segment_heart", "segment_heart_steps"]

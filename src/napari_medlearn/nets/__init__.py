@@ -1,0 +1,30 @@
+"""Architectures as plain ``torch.nn.Module`` s: no I/O, no Qt, no training loops.
+
+:func:`build` makes one from its registry name and keyword arguments, which is how model
+cards and checkpoints name an architecture.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from torch import nn
+
+from .fcn import BaiFCN
+
+#: architecture name (as written in model cards) -> constructor
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "bai_fcn": BaiFCN,
+}
+
+
+def build(arch: str, **kwargs: Any) -> nn.Module:
+    """Construct architecture ``arch`` with ``kwargs``; ``ValueError`` for unknown names."""
+    try:
+        ctor = ARCHITECTURES[arch]
+    except KeyError:
+        raise ValueError(f"architecture {arch!r} not supported; known: {sorted(ARCHITECTURES)}") from None
+    return ctor(**kwargs)
+
+
+__all__ = ["ARCHITECTURES", "BaiFCN", "build"]

@@ -1,0 +1,45 @@
+"""Sample data: phantoms made on the fly and real images from installed packages.
+
+These functions are the npe2 ``sample_data`` contributions; each returns napari LayerData
+tuples carrying the volume's geometry.
+"""
+
+from __future__ import annotations
+
+
+def cardiac_cine_sample(seed: int = 2024):
+    """A short-axis cine phantom ``(t, z, y, x)`` with its exact labels (hidden)."""
+    from .cardiac_phantom import cardiac_cine_phantom
+
+    ph = cardiac_cine_phantom(seed=seed)
+    image, labels = ph.volumes()
+    return [
+        image.to_layer_data(name="cardiac cine (phantom)", layer_type="image",
+                            colormap="gray", contrast_limits=(0.0, float(ph.image.max()))),
+        labels.to_layer_data(name="cardiac cine (phantom) truth", layer_type="labels", visible=False),
+    ]
+
+
+def mni152_t1(resolution: int = 2):
+    """The MNI152 T1 template shipped inside nilearn, as a :class:`Volume` ``(z, y, x)``.
+
+    Source: nilearn.datasets.load_mni152_template (ICBM 2009 nonlinear asymmetric, packaged
+    with nilearn; no download).
+    """
+    from nilearn.datasets import load_mni152_template
+
+    from ..imaging.volume import Volume
+
+    img = load_mni152_template(resolution=resolution)
+    data = img.get_fdata(dtype="float32").transpose(2, 1, 0)
+    perm = [[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]]
+    import numpy as np
+
+    affine = img.affine @ np.asarray(perm, dtype=float)
+    return Volume(np.ascontiguousarray(data), affine, ("z", "y", "x"),
+                  {"source": "nilearn MNI152 template (ICBM 2009)"})
+
+
+def mni152_t1_sample():
+    """npe2 sample: the real MNI152 T1 brain from nilearn."""
+    return [mni152_t1().to_layer_data(name="MNI152 T1 (nilearn)", layer_type="image", colormap="gray")]

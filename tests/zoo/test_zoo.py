@@ -1,0 +1,72 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_medlearn import zoo
+from napari_medlearn.nets import BaiFCN
+
+ARGS = dict(filters=[2, 2], blocks=[1, 1], same_dim=2, fc=2)
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    net = BaiFCN(**ARGS)
+    path = tmp_path / "tiny.pt"
+    sha = zoo.save_checkpoint(net, path, "bai_fcn", ARGS, card={"name": "tiny", "task": "t"})
+    return net, path, sha
+
+
+def test_checkpoint_round_trip(ckpt):
+    net, path, sha = ckpt
+    assert sha == zoo.sha256_of(path)
+    loaded = zoo.load(path, device="cpu")
+    assert loaded.card["name"] == "tiny" and loaded.card["sha256"] == sha
+    for a, b in zip(net.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)
+    assert not loaded.training
+
+
+def test_sidecar_card_hash_is_checked(ckpt):
+    _, path, sha = ckpt
+    path.with_suffix(".json").write_text(json.dumps({"name": "tiny", "sha256": "0" * 64}))
+    with pytest.raises(zoo.ModelError, match="sha256 mismatch"):
+        zoo.load(path)
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"arch": "bai_fcn", "arch_args": {}, "state_dict": {}, "payload": np.random.default_rng(0)}, path)
+    with pytest.raises(zoo.ModelError, match="cannot read"):
+        zoo.load(path)
+
+
+def test_not_a_checkpoint_and_missing_and_unknown(tmp_path):
+    bad = tmp_path / "x.pt"
+    torch.save({"weights": torch.zeros(2)}, bad)
+    with pytest.raises(zoo.ModelError, match="not a napari-medlearn checkpoint"):
+        zoo.load(bad)
+    with pytest.raises(zoo.ModelError, match="not found"):
+        zoo.load(tmp_path / "missing.pt")
+    with pytest.raises(zoo.ModelError, match="unknown model"):
+        zoo.load("no-such-model")
+
+
+def test_device_auto_resolves_to_something_torch_accepts():
+    assert zoo.resolve_device("auto").type in ("cpu", "cuda", "mps")
+    assert zoo.resolve_device("cpu").type == "cpu"
+
+
+def test_every_shipped_model_matches_its_card():
+    names = zoo.available()
+    assert "cardiac-fcn-phantom" in names
+    for name in names:
+        card = zoo.card(name)
+        assert card["sha256"] == zoo.sha256_of(zoo.WEIGHTS_DIR / f"{name}.pt")
+        for key in ("task", "architecture", "labels", "input", "training", "evaluation", "licence"):
+            assert key in card, f"{name} card lacks {key}"
+        assert "medlearn train" in card["training"]["command"]
+        model = zoo.load(name, device="cpu")
+        assert model.zoo_name == name
+    assert zoo.default_model("cardiac-segmentation") in names
