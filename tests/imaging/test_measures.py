@@ -62,5 +62,12 @@ def test_dice_and_hausdorff_known_answers():
     b[1, 7:17, 5:15] = True
     assert M.dice(a, b) == pytest.approx(0.8)
     assert M.dice(a, a) == 1.0
+    # a flat square shifted by 2 rows of 1.5 mm: 10% of surface points 3 mm away
     assert M.hausdorff95(a, b, (5.0, 1.5, 1.0)) == pytest.approx(3.0)
+    c = np.zeros((20, 20, 20), bool)
+    c[5:15, 5:15, 5:15] = True
+    d = np.zeros_like(c)
+    d[5:15, 5:15, 8:18] = True     # shifted 3 voxels along x of 2 mm
+    assert M.hausdorff95(c, d, (1.0, 1.0, 2.0)) == pytest.approx(6.0)
+    assert M.hausdorff95(c, c, (1.0, 1.0, 2.0)) == 0.0
     assert np.isnan(M.hausdorff95(a, np.zeros_like(a), (1, 1, 1)))

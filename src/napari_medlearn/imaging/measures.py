@@ -171,10 +171,12 @@ def hausdorff95(pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, ...])
     sp = tuple(float(v) for v in spacing)[::-1]  # SimpleITK orders spacing x, y, z
 
     def surface_and_distance(mask):
+        # surface voxels, and every voxel's distance (mm) to the nearest surface voxel
         img = sitk.GetImageFromArray(mask)
         img.SetSpacing(sp)
-        contour = sitk.GetArrayViewFromImage(sitk.LabelContour(img, fullyConnected=False)) > 0
-        dist = sitk.SignedMaurerDistanceMap(img, insideIsPositive=False, squaredDistance=False,
+        contour_img = sitk.LabelContour(img, fullyConnected=False)
+        contour = sitk.GetArrayFromImage(contour_img) > 0
+        dist = sitk.SignedMaurerDistanceMap(contour_img, insideIsPositive=False, squaredDistance=False,
                                             useImageSpacing=True)
         return contour, np.abs(sitk.GetArrayFromImage(dist))
 
