@@ -96,6 +96,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     kwargs = {"ship": args.ship, "device": args.device}
     if args.epochs is not None:
         kwargs["epochs"] = args.epochs
+    if args.data is not None:
+        kwargs["data"] = args.data
     card = run_preset(args.preset, args.run_dir, **kwargs)
     print(json.dumps(card.get("evaluation", {}).get("summary", {}), indent=2))
     print(f"model {card['name']} sha256 {card['sha256']}")
@@ -107,7 +109,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     for name in zoo.available():
         c = zoo.card(name)
-        print(f"{name:28s} {c.get('task', ''):24s} {'(default) ' if c.get('default') else ''}{c.get('description', '')}")
+        default = "(default) " if zoo.default_model(c.get("task", "")) == name else ""
+        print(f"{name:28s} {c.get('task', ''):24s} {default}{c.get('description', '')}")
     return 0
 
 
@@ -140,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--run-dir", default=None, help="checkpoints and outputs (default runs/PRESET); resumes if present")
     s.add_argument("--ship", action="store_true", help="also install the result into the package's zoo")
     s.add_argument("--epochs", type=int, default=None)
+    s.add_argument("--data", default=None, help="data folder for presets trained on real data (e.g. ACDC)")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_train)
 

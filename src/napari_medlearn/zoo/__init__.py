@@ -55,14 +55,11 @@ def available(task: str | None = None) -> list[str]:
 
 
 def default_model(task: str) -> str:
-    """The best shipped model for ``task``: the card marked ``"default": true``, else the first."""
+    """The best shipped model for ``task``: the highest ``priority`` in its card."""
     names = available(task)
     if not names:
         raise ModelError(f"no shipped model for task {task!r}")
-    for n in names:
-        if card(n).get("default"):
-            return n
-    return names[0]
+    return max(names, key=lambda n: (card(n).get("priority", 0), n))
 
 
 def card(name_or_path: str | os.PathLike) -> dict[str, Any]:
