@@ -136,18 +136,78 @@ def predict_slices(model, slices: np.ndarray, in_plane: tuple[float, float], bat
     return np.concatenate(chunks, axis=0) if chunks else out
 
 
-def quality_flags(labels4: np.ndarray, measures: dict) -> list[dict]:
-    """Flags for results that should not be trusted as they are."""
-    flags = []
-    if not np.any(labels4 == M.LV):
-        flags.append({"flag": "no_heart", "reason": "no heart found: no LV cavity in any frame"})
+#: plausible adult ranges, wide on purpose (Petersen et al., JCMR 2017 reference ranges +- margin)
+QC_LIMITS = {"LVEDV_mL": (30.0, 450.0), "RVEDV_mL": (30.0, 450.0), "LVEF_pct": (5.0, 85.0),
+             "RVEF_pct": (5.0, 85.0), "LV_RV_ratio": (0.4, 2.5)}
+MIN_HEART_ML = 5.0
+
+
+def _flag(flags: list, flag: str, reason: str) -> None:
+    flags.append({"flag": flag, "reason": reason})
+
+
+def quality_flags(labels4: np.ndarray, measures: dict, spacing) -> list[dict]:
+    """Automatic quality control of a cardiac segmentation.
+
+    ``labels4`` is ``(t, z, y, x)``. Flags: no heart found; basal or apical coverage missing;
+    LV cavity without myocardium around it; implausible volumes, EF or LV:RV ratio; jumps in
+    the LV volume curve; in-plane shifts of the LV between neighbouring slices.
+    """
+    flags: list[dict] = []
+    lv_curve = np.asarray(measures["LV_volume_mL"], float)
+    if lv_curve.max(initial=0) < MIN_HEART_ML or not np.any(labels4 == M.MYO):
+        _flag(flags, "no_heart", "no heart found: no LV cavity with myocardium of a plausible size")
         return flags
-    if labels4.shape[0] == 1:
-        flags.append({"flag": "single_frame",
-                      "reason": "a single frame: ES volumes and ejection fractions need a cine"})
-    lv_curve = np.asarray(measures["LV_volume_mL"])
-    if labels4.shape[0] > 1 and lv_curve.min() <= 0:
-        flags.append({"flag": "lv_lost", "reason": "the LV cavity disappears in some frames"})
+    T = labels4.shape[0]
+    ed = int(measures["ED_frame"])
+    if T == 1:
+        _flag(flags, "single_frame", "a single frame: ES volumes and ejection fractions need a cine")
+    lv_ed = labels4[ed] == M.LV
+    areas = lv_ed.reshape(lv_ed.shape[0], -1).sum(axis=1).astype(float)
+    if lv_ed.shape[0] > 1 and areas.max() > 0:
+        present = np.flatnonzero(areas > 0)
+        first, last = present[0], present[-1]
+        base_end = first if areas[first] >= areas[last] else last
+        apex_end = last if base_end == first else first
+        if base_end in (0, lv_ed.shape[0] - 1) and areas[base_end] > 0.6 * areas.max():
+            _flag(flags, "base_missing", "basal slices may be missing: the LV is still large in the end slice")
+        if apex_end in (0, lv_ed.shape[0] - 1) and areas[apex_end] > 0.5 * areas.max():
+            _flag(flags, "apex_missing", "apical slices may be missing: the LV is still large in the end slice")
+    # myocardium around the LV: the share of LV border pixels touching myocardium (mid slices)
+    from scipy import ndimage as ndi
+
+    myo_ed = labels4[ed] == M.MYO
+    covered = []
+    for k in np.flatnonzero(areas > 0.3 * areas.max()) if areas.max() > 0 else []:
+        border = lv_ed[k] & ~ndi.binary_erosion(lv_ed[k])
+        near_myo = ndi.binary_dilation(myo_ed[k], iterations=2)
+        if border.sum():
+            covered.append((border & near_myo).sum() / border.sum())
+    if covered and float(np.median(covered)) < 0.6:
+        _flag(flags, "lv_without_myocardium",
+              f"LV cavity without myocardium around it (only {100 * np.median(covered):.0f}% of its border)")
+    for key in ("LVEDV_mL", "RVEDV_mL", "LVEF_pct", "RVEF_pct"):
+        v = measures.get(key)
+        lo, hi = QC_LIMITS[key]
+        if v is not None and np.isfinite(v) and not lo <= v <= hi:
+            _flag(flags, f"implausible_{key}", f"{M.display_name(key)} = {v:.1f} outside {lo:g}-{hi:g}")
+    if measures.get("RVEDV_mL", 0) > 0:
+        ratio = measures["LVEDV_mL"] / measures["RVEDV_mL"]
+        lo, hi = QC_LIMITS["LV_RV_ratio"]
+        if not lo <= ratio <= hi:
+            _flag(flags, "implausible_LV_RV_ratio", f"LVEDV:RVEDV = {ratio:.2f} outside {lo:g}-{hi:g}")
+    if T >= 10:   # a cine curve is smooth: each frame close to the mean of its (cyclic) neighbours
+        resid = np.abs(lv_curve - 0.5 * (np.roll(lv_curve, 1) + np.roll(lv_curve, -1)))
+        if resid.max() > 0.15 * lv_curve.max():
+            _flag(flags, "volume_curve_jump",
+                  f"the LV volume jumps by {resid.max():.1f} mL at frame {int(np.argmax(resid))}")
+    centroids = [ndi.center_of_mass(lv_ed[k]) for k in range(lv_ed.shape[0]) if areas[k] > 0.2 * areas.max()]
+    if len(centroids) >= 2:
+        c = np.asarray(centroids) * np.asarray(spacing[1:])
+        shift = float(np.linalg.norm(np.diff(c, axis=0), axis=1).max())
+        if shift > 10.0:
+            _flag(flags, "slice_shift", f"the LV centre moves {shift:.1f} mm between neighbouring slices "
+                                        "(breath-hold mismatch?)")
     return flags
 
 
@@ -158,8 +218,13 @@ def segment_heart_steps(
     device: str = "auto",
     batch_size: int = 8,
     cancelled: Callable[[], bool] | None = None,
+    transpose_tta: bool = True,
 ) -> Generator[tuple[int, int, str], None, CardiacResult]:
-    """Segment a cine, yielding ``(frames_done, frames_total, message)``; returns the result."""
+    """Segment a cine, yielding ``(frames_done, frames_total, message)``; returns the result.
+
+    With ``transpose_tta`` the posteriors are averaged with those of the in-plane transposed
+    slices, so an input with rows and columns swapped gets exactly the transposed answer.
+    """
     from .. import zoo
 
     arr, sp = validate_cine(cine, spacing)
@@ -173,11 +238,15 @@ def segment_heart_steps(
     for t in range(T):
         vol = rescale_percentiles(arr[t])
         p = predict_slices(net, vol, sp[1:], batch_size=batch_size, cancelled=cancelled)  # (Z,K,H,W)
+        if transpose_tta:
+            pt = predict_slices(net, np.ascontiguousarray(vol.transpose(0, 2, 1)), sp[1:][::-1],
+                                batch_size=batch_size, cancelled=cancelled)
+            p = 0.5 * (p + pt.transpose(0, 1, 3, 2))
         probs[:, t] = p.transpose(1, 0, 2, 3)
         labels[t] = clean_labels(np.argmax(p, axis=1).astype(np.uint8), values=(1, 2, 3))
         yield t + 1, T, f"frame {t + 1}/{T}"
     meas = M.cardiac_measures(labels[0] if single else labels, sp)
-    qc = quality_flags(labels, meas)
+    qc = quality_flags(labels, meas, sp)
     if any(f["flag"] == "no_heart" for f in qc):
         for k in M.CARDIAC_MEASURES:
             meas[k] = float("nan")
@@ -207,7 +276,8 @@ def drain(gen: Generator, progress: Progress | None = None):
 
 
 def segment_heart(cine: np.ndarray, spacing, model=None, device: str = "auto",
-                  progress: Progress | None = None, batch_size: int = 8) -> CardiacResult:
+                  progress: Progress | None = None, batch_size: int = 8,
+                  transpose_tta: bool = True) -> CardiacResult:
     """Segment LV cavity, myocardium and RV in a short-axis cine and measure them.
 
     Parameters
@@ -223,7 +293,8 @@ def segment_heart(cine: np.ndarray, spacing, model=None, device: str = "auto",
     progress
         Called with ``(frames_done, frames_total, message)``.
     """
-    return drain(segment_heart_steps(cine, spacing, model, device, batch_size), progress)
+    return drain(segment_heart_steps(cine, spacing, model, device, batch_size,
+                                     transpose_tta=transpose_tta), progress)
 
 
 def cardiac_measures(labels: np.ndarray, spacing) -> dict:

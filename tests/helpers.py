@@ -1,0 +1,23 @@
+"""Small shared builders for tests: tiny models and tiny phantoms."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+TINY_FCN = dict(filters=[4, 4, 4, 4, 4], blocks=[1, 1, 1, 1, 1], same_dim=4, fc=4)
+
+
+def tiny_cardiac_checkpoint(folder: Path, seed: int = 0) -> Path:
+    """An untrained, tiny Bai FCN saved as a zoo checkpoint (for plumbing, not accuracy)."""
+    import torch
+
+    from napari_medlearn import zoo
+    from napari_medlearn.nets import BaiFCN
+
+    torch.manual_seed(seed)
+    net = BaiFCN(**TINY_FCN)
+    path = Path(folder) / "tiny-cardiac.pt"
+    zoo.save_checkpoint(net, path, "bai_fcn", TINY_FCN, card={
+        "name": "tiny-cardiac", "task": "cardiac-segmentation", "n_classes": 4,
+        "input": {"in_plane_spacing_mm": 3.0}})
+    return path
