@@ -223,3 +223,25 @@ def test_io_imports_no_torch_napari_or_qt():
         os.path.join(os.path.dirname(__file__), "..", "..", "src"), os.environ.get("PYTHONPATH")]))}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_sform_with_wrong_voxel_size_is_repaired_from_pixdim(tmp_path):
+    """Files like the public ACDC copies: a unit-scaled sform beside the real pixdim."""
+    import nibabel as nib
+
+    from napari_medlearn.imaging.io import read_nifti
+
+    data = np.arange(4 * 5 * 3, dtype=np.int16).reshape(4, 5, 3)
+    img = nib.Nifti1Image(data, np.diag([-1.0, -1.0, 1.0, 1.0]))
+    img.header.set_zooms((1.7578125, 1.7578125, 10.0))
+    img.header.set_sform(np.diag([-1.0, -1.0, 1.0, 1.0]), code=2)
+    img.header.set_qform(None, code=0)
+    path = tmp_path / "acdc_like.nii.gz"
+    nib.save(img, path)
+    img = nib.load(path)
+    assert np.allclose(np.linalg.norm(img.affine[:3, :3], axis=0), 1.0)   # nibabel trusts the sform
+    with pytest.warns(UserWarning, match="disagrees with pixdim"):
+        vol = read_nifti(path)
+    assert vol.spacing == pytest.approx((10.0, 1.7578125, 1.7578125))
+    assert np.allclose(vol.direction, np.asarray(vol.affine[:3, :3]) / vol.spacing)
+    assert "geometry_repaired" in vol.meta

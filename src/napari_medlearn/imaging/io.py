@@ -123,7 +123,10 @@ def read_nifti(path: str | os.PathLike) -> Volume:
 
     data = np.ascontiguousarray(arr.T)  # (x, y[, z[, t]]) -> ([t,] [z,] y, x)
     axes = {2: ("y", "x"), 3: ("z", "y", "x"), 4: ("t", "z", "y", "x")}[arr.ndim]
-    affine = np.asarray(img.affine, dtype=float)[:, _ZYX_FROM_IJK]
+    affine_ijk, repaired = _nifti_affine(img)
+    affine = affine_ijk[:, _ZYX_FROM_IJK]
+    if repaired:
+        warnings.warn(f"{path.name}: {repaired}", stacklevel=2)
     meta: dict[str, Any] = {
         "source": str(path),
         "nifti_header": header.copy(),
@@ -131,12 +134,45 @@ def read_nifti(path: str | os.PathLike) -> Volume:
         "sform_code": int(header["sform_code"]),
         "qform_code": int(header["qform_code"]),
     }
+    if repaired:
+        meta["geometry_repaired"] = repaired
     if arr.ndim == 4:
         t_unit = header.get_xyzt_units()[1]
         step = float(header["pixdim"][4])
         if t_unit in _MS_PER_TIME_UNIT and step > 0:
             meta["time_step"] = step * _MS_PER_TIME_UNIT[t_unit]
     return Volume(data, affine, axes, meta)
+
+
+def _nifti_affine(img) -> tuple[np.ndarray, str | None]:
+    """nibabel's best affine, repaired when its voxel sizes contradict ``pixdim``.
+
+    Some exporters write an sform whose columns have unit length while ``pixdim`` holds the
+    real voxel size (the public ACDC copies do: 1 mm in the sform, 1.76 x 1.76 x 10 mm in
+    pixdim). Trusting such an sform makes every volume in mL wrong by the voxel volume. When
+    the sform's sizes disagree with pixdim, the qform is used if it agrees; otherwise the
+    sform keeps its directions and origin and takes its voxel sizes from pixdim. Returns the
+    ``(i, j, k)`` affine and a note of the repair (None when nothing was changed).
+    """
+    header = img.header
+    aff = np.asarray(img.affine, dtype=float)
+    zooms = np.ones(3)
+    z = [float(v) for v in header.get_zooms()[:3]]
+    zooms[:len(z)] = z
+    norms = np.linalg.norm(aff[:3, :3], axis=0)
+    if int(header["sform_code"]) <= 0 or np.any(zooms <= 0) or np.allclose(norms, zooms, rtol=1e-3):
+        return aff, None
+    fmt = lambda v: " x ".join(f"{float(x):.4g}" for x in v)  # noqa: E731
+    what = f"sform voxel size {fmt(norms)} mm disagrees with pixdim {fmt(zooms)} mm"
+    if int(header["qform_code"]) > 0:
+        q = np.asarray(header.get_qform(), dtype=float)
+        if np.allclose(np.linalg.norm(q[:3, :3], axis=0), zooms, rtol=1e-3):
+            return q, what + "; used the qform, which agrees with pixdim"
+    if np.any(norms == 0):
+        return np.asarray(header.get_base_affine(), dtype=float), what + "; used pixdim alone"
+    fixed = aff.copy()
+    fixed[:3, :3] = aff[:3, :3] / norms * zooms
+    return fixed, what + "; kept the sform's directions and origin with pixdim's voxel size"
 
 
 def _nifti_output_dtype(data: np.ndarray, meta: dict[str, Any]) -> np.dtype:

@@ -11,6 +11,7 @@ patient has an end-diastolic and an end-systolic frame with expert labels.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,8 +92,10 @@ def load_patient(root: Path, name: str) -> ACDCPatient:
     ed, es = int(info["ED"]), int(info["ES"])
     frames = {}
     for key, f in (("ed", ed), ("es", es)):
-        img = read_nifti(d / f"{name}_frame{f:02d}.nii.gz")
-        lab = read_nifti(d / f"{name}_frame{f:02d}_gt.nii.gz")
+        with warnings.catch_warnings():   # the public copies' sforms say 1 mm; the reader repairs it
+            warnings.simplefilter("ignore", UserWarning)
+            img = read_nifti(d / f"{name}_frame{f:02d}.nii.gz")
+            lab = read_nifti(d / f"{name}_frame{f:02d}_gt.nii.gz")
         if img.data.shape != lab.data.shape:
             raise ValueError(f"{name} frame {f}: image {img.data.shape} and labels {lab.data.shape} differ")
         frames[key] = (img, ACDC_TO_PLUGIN[np.asarray(lab.data).astype(np.int64)])
