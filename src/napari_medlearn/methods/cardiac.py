@@ -211,6 +211,20 @@ def quality_flags(labels4: np.ndarray, measures: dict, spacing) -> list[dict]:
     return flags
 
 
+def measure_with_qc(labels: np.ndarray, spacing) -> tuple[dict, list[dict]]:
+    """Measures and QC flags of a labelled cine or frame (after hand edits too).
+
+    When no heart is found the clinical measures are NaN rather than numbers made from noise.
+    """
+    sp = tuple(float(s) for s in spacing)
+    meas = M.cardiac_measures(labels, sp)
+    qc = quality_flags(labels if np.ndim(labels) == 4 else np.asarray(labels)[None], meas, sp)
+    if any(f["flag"] == "no_heart" for f in qc):
+        for k in M.CARDIAC_MEASURES:
+            meas[k] = float("nan")
+    return meas, qc
+
+
 def segment_heart_steps(
     cine: np.ndarray,
     spacing,
@@ -245,11 +259,7 @@ def segment_heart_steps(
         probs[:, t] = p.transpose(1, 0, 2, 3)
         labels[t] = clean_labels(np.argmax(p, axis=1).astype(np.uint8), values=(1, 2, 3))
         yield t + 1, T, f"frame {t + 1}/{T}"
-    meas = M.cardiac_measures(labels[0] if single else labels, sp)
-    qc = quality_flags(labels, meas, sp)
-    if any(f["flag"] == "no_heart" for f in qc):
-        for k in M.CARDIAC_MEASURES:
-            meas[k] = float("nan")
+    meas, qc = measure_with_qc(labels[0] if single else labels, sp)
     card = getattr(net, "card", {}) or {}
     return CardiacResult(
         labels=labels[0] if single else labels,

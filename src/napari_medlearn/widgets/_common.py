@@ -1,0 +1,326 @@
+"""What every method widget needs: layer, model and device pickers, a runner that drives a
+method's steps generator in a ``thread_worker`` with a progress bar and Cancel, error
+notifications, and a plot canvas in napari's colours.
+
+Long work follows the stardist-napari pattern: ``methods.*_steps`` is a generator that yields
+``(done, total, message)`` and returns the result; :class:`TaskRunner` runs it in a worker
+thread and hands the result back on the GUI thread.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Generator
+
+from magicgui.widgets import ComboBox
+from napari.utils import progress
+from napari.utils.notifications import show_error
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+LOAD_CHECKPOINT = "load checkpoint..."
+#: errors that are the user's to fix (bad input, missing or broken model, unwritable file): shown
+#: as a one-line notification. Anything else is a bug and reaches napari's traceback notification.
+USER_ERRORS = (ValueError, OSError, InterruptedError)
+
+
+def notify_error(error: BaseException | str) -> str:
+    """Show ``error`` as a napari error notification; return the message shown."""
+    if isinstance(error, BaseException):
+        msg = str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
+    else:
+        msg = str(error)
+    show_error(msg)
+    return msg
+
+
+def layer_picker(viewer: "napari.viewer.Viewer", layer_type: type, label: str = "image") -> ComboBox:
+    """A magicgui combo box of the viewer's layers of ``layer_type``, kept in sync with the
+    layer list (insertions, removals, moves and renames)."""
+
+    def choices(_widget=None):
+        return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, layer_type)]
+
+    picker = ComboBox(label=label, choices=choices)
+
+    def sync(event=None):
+        picker.reset_choices()
+
+    def watch(layer):
+        layer.events.name.connect(sync)
+
+    def on_inserted(event):
+        watch(event.value)
+        sync()
+
+    for layer in viewer.layers:
+        watch(layer)
+    viewer.layers.events.inserted.connect(on_inserted)
+    viewer.layers.events.removed.connect(sync)
+    viewer.layers.events.moved.connect(sync)
+    return picker
+
+
+class ModelPicker(QComboBox):
+    """Shipped zoo models for one task, then the user's checkpoints, then "load checkpoint...".
+
+    :meth:`model` is what ``zoo.load`` takes: a zoo name or a checkpoint path (None when there
+    is nothing to choose). The zoo is listed again each time the list opens, so weights that
+    finished training while napari was running appear.
+    """
+
+    def __init__(self, task: str, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.task = task
+        self._checkpoints: list[str] = []
+        self._last = 0
+        self.refresh()
+        self.activated.connect(self._on_activated)
+
+    def refresh(self) -> None:
+        """List the zoo again, keeping the user's checkpoints and the current choice."""
+        from .. import zoo
+
+        current = self.model()
+        self.blockSignals(True)
+        self.clear()
+        names = zoo.available(self.task)
+        for name in names:
+            self.addItem(name, name)
+            self.setItemData(self.count() - 1, zoo.card(name).get("description", name), Qt.ToolTipRole)
+        if not names:
+            self.addItem("(no shipped model)", None)
+        for path in self._checkpoints:
+            self.addItem(Path(path).name, path)
+            self.setItemData(self.count() - 1, path, Qt.ToolTipRole)
+        self.addItem(LOAD_CHECKPOINT, LOAD_CHECKPOINT)
+        if current is None and names:
+            current = zoo.default_model(self.task)
+        index = self.findData(current) if current is not None else 0
+        self.setCurrentIndex(max(index, 0))
+        self._last = self.currentIndex()
+        self.blockSignals(False)
+
+    def showPopup(self) -> None:  # noqa: N802 (Qt name)
+        self.refresh()
+        super().showPopup()
+
+    def model(self) -> str | None:
+        """The chosen zoo name or checkpoint path."""
+        data = self.currentData()
+        return None if data == LOAD_CHECKPOINT else data
+
+    def add_checkpoint(self, path: str | Path) -> None:
+        """Add a checkpoint file to the list and choose it."""
+        path = str(path)
+        if path not in self._checkpoints:
+            self._checkpoints.append(path)
+        self.refresh()
+        self.setCurrentIndex(self.findData(path))
+        self._last = self.currentIndex()
+
+    def _on_activated(self, index: int) -> None:
+        if self.itemData(index) != LOAD_CHECKPOINT:
+            self._last = index
+            return
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Load a checkpoint", "", "PyTorch checkpoint (*.pt *.pth);;All files (*)")
+        if path:
+            self.add_checkpoint(path)
+        else:
+            self.setCurrentIndex(self._last)
+
+
+def device_picker(parent: QWidget | None = None) -> QComboBox:
+    """``auto`` (CUDA, then Apple MPS, then CPU), ``cpu``, ``cuda`` or ``mps``."""
+    combo = QComboBox(parent)
+    combo.addItems(DEVICES)
+    combo.setToolTip("where the model runs; auto picks CUDA, then Apple MPS, then the CPU")
+    return combo
+
+
+class _Failed:
+    """What the worker returns when the method raised a user error."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _guarded(steps: Generator) -> Generator:
+    """Drive ``steps``; user errors come back as a value, so they are shown once, plainly."""
+    try:
+        return (yield from steps)
+    except USER_ERRORS as exc:
+        return _Failed(exc)
+
+
+class TaskRunner(QWidget):
+    """Run and Cancel buttons, a progress bar and a status line for one steps generator.
+
+    The owner connects ``run_button.clicked`` to its own run method, which calls
+    :meth:`start` with a generator built with ``cancelled=runner.cancel_requested``.
+    """
+
+    def __init__(self, run_text: str = "Run", parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.run_button = QPushButton(run_text)
+        self.cancel_button = QPushButton("Cancel")
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+        self.progress_bar.setFormat("")
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.worker = None
+        self._cancel = False
+        self._pbar = None
+        self._on_result: Callable[[Any], None] = lambda value: None
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress_bar)
+        layout.addWidget(self.status)
+        self.cancel_button.clicked.connect(self.cancel)
+        self._set_running(False)
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def cancel_requested(self) -> bool:
+        """True once Cancel was pressed (read by the method between batches)."""
+        worker = self.worker
+        return self._cancel or (worker is not None and worker.abort_requested)
+
+    def start(self, steps: Generator, on_result: Callable[[Any], None], description: str = "") -> Any:
+        """Run ``steps`` in a worker thread; ``on_result(value)`` on the GUI thread when it returns.
+
+        Yields update the progress bar; a user error (``ValueError``, ``OSError``) becomes an
+        error notification; after Cancel the result is dropped. Returns the worker.
+        """
+        from napari.qt.threading import create_worker
+
+        if self.running:
+            raise RuntimeError("a run is already in progress")
+        self._cancel = False
+        worker = create_worker(_guarded, steps)
+        worker.yielded.connect(self._on_yielded)
+        worker.returned.connect(self._on_returned)
+        worker.errored.connect(self._on_errored)
+        worker.aborted.connect(self._on_aborted)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self._on_result = on_result
+        self._pbar = progress(total=0, desc=description or "running")
+        self.progress_bar.setRange(0, 0)  # busy until the first yield says how much there is
+        self.progress_bar.setFormat(description)
+        self.status.setText(description or "running...")
+        self._set_running(True)
+        worker.start()
+        return worker
+
+    def cancel(self) -> None:
+        """Ask the running method to stop; the result, if one still arrives, is dropped."""
+        if self.worker is None:
+            return
+        self._cancel = True
+        self.status.setText("cancelling...")
+        self.worker.quit()
+
+    # ----- worker signals (GUI thread) ----------------------------------------------------
+    def _set_running(self, running: bool) -> None:
+        self.run_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+
+    def _on_yielded(self, step) -> None:
+        done, total, message = step
+        self.progress_bar.setRange(0, max(int(total), 1))
+        self.progress_bar.setValue(int(done))
+        self.progress_bar.setFormat(f"{message}  %p%")
+        pbar = self._pbar  # updating it may process queued signals, "finished" among them
+        if pbar is not None:
+            pbar.total = int(total)
+            pbar.set_description(message)
+            pbar.update(int(done) - pbar.n)
+
+    def _on_returned(self, value: Any) -> None:
+        if isinstance(value, _Failed):
+            if self._cancel and isinstance(value.error, InterruptedError):
+                self.status.setText("cancelled")
+            else:
+                self.status.setText(f"failed: {notify_error(value.error)}")
+            return
+        if self._cancel:
+            self.status.setText("cancelled")
+            return
+        try:
+            self._on_result(value)
+        except USER_ERRORS as exc:
+            self.status.setText(f"failed: {notify_error(exc)}")
+            return
+        self.status.setText("done")
+
+    def _on_errored(self, exc: BaseException) -> None:
+        # napari's worker already shows the traceback notification for unexpected errors
+        self.status.setText(f"failed: {type(exc).__name__}: {exc}")
+
+    def _on_aborted(self) -> None:
+        self.status.setText("cancelled")
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        if self._cancel:
+            # a method that stops itself on `cancelled` returns while the worker is aborting,
+            # and superqt then emits neither `returned` nor `aborted`
+            self.status.setText("cancelled")
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+        if self.status.text() != "done":
+            self.progress_bar.setRange(0, 1)
+            self.progress_bar.setValue(0)
+            self.progress_bar.setFormat("")
+        self._set_running(False)
+
+
+def themed_canvas(viewer: "napari.viewer.Viewer", width: float = 4.0, height: float = 2.6):
+    """A matplotlib ``FigureCanvasQTAgg`` (one axes at ``canvas.axes``) in the viewer's theme."""
+    from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+    from matplotlib.figure import Figure
+
+    try:
+        from napari.utils.theme import get_theme
+
+        theme = get_theme(viewer.theme if viewer.theme != "system" else "dark")
+        bg, fg, grid = theme.background.as_hex(), theme.text.as_hex(), theme.primary.as_hex()
+    except Exception:  # noqa: BLE001  (a theme we cannot read: fall back to napari's dark)
+        bg, fg, grid = "#23242b", "#f0f1f2", "#424a54"
+    fig = Figure(figsize=(width, height), facecolor=bg, layout="constrained")
+    ax = fig.add_subplot()
+    ax.set_facecolor(bg)
+    for spine in ax.spines.values():
+        spine.set_color(grid)
+    ax.tick_params(colors=fg, labelsize=8)
+    ax.xaxis.label.set_color(fg)
+    ax.yaxis.label.set_color(fg)
+    ax.title.set_color(fg)
+    canvas = FigureCanvasQTAgg(fig)
+    canvas.axes = ax
+    canvas.text_color = fg
+    return canvas
