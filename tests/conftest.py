@@ -1,9 +1,13 @@
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+# tests see the shipped zoo plus an empty user zoo, never the models a developer imported
+os.environ["MEDLEARN_ZOO"] = tempfile.mkdtemp(prefix="medlearn-test-zoo-")
 
 
 @pytest.fixture(scope="session")

@@ -88,6 +88,101 @@ def cmd_segment_heart(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_npy_atomic(array, path: Path) -> None:
+    import os
+    import tempfile
+
+    import numpy as np
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy")
+    os.close(fd)
+    try:
+        np.save(tmp, array)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+RECON_OUTPUTS = ("reconstruction.nii.gz", "zero_filled.nii.gz", "mask.nii.gz", "reconstruction.npy", "recon.json")
+
+
+def write_recon_outputs(out: Path, result, volume=None, reference=None, source: str = "") -> dict:
+    """Magnitude NIfTIs (reconstruction, zero-filled, mask) in ``volume``'s geometry (1 mm when
+    None), the complex reconstruction as .npy, and recon.json with model and figures."""
+    import numpy as np
+
+    from .imaging.io import write_nifti
+    from .imaging.volume import Volume, affine_from_spacing
+    from .methods.recon import reconstruction_quality
+    from .zoo import write_json_atomic
+
+    if volume is None:
+        axes = {"yx": ("y", "x"), "zyx": ("z", "y", "x"), "tyx": ("t", "y", "x"),
+                "tzyx": ("t", "z", "y", "x")}[result.axes]
+        volume = Volume(np.zeros(result.image.shape, np.float32),
+                        affine_from_spacing((1.0,) * min(3, sum(a != "t" for a in axes))), axes, {})
+    write_nifti(volume.with_data(result.magnitude), out / "reconstruction.nii.gz", overwrite=True)
+    write_nifti(volume.with_data(np.abs(result.zero_filled).astype(np.float32)), out / "zero_filled.nii.gz",
+                overwrite=True)
+    write_nifti(volume.with_data(result.mask.astype(np.uint8)), out / "mask.nii.gz", overwrite=True)
+    _write_npy_atomic(result.image, out / "reconstruction.npy")
+    report = {"source": source, "model": result.model_name, "model_sha256": result.model_sha256,
+              "axes": result.axes, "acceleration": result.acceleration, "seconds": result.seconds}
+    if reference is not None:
+        report["zero_filled"] = reconstruction_quality(reference, result.zero_filled)
+        report["reconstruction"] = reconstruction_quality(reference, result.image)
+    write_json_atomic(report, out / "recon.json")
+    return report
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .imaging import kspace as K
+    from .methods import reconstruct
+
+    out = _out_dir(args.out, RECON_OUTPUTS, args.overwrite)
+    is_kspace = Path(args.input).suffix.lower() in K.KSPACE_SUFFIXES
+    volume = reference = None
+    if is_kspace:
+        k, mask = K.read_kspace(args.input, args.mask, args.kspace_key, args.mask_key)
+        if mask is None:
+            raise CLIError(f"{args.input}: no mask; give --mask (a .npy or .h5 file that broadcasts to the k-space)")
+        source = str(args.input)
+    else:
+        if args.mask is not None:
+            raise CLIError("--mask is for k-space input (.npy/.h5); an image gets a simulated mask")
+        volume = _read_single_volume(args.input)
+        reference = np.asarray(volume.data, dtype=np.float32)
+        if reference.ndim < 2 or reference.ndim > 4:
+            raise CLIError(f"{args.input}: a {reference.ndim}-D image; need (y, x), (z, y, x), (t, y, x) "
+                           "or (t, z, y, x)")
+        k, mask = K.simulate_acquisition(reference, args.acceleration, args.pattern, args.centre_lines,
+                                         args.seed, per_frame=args.dynamic)
+        source = f"{args.input} (simulated: {args.pattern}, R={args.acceleration:g}, "\
+                 f"{args.centre_lines} centre lines, seed {args.seed})"
+    res = reconstruct(k, mask, model=args.model, device=args.device, dynamic=args.dynamic,
+                      progress=None if args.quiet else _progress_printer("reconstruct"))
+    report = write_recon_outputs(out, res, volume, reference, source)
+    line = f"R={res.acceleration:.2f} model {res.model_name} {res.seconds:.2f} s"
+    if reference is not None:
+        zf, rc = report["zero_filled"], report["reconstruction"]
+        line += (f"  zero-filled PSNR {zf['psnr_db']:.2f} dB SSIM {zf['ssim']:.3f}  "
+                 f"cascade PSNR {rc['psnr_db']:.2f} dB SSIM {rc['ssim']:.3f}")
+    print(line)
+    print(f"wrote {', '.join(str(out / n) for n in RECON_OUTPUTS)}")
+    return 0
+
+
+def cmd_import_weights(args: argparse.Namespace) -> int:
+    from . import zoo
+
+    name = zoo.import_weights(args.kind, args.path, out=args.out)
+    print(f"imported {args.kind} as {name}")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .training.presets import PRESETS, run_preset
 
@@ -137,6 +232,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default=None, help="zoo name or checkpoint path (default: best shipped)")
     common(s)
     s.set_defaults(func=cmd_segment_heart)
+
+    from .imaging.kspace import PATTERNS
+
+    s = sub.add_parser("reconstruct", help="reconstruct MR images from undersampled k-space (deep cascade); "
+                                           "from an image, k-space is simulated first")
+    s.add_argument("input", help="an image (NIfTI, DICOM: k-space is simulated from it) or k-space as .npy / .h5")
+    s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--mask", default=None, help="sampling mask for k-space input (.npy, or .h5 with --mask-key)")
+    s.add_argument("--kspace-key", default="kspace", help="HDF5 dataset holding the k-space (default kspace)")
+    s.add_argument("--mask-key", default="mask", help="HDF5 dataset holding the mask (default mask)")
+    s.add_argument("--acceleration", type=float, default=4.0, help="simulation: acceleration R (default 4)")
+    s.add_argument("--pattern", choices=PATTERNS, default="cartesian", help="simulation: sampling pattern")
+    s.add_argument("--centre-lines", type=int, default=8, help="simulation: fully sampled centre lines (default 8)")
+    s.add_argument("--seed", type=int, default=0, help="simulation: mask seed (default 0)")
+    s.add_argument("--dynamic", action="store_true",
+                   help="the first axis is time (a cine): 2D+t model, and one mask per frame when simulating")
+    s.add_argument("--model", default=None, help="zoo name or checkpoint path (default: best available)")
+    common(s)
+    s.set_defaults(func=cmd_reconstruct)
+
+    s = sub.add_parser("import-weights", help="convert officially published weights into a zoo model")
+    s.add_argument("kind", help="which published weights, e.g. deep-cascade-d5c5")
+    s.add_argument("path", help="the published file (e.g. d5_c5.npz)")
+    s.add_argument("--out", default=None, help="folder for NAME.pt + NAME.json (default: the user zoo)")
+    s.set_defaults(func=cmd_import_weights)
 
     s = sub.add_parser("train", help="train a preset (reproduces a shipped weight)")
     s.add_argument("preset")

@@ -5,5 +5,7 @@ Nothing here imports napari or Qt.
 """
 
 from .cardiac import CardiacResult, cardiac_measures, segment_heart, segment_heart_steps
+from .recon import ReconResult, reconstruct, reconstruct_steps
 
-__all__ = ["CardiacResult", "cardiac_measures", "segment_heart", "segment_heart_steps"]
+__all__ = ["CardiacResult", "ReconResult", "cardiac_measures", "reconstruct", "reconstruct_steps",
+           "segment_heart", "segment_heart_steps"]

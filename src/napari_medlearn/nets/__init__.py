@@ -10,11 +10,13 @@ from typing import Any, Callable
 
 from torch import nn
 
+from .cascade import DeepCascade
 from .fcn import BaiFCN
 
 #: architecture name (as written in model cards) -> constructor
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "bai_fcn": BaiFCN,
+    "deep_cascade": DeepCascade,
 }
 
 
@@ -27,4 +29,4 @@ def build(arch: str, **kwargs: Any) -> nn.Module:
     return ctor(**kwargs)
 
 
-__all__ = ["ARCHITECTURES", "BaiFCN", "build"]
+__all__ = ["ARCHITECTURES", "BaiFCN", "DeepCascade", "build"]

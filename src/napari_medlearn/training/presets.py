@@ -265,6 +265,18 @@ def run_cardiac_acdc(run_dir: str | Path, ship: bool = False, epochs: int = 16,
     return card
 
 
+def _run_recon_2d(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
+    from .recon import run_recon_2d
+
+    return run_recon_2d(run_dir, **kwargs)
+
+
+def _run_recon_2dt(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
+    from .recon import run_recon_2dt
+
+    return run_recon_2dt(run_dir, **kwargs)
+
+
 PRESETS: dict[str, Preset] = {
     "cardiac-acdc": Preset(
         "cardiac-acdc", "cardiac-fcn-acdc",
@@ -275,6 +287,16 @@ PRESETS: dict[str, Preset] = {
         "cardiac-phantom", "cardiac-fcn-phantom",
         "Bai FCN on cardiac cine phantoms (demo weights; ~30-60 min on 2 CPU cores)",
         run_cardiac_phantom,
+    ),
+    "recon-2d": Preset(
+        "recon-2d", "recon-cascade-mni",
+        "Deep cascade D5-C5 2D MR reconstruction on MNI152 T1 slices (~15-20 min on 2 CPU cores)",
+        _run_recon_2d,
+    ),
+    "recon-2dt": Preset(
+        "recon-2dt", "recon-cascade-cine-phantom",
+        "Deep cascade D5-C5 2D+t with data sharing on cardiac cine phantoms (~15-20 min on 2 CPU cores)",
+        _run_recon_2dt,
     ),
 }
 

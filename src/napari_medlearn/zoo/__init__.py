@@ -9,6 +9,11 @@ does not match its card.
 A user's own checkpoint (from ``medlearn train`` or :func:`save_checkpoint`) works wherever a
 name does: pass its path. It carries its card inside; when a ``.json`` card with a ``sha256``
 sits beside it, the hash is checked too.
+
+Official weights published by a paper's authors are not shipped (licences, size): the user
+converts their own copy with :func:`import_weights`, which writes ``NAME.pt`` + ``NAME.json``
+into the user zoo :func:`user_dir` (``$MEDLEARN_ZOO``, else ``~/.cache/napari-medlearn/zoo``);
+names found there work like shipped ones (a shipped name wins a clash).
 """
 
 from __future__ import annotations
@@ -23,6 +28,26 @@ from typing import Any
 HERE = Path(__file__).parent
 WEIGHTS_DIR = HERE / "weights"
 CARDS_DIR = HERE / "cards"
+
+
+def user_dir() -> Path:
+    """The user zoo: ``$MEDLEARN_ZOO`` if set, else ``~/.cache/napari-medlearn/zoo``."""
+    env = os.environ.get("MEDLEARN_ZOO")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "napari-medlearn" / "zoo"
+
+
+def _card_path(name: str) -> Path | None:
+    """Where the card of zoo name ``name`` lives: the package's cards, then the user zoo."""
+    for folder in (CARDS_DIR, user_dir()):
+        p = folder / f"{name}.json"
+        if p.exists():
+            return p
+    return None
+
+
+def _weights_path(name: str) -> Path:
+    return (WEIGHTS_DIR if (CARDS_DIR / f"{name}.json").exists() else user_dir()) / f"{name}.pt"
+
 
 #: (resolved path, sha256, device) -> module; the only global state (see DESIGN.md)
 _CACHE: dict[tuple[str, str, str], Any] = {}
@@ -42,13 +67,17 @@ def sha256_of(path: str | os.PathLike) -> str:
 
 
 def available(task: str | None = None) -> list[str]:
-    """Names of shipped models that have both a card and weights (optionally for one task)."""
+    """Names of models that have both a card and weights (optionally for one task): shipped
+    ones and those in the user zoo (:func:`user_dir`)."""
     names = []
-    for card_path in sorted(CARDS_DIR.glob("*.json")):
+    for card_path in sorted(CARDS_DIR.glob("*.json")) + sorted(user_dir().glob("*.json")):
         name = card_path.stem
-        if not (WEIGHTS_DIR / f"{name}.pt").exists():
+        if name in names or _card_path(name) != card_path or not _weights_path(name).exists():
             continue
-        if task is not None and json.loads(card_path.read_text()).get("task") != task:
+        try:
+            if task is not None and json.loads(card_path.read_text()).get("task") != task:
+                continue
+        except (OSError, ValueError):
             continue
         names.append(name)
     return names
@@ -70,8 +99,8 @@ def card(name_or_path: str | os.PathLike) -> dict[str, Any]:
         if side.exists():
             return json.loads(side.read_text())
         return dict(_read_checkpoint(path).get("card", {}))
-    card_path = CARDS_DIR / f"{name_or_path}.json"
-    if not card_path.exists():
+    card_path = _card_path(str(name_or_path))
+    if card_path is None:
         raise ModelError(
             f"unknown model {str(name_or_path)!r}; shipped models: {', '.join(available()) or 'none'}"
             " (or give the path of a checkpoint)"
@@ -120,7 +149,7 @@ def _locate(name_or_path: str | os.PathLike) -> tuple[Path, str | None, dict[str
         expected = c.get("sha256") if side.exists() else None
         return p, expected, c
     c = card(str(name_or_path))
-    w = WEIGHTS_DIR / f"{name_or_path}.pt"
+    w = _weights_path(str(name_or_path))
     if not w.exists():
         raise ModelError(f"model {name_or_path!r} has a card but its weights file is missing: {w}")
     if "sha256" not in c:
@@ -193,7 +222,139 @@ def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
+# ---------------------------------------------------------------------------------------------
+# Official published weights -> zoo models
+DEEP_CASCADE_PAPER = (
+    "J. Schlemper, J. Caballero, J. V. Hajnal, A. N. Price, D. Rueckert, A Deep Cascade of "
+    "Convolutional Neural Networks for Dynamic MR Image Reconstruction, IEEE TMI 37(2):491-503, "
+    "2018; and IPMI 2017 (arXiv:1703.00555)"
+)
+
+
+def _convert_deep_cascade_d5c5(path: Path) -> tuple[Any, str, dict[str, Any], dict[str, Any]]:
+    """The authors' Lasagne ``d5_c5.npz`` -> a ``deep_cascade`` D5-C5 (width 64, 2D).
+
+    The file holds ``arr_0 .. arr_49`` in Lasagne's parameter order: for each of 5 cascades,
+    ``W, b`` of conv1 (2->64), conv2..conv4 (64->64) and conv_aggr (64->2). Lasagne's
+    ``Conv2DLayer`` defaults to ``flip_filters=True`` (a true convolution), PyTorch computes a
+    cross-correlation: each kernel is flipped in both spatial axes.
+    """
+    import numpy as np
+    import torch
+
+    from .. import nets
+
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except Exception as e:  # not a zip, truncated, pickled objects
+        raise ModelError(f"cannot read {path} as a NumPy .npz: {type(e).__name__}: {e}") from None
+    arch_args = {"dims": 2, "n_cascades": 5, "n_layers": 5, "width": 64}
+    model = nets.build("deep_cascade", **arch_args)
+    expected = []
+    for _ in range(5):
+        expected += [(64, 2, 3, 3), (64,), (64, 64, 3, 3), (64,), (64, 64, 3, 3), (64,),
+                     (64, 64, 3, 3), (64,), (2, 64, 3, 3), (2,)]
+    names = [f"arr_{i}" for i in range(len(expected))]
+    if sorted(arrays) != sorted(names):
+        raise ModelError(f"{path.name} is not the D5-C5 file: expected arrays arr_0..arr_49, "
+                         f"found {len(arrays)} ({', '.join(sorted(arrays)[:4])}...)")
+    for name, shape in zip(names, expected):
+        if arrays[name].shape != shape:
+            raise ModelError(f"{path.name}: {name} has shape {arrays[name].shape}, D5-C5 needs {shape}")
+    state = {}
+    i = 0
+    for c in range(5):
+        convs = [n for n, m in model.blocks[c].layers.named_children() if isinstance(m, torch.nn.Conv2d)]
+        for n in convs:
+            w = arrays[f"arr_{i}"][..., ::-1, ::-1]   # flip_filters=True
+            state[f"blocks.{c}.layers.{n}.weight"] = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
+            state[f"blocks.{c}.layers.{n}.bias"] = torch.from_numpy(arrays[f"arr_{i + 1}"].astype(np.float32))
+            i += 2
+    model.load_state_dict(state)
+    licence_file = path.parent / "LICENSE"
+    card = {
+        "name": "deep-cascade-d5c5",
+        "task": "mri-reconstruction-2d",
+        # above the shipped demo (10): the paper's own width-64 network generalises across anatomy
+        # (brain, shoulder, abdomen in benchmarks/recon.py), the demo is tuned to one brain template
+        "priority": 20,
+        "description": "Official D5-C5 deep cascade weights of Schlemper et al. (Lasagne, converted); "
+                       "2D single-coil Cartesian reconstruction. The default 2D model once imported.",
+        "architecture": "deep_cascade", "arch_args": arch_args, "paper": DEEP_CASCADE_PAPER,
+        "labels": {}, "output": "complex image, the input's shape (no label classes)",
+        "input": {
+            "axes": "2D complex images (y, x); Cartesian lines along y (axis -2), readout along x",
+            "channels": ["real", "imaginary"],
+            "intensity": "k-space divided by the largest magnitude of its zero-filled image "
+                         "(imaging.kspace.intensity_scale); the output is scaled back",
+            "fft": "orthonormal, centred (norm='ortho')",
+        },
+        "training": {
+            "data": "trained by the authors (js3611/Deep-MRI-Reconstruction, models/pretrained/d5_c5.npz); "
+                    "see their repository and paper",
+            "command": "converted with napari_medlearn.zoo.import_weights('deep-cascade-d5c5', PATH)",
+        },
+        "conversion": {
+            "source": str(path.name), "source_sha256": sha256_of(path),
+            "notes": "Lasagne Conv2DLayer flip_filters=True: kernels flipped in both spatial axes for "
+                     "PyTorch's cross-correlation; ReLU after conv1-conv4, linear conv_aggr, residual, "
+                     "noiseless data consistency, as in the authors' cascade_resnet + DCLayer",
+        },
+        "licence": {
+            "weights": "Apache-2.0",
+            "copyright": "Copyright 2017 Jo Schlemper",
+            "notice": "Licensed under the Apache License, Version 2.0 "
+                      "(http://www.apache.org/licenses/LICENSE-2.0); distributed on an \"AS IS\" BASIS, "
+                      "WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND. Converted by the user from their own "
+                      "copy; not redistributed with napari-medlearn.",
+            **({"licence_file_text": licence_file.read_text(errors="replace").strip()}
+               if licence_file.is_file() else {}),
+        },
+        "intended_use": "research use only, not for diagnosis",
+    }
+    return model, "deep_cascade", arch_args, card
+
+
+#: kind -> converter ``(path) -> (model, arch, arch_args, card)``
+IMPORTERS = {"deep-cascade-d5c5": _convert_deep_cascade_d5c5}
+
+
+def import_weights(kind: str, path: str | os.PathLike, out: str | os.PathLike | None = None) -> str:
+    """Convert officially published weights into a zoo model; return its name (or path).
+
+    Parameters
+    ----------
+    kind
+        Which published file this is: ``"deep-cascade-d5c5"`` (Schlemper et al.'s Lasagne
+        ``d5_c5.npz``, Apache-2.0).
+    path
+        The user's copy of that file.
+    out
+        Folder for ``NAME.pt`` + ``NAME.json`` (card with sha256 and licence). Default: the user
+        zoo (:func:`user_dir`), and the return value is the zoo name, usable wherever a shipped
+        name is. With another folder the return value is the ``.pt`` path.
+    """
+    if kind not in IMPORTERS:
+        raise ValueError(f"weights kind {kind!r} not supported; known: {', '.join(sorted(IMPORTERS))}")
+    src = Path(path).expanduser()
+    if not src.is_file():
+        raise FileNotFoundError(f"{src}: no such file")
+    model, arch, arch_args, c = IMPORTERS[kind](src)
+    folder = Path(out).expanduser() if out is not None else user_dir()
+    name = c["name"]
+    weights = folder / f"{name}.pt"
+    c["sha256"] = save_checkpoint(model, weights, arch, arch_args, card=c)
+    write_json_atomic(c, weights.with_suffix(".json"))
+    for key in [k for k in _CACHE if k[0] == str(weights.resolve())]:
+        del _CACHE[key]
+    in_zoo = folder.resolve() == user_dir().resolve() and _card_path(name) == weights.with_suffix(".json")
+    return name if in_zoo else str(weights)
+
+
 __all__ = [
-    "ModelError", "available", "card", "default_model", "load",
-    "resolve_device", "save_checkpoint", "sha256_of", "write_json_atomic",
+    "IMPORTERS", "ModelError", "available", "card", "default_model", "import_weights", "load",
+    "resolve_device", "save_checkpoint", "sha256_of", "user_dir", "write_json_atomic",
 ]
