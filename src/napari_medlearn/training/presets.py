@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 
 from .. import zoo
 
@@ -81,6 +80,35 @@ REPRODUCIBILITY = ("same seed and hardware class give the same batches; CPU thre
                    "rather than the same sha256")
 
 
+def training_record(cfg, hist: dict, t0: float) -> dict[str, Any]:
+    """The card fields every preset reports about its run."""
+    return {
+        "config": asdict(cfg), "loss_per_epoch": hist["loss"],
+        "wall_seconds": round(time.time() - t0, 1),
+        "train_loop_seconds": round(hist["wall_seconds"], 1), "hardware": _hardware(),
+        "reproducibility": REPRODUCIBILITY,
+    }
+
+
+def _train_cardiac_fcn(pool, target: float, width: float, epochs: int, iters_per_epoch: int,
+                       seed: int, device: str, run_dir: Path, progress: bool):
+    """Bai FCN trained on a slice pool with Dice + cross-entropy (both cardiac presets)."""
+    from monai.losses import DiceCELoss
+
+    from ..nets import BaiFCN
+    from .trainer import TrainConfig, train
+
+    arch_args = fcn_args(width)
+    model = BaiFCN(**arch_args)
+    cfg = TrainConfig(epochs=epochs, iters_per_epoch=iters_per_epoch, lr=1e-3,
+                      lr_milestones=(int(epochs * 0.6), int(epochs * 0.85)), seed=seed, device=device)
+    loss = DiceCELoss(to_onehot_y=True, softmax=True)
+    hist = train(model, "bai_fcn", arch_args, lambda rng, dev: pool.batch(rng, dev, 8), loss, cfg,
+                 run_dir, progress=progress)
+    model.card = {"input": {"in_plane_spacing_mm": target}, "n_classes": 4}
+    return model, arch_args, cfg, hist
+
+
 # ---------------------------------------------------------------------------------------------
 def run_cardiac_phantom(run_dir: str | Path, ship: bool = False, epochs: int = 6,
                         iters_per_epoch: int = 250, n_train: int = 40, n_eval: int = 10,
@@ -90,12 +118,8 @@ def run_cardiac_phantom(run_dir: str | Path, ship: bool = False, epochs: int = 6
 
     ``width`` scales the paper's filter counts (1.0 = 16..256); tests use a tiny fraction.
     """
-    from monai.losses import DiceCELoss
-
-    from ..nets import BaiFCN
     from ..samples.cardiac_phantom import cardiac_cine_phantom
     from .cardiac import SlicePool, evaluate_cases
-    from .trainer import TrainConfig, train
 
     run_dir = Path(run_dir)
     target = 1.5
@@ -107,14 +131,8 @@ def run_cardiac_phantom(run_dir: str | Path, ship: bool = False, epochs: int = 6
             pool.add_volume(ph.image[t], ph.labels[t], ph.spacing, target)
         if progress:
             print(f"phantom {s + 1}/{n_train}: {len(pool)} slices", flush=True)
-    arch_args = fcn_args(width)
-    model = BaiFCN(**arch_args)
-    cfg = TrainConfig(epochs=epochs, iters_per_epoch=iters_per_epoch, lr=1e-3,
-                      lr_milestones=(int(epochs * 0.6), int(epochs * 0.85)), seed=seed, device=device)
-    loss = DiceCELoss(to_onehot_y=True, softmax=True)
-    hist = train(model, "bai_fcn", arch_args, lambda rng, dev: pool.batch(rng, dev, 8), loss, cfg,
-                 run_dir, progress=progress)
-    model.card = {"input": {"in_plane_spacing_mm": target}, "n_classes": 4}
+    model, arch_args, cfg, hist = _train_cardiac_fcn(pool, target, width, epochs, iters_per_epoch,
+                                                     seed, device, run_dir, progress)
     eval_seeds = list(range(10000, 10000 + n_eval))
     cases = []
     for s in eval_seeds:
@@ -138,10 +156,7 @@ def run_cardiac_phantom(run_dir: str | Path, ship: bool = False, epochs: int = 6
             "command": "medlearn train cardiac-phantom --ship",
             "loss": "MONAI DiceCELoss (softmax cross-entropy + Dice)",
             "augmentation": "rotation +-180 deg, scale 0.8-1.25, translation, flip, gamma 0.7-1.5, crops 128x128",
-            "config": asdict(cfg), "loss_per_epoch": hist["loss"],
-            "wall_seconds": round(time.time() - t0, 1),
-            "train_loop_seconds": round(hist["wall_seconds"], 1), "hardware": _hardware(),
-            "reproducibility": REPRODUCIBILITY,
+            **training_record(cfg, hist, t0),
         },
         "evaluation": {
             "data": f"{n_eval} phantoms of seeds {eval_seeds[0]}..{eval_seeds[-1]}, never used in training; "
@@ -166,12 +181,8 @@ def run_cardiac_acdc(run_dir: str | Path, ship: bool = False, epochs: int = 16,
     of the clinical measures on them. A few phantoms (every 8th frame of ``n_phantoms``, seeds
     20000+, about a fifth of the slices) keep the default model working on the sample data.
     """
-    from monai.losses import DiceCELoss
-
-    from ..nets import BaiFCN
     from .acdc import ACDC_CITATION, find_acdc_root, list_patients, load_patient, stratified_split
     from .cardiac import SlicePool, bland_altman_figure, evaluate_cases
-    from .trainer import TrainConfig, train
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -200,14 +211,8 @@ def run_cardiac_acdc(run_dir: str | Path, ship: bool = False, epochs: int = 16,
             pool.add_volume(ph.image[t], ph.labels[t], ph.spacing, target)
     if progress:
         print(f"{n_real} ACDC slices + {len(pool) - n_real} phantom slices", flush=True)
-    arch_args = fcn_args(width)
-    model = BaiFCN(**arch_args)
-    cfg = TrainConfig(epochs=epochs, iters_per_epoch=iters_per_epoch, lr=1e-3,
-                      lr_milestones=(int(epochs * 0.6), int(epochs * 0.85)), seed=seed, device=device)
-    loss = DiceCELoss(to_onehot_y=True, softmax=True)
-    hist = train(model, "bai_fcn", arch_args, lambda rng, dev: pool.batch(rng, dev, 8), loss, cfg,
-                 run_dir, progress=progress)
-    model.card = {"input": {"in_plane_spacing_mm": target}, "n_classes": 4}
+    model, arch_args, cfg, hist = _train_cardiac_fcn(pool, target, width, epochs, iters_per_epoch,
+                                                     seed, device, run_dir, progress)
     if progress:
         print(f"evaluating on {len(val_names)} held-out patients", flush=True)
     cases = []
@@ -239,10 +244,7 @@ def run_cardiac_acdc(run_dir: str | Path, ship: bool = False, epochs: int = 16,
             "loss": "MONAI DiceCELoss (softmax cross-entropy + Dice)",
             "augmentation": {"rotation_deg": 180, "flip": True, "translation": 0.1, **augment,
                              "crop": 128, "heart_centred_fraction": 0.8},
-            "config": asdict(cfg), "loss_per_epoch": hist["loss"],
-            "wall_seconds": round(time.time() - t0, 1),
-            "train_loop_seconds": round(hist["wall_seconds"], 1), "hardware": _hardware(),
-            "reproducibility": REPRODUCIBILITY,
+            **training_record(cfg, hist, t0),
         },
         "evaluation": {
             "data": f"{len(val_names)} ACDC patients held out by the split above ({n_val_per_group} per group), "

@@ -24,7 +24,6 @@ both sampling patterns. Inputs and targets are divided by the zero-filled image'
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -283,7 +282,7 @@ def run_recon_2d(run_dir: str | Path, ship: bool = False, epochs: int = 18, iter
     width is 64. Tests shrink ``width``, ``size`` and the epochs.
     """
     from ..nets import DeepCascade
-    from .presets import _finish, _hardware, REPRODUCIBILITY
+    from .presets import _finish, training_record
     from .trainer import TrainConfig, train
 
     if data is not None:
@@ -333,10 +332,7 @@ def run_recon_2d(run_dir: str | Path, ship: bool = False, epochs: int = 18, iter
                             "random phase (amplitude 0-pi) on half the examples; a fresh mask per example "
                             "(R 3.5-9, Cartesian random 80 % / equispaced 20 %, 6-12 centre lines)",
             "batch_size": batch_size,
-            "config": asdict(cfg), "loss_per_epoch": hist["loss"],
-            "wall_seconds": round(time.time() - t0, 1),
-            "train_loop_seconds": round(hist["wall_seconds"], 1), "hardware": _hardware(),
-            "reproducibility": REPRODUCIBILITY,
+            **training_record(cfg, hist, t0),
         },
         "evaluation": {
             "data": f"MNI152 T1 axial slices z={', '.join(c[0].split('=')[1] for c in cases)} from the held-out "
@@ -371,7 +367,7 @@ def run_recon_2dt(run_dir: str | Path, ship: bool = False, epochs: int = 9, iter
     CPU cores.
     """
     from ..nets import DeepCascade
-    from .presets import _finish, _hardware, REPRODUCIBILITY
+    from .presets import _finish, training_record
     from .trainer import TrainConfig, train
 
     if data is not None:
@@ -422,10 +418,7 @@ def run_recon_2dt(run_dir: str | Path, ship: bool = False, epochs: int = 9, iter
             "augmentation": "flips, time reversal, cyclic time shift, intensity scale and gamma; smooth random "
                             "phase on half the examples; an independent mask per frame per example "
                             "(R 3.5-9, Cartesian random 80 % / equispaced 20 %, 6-12 centre lines)",
-            "config": asdict(cfg), "loss_per_epoch": hist["loss"],
-            "wall_seconds": round(time.time() - t0, 1),
-            "train_loop_seconds": round(hist["wall_seconds"], 1), "hardware": _hardware(),
-            "reproducibility": REPRODUCIBILITY,
+            **training_record(cfg, hist, t0),
         },
         "evaluation": {
             "data": f"mid short-axis slice of {n_eval} phantoms of seeds {eval_seeds[0]}..{eval_seeds[-1]} "

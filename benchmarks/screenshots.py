@@ -1,0 +1,182 @@
+"""Screenshots of the cardiac workflow in a real napari window (run under ``xvfb-run -a``).
+
+Not a test: it drives the GUI as a person would and writes PNGs to look at, printing what it
+measured along the way.
+
+- ``sample``: File > Open Sample > cardiac cine, the Cardiac segmentation widget, Run, a
+  brush stroke on the labels (LVEDV before/after), Save labels, reopen them through the
+  plugin's reader and compare array and geometry.
+- ``acdc``: an ACDC validation patient (ED + ES as a two-frame cine) opened through the reader.
+- ``dicom``: the same patient exported as a DICOM folder, dropped on the window, segmented,
+  corrected by hand.
+
+Usage: ``xvfb-run -a python benchmarks/screenshots.py OUT_DIR [sample|acdc|dicom ...]``
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def wait(pred, timeout=1800):
+    from qtpy.QtWidgets import QApplication
+
+    t0 = time.time()
+    while not pred():
+        QApplication.processEvents()
+        time.sleep(0.02)
+        if time.time() - t0 > timeout:
+            raise TimeoutError("timed out")
+
+
+def settle(seconds=0.5):
+    from qtpy.QtWidgets import QApplication
+
+    t0 = time.time()
+    while time.time() - t0 < seconds:
+        QApplication.processEvents()
+        time.sleep(0.02)
+
+
+def open_widget(viewer):
+    _, widget = viewer.window.add_plugin_dock_widget("napari-medlearn", "Cardiac segmentation")
+    return widget
+
+
+def run_widget(w, layer):
+    w.image_picker.value = layer
+    t0 = time.time()
+    w.run()
+    wait(lambda: not w.running)
+    print(f"  run {time.time() - t0:.1f} s, model {w.model_picker.model()}: {w.runner.status.text()}")
+    return w.labels_layer
+
+
+def paint_stroke(viewer, labels, frame: int, label: int = 1):
+    """A brush stroke at the LV's edge on the mid slice of ``frame``, as the mouse would."""
+    z = labels.data.shape[1] // 2
+    viewer.dims.set_point(0, frame * viewer.layers[0].scale[0]) if labels.ndim == 4 else None
+    lv = np.argwhere(labels.data[frame, z] == 1)
+    centre = lv.mean(axis=0) if len(lv) else np.array(labels.data.shape[-2:]) / 2
+    labels.brush_size = 6
+    labels.selected_label = label
+    for dx in range(0, 8):
+        coord = (frame, z, centre[0], centre[1] + lv[:, 1].ptp() / 2 + dx if len(lv) else centre[1] + dx)
+        labels.paint(coord, label)
+    settle(0.5)
+
+
+def shoot(viewer, path):
+    settle(1.0)
+    viewer.screenshot(str(path), canvas_only=False)
+    print(f"  wrote {path}")
+
+
+def scenario_sample(viewer, out: Path):
+    from napari_medlearn.imaging.io import read_nifti
+
+    print("sample: File > Open Sample > cardiac cine")
+    viewer.open_sample("napari-medlearn", "cardiac_cine")
+    image = viewer.layers["cardiac cine (phantom)"]
+    w = open_widget(viewer)
+    labels = run_widget(w, image)
+    ed = int(w.measures["ED_frame"])
+    before = w.measure_text("LVEDV (mL)")
+    viewer.dims.set_point(1, (labels.data.shape[1] // 2) * image.scale[1])
+    paint_stroke(viewer, labels, ed)
+    print(f"  LVEDV (mL) before the stroke {before}, after {w.measure_text('LVEDV (mL)')}")
+    shoot(viewer, out / "cardiac_sample.png")
+    saved = w.save_labels(out / "sample_labels.nii.gz")
+    reopened = viewer.open(str(saved), plugin="napari-medlearn")[0]
+    same_data = np.array_equal(np.asarray(reopened.data), np.asarray(labels.data))
+    same_affine = np.allclose(reopened.metadata["affine"], image.metadata["affine"], atol=1e-5)
+    print(f"  saved {saved}; reopened: same labels {same_data}, same affine {same_affine}, "
+          f"scale {tuple(np.round(reopened.scale, 3))} vs image {tuple(np.round(image.scale, 3))}")
+    print(f"  file affine equals the source's: {np.allclose(read_nifti(saved).affine, image.metadata['affine'], atol=1e-5)}")
+
+
+def _acdc_cine(tmp: Path):
+    """The first validation patient of the ACDC model's split, as a two-frame NIfTI cine."""
+    import json
+
+    from napari_medlearn import zoo
+    from napari_medlearn.imaging import Volume
+    from napari_medlearn.imaging.io import write_nifti
+    from napari_medlearn.training.acdc import find_acdc_root, load_patient
+
+    card = json.loads((zoo.CARDS_DIR / "cardiac-fcn-acdc.json").read_text())
+    name = card["training"]["split"]["validation"][0]
+    p = load_patient(find_acdc_root(), name)
+    image, truth = p.cine()
+    vol = Volume(image, p.affine, ("t", "z", "y", "x"), {"time_step": 400.0})
+    path = tmp / f"{name}_ED_ES.nii.gz"
+    write_nifti(vol, path, overwrite=True)
+    return name, p.group, vol, truth, path
+
+
+def scenario_acdc(viewer, out: Path):
+    from napari_medlearn.imaging import measures as M
+
+    tmp = Path(tempfile.mkdtemp())
+    name, group, vol, truth, path = _acdc_cine(tmp)
+    print(f"acdc: {name} ({group}) opened through the reader from {path}")
+    layer = viewer.open(str(path), plugin="napari-medlearn")[0]
+    w = open_widget(viewer)
+    labels = run_widget(w, layer)
+    d = M.dice_per_label(np.asarray(labels.data), truth)
+    print(f"  Dice LV {d[1]:.3f} Myo {d[2]:.3f} RV {d[3]:.3f}; QC {w.qc}")
+    viewer.dims.set_point(1, (labels.data.shape[1] // 2) * layer.scale[1])
+    shoot(viewer, out / "cardiac_acdc.png")
+
+
+def scenario_dicom(viewer, out: Path):
+    from napari.settings import get_settings
+
+    from napari_medlearn.imaging.dicom_write import write_dicom_series
+
+    tmp = Path(tempfile.mkdtemp())
+    name, group, vol, truth, _ = _acdc_cine(tmp)
+    folder = tmp / f"{name}_dicom"
+    write_dicom_series(vol, folder, series_description=f"{name} cine SA")
+    # napari asks which reader to use for a folder (its builtin one also takes folders); a
+    # user picks MedLearn and ticks "remember": the same preference, set here
+    get_settings().plugins.extension2reader = {**get_settings().plugins.extension2reader,
+                                               "*/": "napari-medlearn"}
+    print(f"dicom: dropping {folder} ({len(list(folder.iterdir()))} files) on the window")
+    viewer.window._qt_viewer._qt_open([str(folder)], stack=False)
+    layer = viewer.layers[-1]
+    print(f"  layer {layer.name!r} {layer.data.shape} scale {tuple(np.round(layer.scale, 3))}")
+    w = open_widget(viewer)
+    labels = run_widget(w, layer)
+    ed = int(w.measures["ED_frame"])
+    before = w.measure_text("LVEDV (mL)")
+    viewer.dims.set_point(1, (labels.data.shape[1] // 2) * layer.scale[1])
+    paint_stroke(viewer, labels, ed)
+    print(f"  LVEDV (mL) before the correction {before}, after {w.measure_text('LVEDV (mL)')}")
+    shoot(viewer, out / "cardiac_dicom.png")
+
+
+SCENARIOS = {"sample": scenario_sample, "acdc": scenario_acdc, "dicom": scenario_dicom}
+
+
+def main() -> None:
+    import napari
+
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "screenshots")
+    out.mkdir(parents=True, exist_ok=True)
+    for key in sys.argv[2:] or list(SCENARIOS):
+        viewer = napari.Viewer()
+        viewer.window._qt_window.resize(1500, 950)
+        try:
+            SCENARIOS[key](viewer, out)
+        finally:
+            viewer.close()
+
+
+if __name__ == "__main__":
+    main()
