@@ -63,11 +63,11 @@ def paint_stroke(viewer, labels, frame: int, label: int = 1):
     viewer.dims.set_point(0, frame * viewer.layers[0].scale[0]) if labels.ndim == 4 else None
     lv = np.argwhere(labels.data[frame, z] == 1)
     centre = lv.mean(axis=0) if len(lv) else np.array(labels.data.shape[-2:]) / 2
+    edge = centre[1] + (np.ptp(lv[:, 1]) / 2 if len(lv) else 0)
     labels.brush_size = 6
     labels.selected_label = label
     for dx in range(0, 8):
-        coord = (frame, z, centre[0], centre[1] + lv[:, 1].ptp() / 2 + dx if len(lv) else centre[1] + dx)
-        labels.paint(coord, label)
+        labels.paint((frame, z, centre[0], edge + dx), label)
     settle(0.5)
 
 

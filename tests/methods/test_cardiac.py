@@ -114,3 +114,13 @@ def test_cardiac_measures_passthrough():
     lab[1, :, 3:5, 2:6] = 1
     m = methods.cardiac_measures(lab, (10, 1, 1))
     assert m["LVEF_pct"] == pytest.approx(50.0)
+
+
+def test_a_brain_is_no_heart_and_gets_no_ejection_fraction():
+    """A real scan without a heart (nilearn's MNI152 T1) must not produce made-up measures."""
+    from napari_medlearn.samples import mni152_t1
+
+    brain = mni152_t1(resolution=2)
+    res = methods.segment_heart(brain.data, brain.spacing, device="cpu")
+    assert [f["flag"] for f in res.qc] == ["no_heart"]
+    assert all(np.isnan(res.measures[k]) for k in M.CARDIAC_MEASURES)
