@@ -116,11 +116,11 @@ def demo_recon(out: Path, device: str = "auto") -> list[str]:
     from .samples.cardiac_phantom import cardiac_cine_phantom
     from .training.recon import pad_to
 
-    out.mkdir(parents=True, exist_ok=True)
     lines = ["## MRI reconstruction (deep cascade of CNNs)"]
     if not zoo.available(TASK_2D):
         return lines + ["Skipped: no reconstruction model. Train one (`medlearn train recon-2d --ship`) or "
                         "convert the official weights (`medlearn import-weights deep-cascade-d5c5 d5_c5.npz`).", ""]
+    out.mkdir(parents=True, exist_ok=True)
     vol = mni152_t1(resolution=1)
     z = 100   # inside the recon-2d preset's held-out block
     ref = pad_to(vol.data[z] / float(vol.data[z].max()), 256)
