@@ -89,19 +89,12 @@ def cmd_segment_heart(args: argparse.Namespace) -> int:
 
 
 def _write_npy_atomic(array, path: Path) -> None:
-    import os
-    import tempfile
-
     import numpy as np
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy")
-    os.close(fd)
-    try:
+    from .imaging.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
         np.save(tmp, array)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 RECON_OUTPUTS = ("reconstruction.nii.gz", "zero_filled.nii.gz", "mask.nii.gz", "reconstruction.npy", "recon.json")

@@ -15,7 +15,6 @@ from napari_medlearn.imaging.volume import Volume, affine_from_spacing
 from napari_medlearn.methods.report import CARDIAC_COLUMNS
 from napari_medlearn.nets import BaiFCN
 from napari_medlearn.samples.cardiac_phantom import cardiac_cine_phantom
-from napari_medlearn.widgets import _common
 from napari_medlearn.widgets._common import TaskRunner
 from napari_medlearn.widgets.cardiac import CardiacWidget
 
@@ -44,13 +43,6 @@ def cine():
     kwargs = Volume(ph.image, affine, ("t", "z", "y", "x"), {"source": "phantom"}).layer_kwargs()
     kwargs["scale"] = (1.0,) + tuple(kwargs["scale"][1:])
     return ph.image, kwargs
-
-
-@pytest.fixture
-def errors(monkeypatch):
-    shown = []
-    monkeypatch.setattr(_common, "show_error", shown.append)
-    return shown
 
 
 @pytest.fixture

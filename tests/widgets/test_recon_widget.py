@@ -12,7 +12,6 @@ from napari_medlearn import zoo
 from napari_medlearn.imaging import kspace as K
 from napari_medlearn.methods.recon import TASK_2D, TASK_2DT, reconstruction_quality
 from napari_medlearn.nets import DeepCascade
-from napari_medlearn.widgets import _common
 from napari_medlearn.widgets.recon import KSPACE, SIMULATE, ReconWidget
 
 TIMEOUT_MS = 60_000
@@ -39,13 +38,6 @@ def _phantom(shape, seed=0):
     yy, xx = np.mgrid[:shape[-2], :shape[-1]]
     img[..., (yy - shape[-2] / 2) ** 2 + (xx - shape[-1] / 2) ** 2 < (shape[-1] / 3) ** 2] = 1.0
     return img + 0.1 * rng.random(shape, dtype=np.float32)
-
-
-@pytest.fixture
-def errors(monkeypatch):
-    shown = []
-    monkeypatch.setattr(_common, "show_error", shown.append)
-    return shown
 
 
 @pytest.fixture

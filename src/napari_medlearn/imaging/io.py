@@ -23,7 +23,6 @@ nibabel, pydicom and SimpleITK are imported here: no torch, napari or Qt.
 from __future__ import annotations
 
 import os
-import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import atomic_path
 from .volume import SPATIAL_AXES, Volume
 
 __all__ = [
@@ -294,16 +294,8 @@ def write_nifti(volume: Volume, path: str | os.PathLike, overwrite: bool = False
             t_unit = "sec"
         hdr["pixdim"][4] = float(meta["time_step"]) / _MS_PER_TIME_UNIT[t_unit]
 
-    suffix = ".nii.gz" if _has_suffix(path, (".nii.gz",)) else ".nii"
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp{suffix}")
-    # O_EXCL reserves the name; mode 0o666 lets the umask decide permissions as for any file
-    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-    try:
+    with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 

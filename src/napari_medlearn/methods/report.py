@@ -12,10 +12,10 @@ from __future__ import annotations
 import csv
 import math
 import os
-import uuid
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from ..imaging.atomic import atomic_path
 from ..imaging.measures import CARDIAC_MEASURES
 
 #: column order of a cardiac measures CSV
@@ -101,20 +101,11 @@ def write_measures_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLik
             return ""
         return v
 
-    # O_EXCL reserves a fresh name; mode 0o666 lets the umask decide permissions (mkstemp's
-    # 0o600 would survive os.replace and hide the report from other users)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=columns, restval="")
-            writer.writeheader()
-            for r in rows:
-                writer.writerow({k: cell(v) for k, v in r.items()})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: cell(v) for k, v in r.items()})
     return path
 
 

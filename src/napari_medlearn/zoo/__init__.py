@@ -21,9 +21,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from ..imaging.atomic import atomic_path
 
 HERE = Path(__file__).parent
 WEIGHTS_DIR = HERE / "weights"
@@ -200,26 +201,16 @@ def save_checkpoint(model, path: str | os.PathLike, arch: str, arch_args: dict[s
     obj = {"arch": arch, "arch_args": dict(arch_args), "state_dict": state, "card": dict(card or {})}
     if extra:
         obj.update(extra)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return sha256_of(path)
 
 
 def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
     """Write JSON to ``path`` via a temporary file and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=False, default=float)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------
