@@ -12,11 +12,13 @@ from torch import nn
 
 from .cascade import DeepCascade
 from .fcn import BaiFCN
+from .sononet import SONONET_CLASSES, SonoNet
 
 #: architecture name (as written in model cards) -> constructor
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "bai_fcn": BaiFCN,
     "deep_cascade": DeepCascade,
+    "sononet": SonoNet,
 }
 
 
@@ -29,4 +31,4 @@ def build(arch: str, **kwargs: Any) -> nn.Module:
     return ctor(**kwargs)
 
 
-__all__ = ["ARCHITECTURES", "BaiFCN", "DeepCascade", "build"]
+__all__ = ["ARCHITECTURES", "BaiFCN", "DeepCascade", "SONONET_CLASSES", "SonoNet", "build"]

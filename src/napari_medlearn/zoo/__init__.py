@@ -312,6 +312,10 @@ def _convert_deep_cascade_d5c5(path: Path) -> tuple[Any, str, dict[str, Any], di
 #: kind -> converter ``(path) -> (model, arch, arch_args, card)``
 IMPORTERS = {"deep-cascade-d5c5": _convert_deep_cascade_d5c5}
 
+from .sononet_import import SONONET_IMPORTERS  # noqa: E402  (SonoNet-16/32/64, Baumgartner et al.)
+
+IMPORTERS.update(SONONET_IMPORTERS)
+
 
 def import_weights(kind: str, path: str | os.PathLike, out: str | os.PathLike | None = None) -> str:
     """Convert officially published weights into a zoo model; return its name (or path).
@@ -320,7 +324,8 @@ def import_weights(kind: str, path: str | os.PathLike, out: str | os.PathLike | 
     ----------
     kind
         Which published file this is: ``"deep-cascade-d5c5"`` (Schlemper et al.'s Lasagne
-        ``d5_c5.npz``, Apache-2.0).
+        ``d5_c5.npz``, Apache-2.0); ``"sononet-16"``, ``"sononet-32"``, ``"sononet-64"``
+        (Baumgartner et al.'s Lasagne ``SonoNet16.npz`` etc., Apache-2.0).
     path
         The user's copy of that file.
     out

@@ -1,0 +1,712 @@
+"""Fetal standard-plane detection in 2D ultrasound video, with saliency and localisation.
+
+C. F. Baumgartner et al., "SonoNet: Real-Time Detection and Localisation of Fetal Standard
+Scan Planes in Freehand Ultrasound", IEEE TMI 36(11):2204-2215, 2017.
+
+Every frame of a video ``(t, H, W)`` (grayscale, any numeric dtype) or ``(t, H, W, 3|4)``
+(colour: the mean of R, G, B, as the authors do) is preprocessed as the model card says (the
+published recipe: resize to 224 x 288, per-image z-score x 255) and classified by a SonoNet;
+the class posteriors, the predicted class, and per class the best frame (highest posterior
+among the frames predicted as that class) come back in a :class:`PlaneResult`.
+
+Saliency and localisation follow the paper's weakly supervised scheme: the predicted class's
+score (the mean of its category map) is back-propagated to the image with *guided
+back-propagation* (Springenberg et al., ICLR-W 2015: only positive gradients pass a ReLU, and
+only where its input was positive); the magnitude of that image gradient is weighted by the
+predicted class's category map (rectified, bilinearly upsampled, scaled to a peak of 1), blurred
+with a Gaussian (sigma 1/50 of the network input width) and scaled to 0..1 per frame. The box
+is the bounding box of the connected region above ``box_threshold`` (default 0.3) of that map
+that holds its maximum, in input pixels ``(y0, x0, y1, x1)`` (half-open). Frames predicted as
+Background get no box (NaN row). With ``saliency=False`` no gradient is computed (fast path);
+boxes then come from the category map alone.
+
+Decisions about input: a single 2D frame ``(H, W)`` (or ``(H, W, 3|4)`` colour) is accepted as
+a one-frame video (``t = 1``). Empty arrays, other shapes, frames under 16 x 16 pixels,
+complex or non-numeric data, and NaN/Inf values raise ``ValueError``. Integer (uint8,
+uint16, ...) and float frames need no scaling: the per-image z-score removes it.
+
+``detect_planes_steps`` yields ``(frames_done, frames_total, message)`` and returns the
+result (GUI worker); ``detect_planes`` drains it. ``classify_frame`` is the live single-frame
+path. ``find_standard_plane`` searches a 3D volume for the plane that maximises one class's
+posterior (coarse grid over normals, in-plane rotations and offsets, then local refinement).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generator, Sequence
+
+import numpy as np
+
+from .cardiac import drain
+
+TASK = "us-standard-planes"
+Progress = Callable[[int, int, str], Any]
+MIN_SIZE = 16
+
+
+@dataclass(frozen=True, eq=False)
+class PlaneResult:
+    """What :func:`detect_planes` found in a video.
+
+    Attributes
+    ----------
+    class_names
+        The model's classes, in output order (the published 14 for SonoNet).
+    probabilities
+        float32 ``(t, K)``: softmax posteriors per frame.
+    predicted
+        int64 ``(t,)``: the most probable class per frame.
+    saliency
+        float32 ``(t, H, W)`` in 0..1 at the input's resolution (None with ``saliency=False``).
+    boxes
+        float32 ``(t, 4)``: ``(y0, x0, y1, x1)`` in input pixels (half-open), NaN rows for
+        Background frames and frames without a box.
+    best_frames
+        class name -> index of the frame with the highest posterior for that class among the
+        frames predicted as it (classes other than Background that were found at least once).
+    model, model_sha256
+        Which weights produced this.
+    seconds
+        Wall time (model loading excluded).
+    """
+
+    class_names: tuple
+    probabilities: np.ndarray
+    predicted: np.ndarray
+    saliency: np.ndarray | None
+    boxes: np.ndarray
+    best_frames: dict = field(default_factory=dict)
+    model: str = ""
+    model_sha256: str = ""
+    seconds: float = 0.0
+
+    @property
+    def frames(self) -> int:
+        return int(self.probabilities.shape[0])
+
+    @property
+    def predicted_names(self) -> list[str]:
+        return [self.class_names[int(k)] for k in self.predicted]
+
+    @property
+    def confidence(self) -> np.ndarray:
+        """float32 ``(t,)``: the posterior of the predicted class."""
+        return np.take_along_axis(self.probabilities, self.predicted[:, None], axis=1)[:, 0]
+
+    @property
+    def background_index(self) -> int | None:
+        return self.class_names.index("Background") if "Background" in self.class_names else None
+
+
+# ----- input ----------------------------------------------------------------------------------
+def validate_video(video: np.ndarray) -> np.ndarray:
+    """Check a video and return it as float32 grayscale ``(t, H, W)``.
+
+    Accepts ``(t, H, W)``, ``(t, H, W, 3|4)`` (mean of the colour channels, alpha ignored),
+    and a single frame ``(H, W)`` or ``(H, W, 3|4)`` as ``t = 1``.
+    """
+    arr = np.asarray(video)
+    if arr.size == 0:
+        raise ValueError(f"the video is empty (shape {arr.shape})")
+    if np.iscomplexobj(arr) or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise ValueError(f"the video must be real-valued numbers, got {arr.dtype}")
+    if arr.ndim == 2:
+        arr = arr[None]
+    elif arr.ndim == 3 and arr.shape[-1] in (3, 4) and min(arr.shape[:2]) >= MIN_SIZE:
+        arr = arr[None]                              # one colour frame (H, W, C)
+    if arr.ndim == 4:
+        if arr.shape[-1] not in (3, 4):
+            raise ValueError(f"a 4-D video must be (t, H, W, 3) colour frames, got shape {arr.shape}")
+        arr = arr[..., :3].astype(np.float32).mean(axis=-1)
+    if arr.ndim != 3:
+        raise ValueError(f"expected a video (t, H, W) or (t, H, W, 3), or one frame (H, W), got a "
+                         f"{arr.ndim}-D array {arr.shape}")
+    if arr.shape[1] < MIN_SIZE or arr.shape[2] < MIN_SIZE:
+        raise ValueError(f"frames of {arr.shape[1]}x{arr.shape[2]} pixels are too small (need at least "
+                         f"{MIN_SIZE}x{MIN_SIZE}); is the time axis first?")
+    arr = arr.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(arr)):
+        bad = np.flatnonzero(~np.isfinite(arr).reshape(arr.shape[0], -1).all(axis=1))
+        raise ValueError(f"the video contains NaN or Inf values (frame {int(bad[0])} of {arr.shape[0]})")
+    return arr
+
+
+def resolve_model(model=None, device: str = "auto"):
+    """A loaded plane classifier for ``model``: a module, zoo name, checkpoint path, or None
+    for the best available model of task ``us-standard-planes``."""
+    from .. import zoo
+
+    if hasattr(model, "forward"):
+        return model
+    if model:
+        return zoo.load(model, device=device)
+    if not zoo.available(TASK):
+        raise zoo.ModelError(
+            "no standard-plane model available: convert the official weights "
+            "(zoo.import_weights('sononet-16', 'SonoNet16.npz')) or train the demo "
+            "(medlearn train sononet-phantom --ship)")
+    return zoo.load(zoo.default_model(TASK), device=device)
+
+
+def model_spec(net) -> tuple[tuple[str, ...], tuple[int, int]]:
+    """``(class_names, input_size)`` of a SonoNet from its card (published defaults otherwise)."""
+    from ..nets.sononet import SONONET_CLASSES, SONONET_INPUT_SIZE
+
+    card = getattr(net, "card", {}) or {}
+    K = int(getattr(net, "n_classes", card.get("n_classes", len(SONONET_CLASSES))))
+    names = card.get("class_names")
+    if not names:
+        names = SONONET_CLASSES if K == len(SONONET_CLASSES) else [f"class {i}" for i in range(K)]
+    if len(names) != K:
+        raise ValueError(f"the model card names {len(names)} classes but the model has {K} outputs")
+    size = tuple(int(s) for s in card.get("input", {}).get("size", SONONET_INPUT_SIZE))
+    mult = int(getattr(net, "size_multiple", 16))
+    if len(size) != 2 or size[0] % mult or size[1] % mult:
+        raise ValueError(f"the model card's input size {size} is not two multiples of {mult}")
+    return tuple(str(n) for n in names), size
+
+
+# ----- the network, run as a flat chain of fused layers ---------------------------------------
+def _leaves(module) -> list:
+    from torch import nn
+
+    if isinstance(module, nn.Sequential):
+        return [leaf for m in module for leaf in _leaves(m)]
+    return [module]
+
+
+def fused_chain(net) -> list:
+    """SonoNet as a flat list of layers with each BatchNorm folded into the convolution before
+    it (eval-mode statistics): ``("conv", weight, bias)``, ``("relu",)``, ``("pool",)``.
+
+    Folding removes a pass over every feature map; weights are channels-last for oneDNN.
+    """
+    import torch
+    from torch import nn
+
+    layers = _leaves(net.features) + _leaves(net.adaptation)
+    chain: list = []
+    i = 0
+    with torch.no_grad():
+        while i < len(layers):
+            m = layers[i]
+            if isinstance(m, nn.Conv2d):
+                w = m.weight.detach().float()
+                b = m.bias.detach().float() if m.bias is not None else torch.zeros(w.shape[0], device=w.device)
+                if i + 1 < len(layers) and isinstance(layers[i + 1], nn.BatchNorm2d):
+                    bn = layers[i + 1]
+                    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+                    w = w * scale[:, None, None, None]
+                    b = (b - bn.running_mean) * scale + bn.bias
+                    i += 1
+                chain.append(("conv", w.contiguous(memory_format=torch.channels_last), b.contiguous(),
+                              m.padding))
+            elif isinstance(m, nn.ReLU):
+                chain.append(("relu",))
+            elif isinstance(m, nn.MaxPool2d):
+                chain.append(("pool",))
+            elif isinstance(m, nn.BatchNorm2d):
+                raise ValueError("a BatchNorm without a convolution before it: not a SonoNet")
+            else:
+                raise ValueError(f"unexpected layer {type(m).__name__} in a SonoNet")
+            i += 1
+    return chain
+
+
+class _GuidedReLU:
+    """ReLU whose backward passes only positive gradients where its input was positive."""
+
+    _fn = None
+
+    @classmethod
+    def apply(cls, x):
+        import torch
+
+        if cls._fn is None:
+            class GuidedReLU(torch.autograd.Function):
+                @staticmethod
+                def forward(ctx, inp):
+                    out = inp.clamp(min=0)
+                    ctx.save_for_backward(out)
+                    return out
+
+                @staticmethod
+                def backward(ctx, grad):
+                    (out,) = ctx.saved_tensors
+                    return grad.clamp(min=0) * (out > 0)
+
+            cls._fn = GuidedReLU
+        return cls._fn.apply(x)
+
+
+def run_chain(chain: list, x, guided: bool = False):
+    """Category maps ``(B, K, h, w)`` of preprocessed images ``(B, 1, H, W)`` through a
+    :func:`fused_chain`; ``guided`` uses guided-backprop ReLUs."""
+    import torch.nn.functional as F
+
+    for layer in chain:
+        if layer[0] == "conv":
+            x = F.conv2d(x, layer[1], layer[2], padding=layer[3])
+        elif layer[0] == "relu":
+            x = _GuidedReLU.apply(x) if guided else F.relu(x, inplace=True)
+        else:
+            x = F.max_pool2d(x, 2)
+    return x
+
+
+def _gaussian_blur(x, sigma: float):
+    """Separable Gaussian blur of ``(B, 1, H, W)`` (reflect padding)."""
+    import torch
+    import torch.nn.functional as F
+
+    r = max(1, int(math.ceil(3 * sigma)))
+    t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    x = F.pad(x, (r, r, r, r), mode="reflect")
+    x = F.conv2d(x, k.view(1, 1, 1, -1))
+    return F.conv2d(x, k.view(1, 1, -1, 1))
+
+
+def _normalise_peak(x):
+    """Scale each ``(B, 1, H, W)`` map to a peak of 1 (all-zero maps stay zero)."""
+    peak = x.amax(dim=(1, 2, 3), keepdim=True)
+    return x / peak.clamp_min(1e-12) * (peak > 0)
+
+
+def localisation_map(image_grad, cat_map, size: tuple[int, int]):
+    """The paper's saliency, ``(B, 1, *size)`` in 0..1: |guided gradient| weighted by the
+    predicted class's rectified, upsampled category map, blurred and scaled to a peak of 1.
+    ``image_grad`` may be None (category map only)."""
+    import torch.nn.functional as F
+
+    cam = F.interpolate(cat_map.clamp(min=0), size=size, mode="bilinear", align_corners=False)
+    cam = _normalise_peak(cam)
+    s = cam if image_grad is None else image_grad.abs() * cam
+    s = _gaussian_blur(s, sigma=max(1.0, size[1] / 50.0))
+    return _normalise_peak(s).clamp_(0, 1)
+
+
+def saliency_box(sal: np.ndarray, threshold: float = 0.3) -> np.ndarray:
+    """``(y0, x0, y1, x1)`` (half-open) of the region of ``sal`` above ``threshold`` x its peak
+    that holds the peak; NaNs when the map is empty."""
+    from scipy import ndimage as ndi
+
+    if not sal.size or not np.isfinite(sal).all() or sal.max() <= 0:
+        return np.full(4, np.nan, np.float32)
+    lab, _ = ndi.label(sal >= threshold * sal.max())
+    peak = np.unravel_index(int(np.argmax(sal)), sal.shape)
+    ys, xs = np.nonzero(lab == lab[peak])
+    return np.array([ys.min(), xs.min(), ys.max() + 1, xs.max() + 1], np.float32)
+
+
+def _scale_box(box: np.ndarray, src: tuple[int, int], dst: tuple[int, int]) -> np.ndarray:
+    fy, fx = dst[0] / src[0], dst[1] / src[1]
+    return (box * np.array([fy, fx, fy, fx], np.float32)).astype(np.float32)
+
+
+class _Runner:
+    """A model with its fused chain and input spec, run on batches of frames."""
+
+    def __init__(self, net, device: str = "auto") -> None:
+        import torch
+
+        self.net = net
+        self.class_names, self.size = model_spec(net)
+        self.device = next(net.parameters()).device
+        self.chain = fused_chain(net)
+        self.card = getattr(net, "card", {}) or {}
+        bg = self.class_names.index("Background") if "Background" in self.class_names else None
+        self.background = bg
+        self.torch = torch
+
+    def prepare(self, frames: np.ndarray):
+        from ..nets.sononet import sononet_preprocess
+
+        x = self.torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32))[:, None].to(self.device)
+        return sononet_preprocess(x, self.size).contiguous(memory_format=self.torch.channels_last)
+
+    def run(self, frames: np.ndarray, saliency: bool, out_size: tuple[int, int] | None = None,
+            box_threshold: float = 0.3):
+        """Posteriors ``(B, K)``, saliency ``(B, *out_size)`` or None, boxes ``(B, 4)``."""
+        torch = self.torch
+        out_size = out_size or tuple(frames.shape[-2:])
+        x = self.prepare(frames)
+        if saliency:
+            with torch.enable_grad():
+                x.requires_grad_(True)
+                maps = run_chain(self.chain, x, guided=True)
+                scores = maps.mean(dim=(2, 3))
+                k = scores.argmax(dim=1)
+                (grad,) = torch.autograd.grad(scores.gather(1, k[:, None]).sum(), x)
+            maps, scores = maps.detach(), scores.detach()
+        else:
+            with torch.inference_mode():
+                maps = run_chain(self.chain, x, guided=False)
+                scores = maps.mean(dim=(2, 3))
+                k = scores.argmax(dim=1)
+            grad = None
+        with torch.inference_mode():
+            probs = torch.softmax(scores.float(), dim=1)
+            cat = maps.gather(1, k[:, None, None, None].expand(-1, 1, *maps.shape[-2:]))
+            sal_net = localisation_map(grad, cat, tuple(x.shape[-2:]))
+            sal_np = sal_net[:, 0].float().cpu().numpy()
+            sal_out = None
+            if saliency:
+                sal_out = torch.nn.functional.interpolate(sal_net, size=out_size, mode="bilinear",
+                                                          align_corners=False)[:, 0].clamp_(0, 1)
+                sal_out = sal_out.float().cpu().numpy()
+        probs_np = probs.cpu().numpy().astype(np.float32)
+        k_np = k.cpu().numpy().astype(np.int64)
+        boxes = np.full((len(frames), 4), np.nan, np.float32)
+        for i in range(len(frames)):
+            if self.background is not None and k_np[i] == self.background:
+                continue
+            boxes[i] = _scale_box(saliency_box(sal_np[i], box_threshold), tuple(x.shape[-2:]), out_size)
+        return probs_np, k_np, sal_out, boxes
+
+
+def best_frames_of(probabilities: np.ndarray, predicted: np.ndarray, class_names: Sequence[str]) -> dict:
+    """class name -> frame of the highest posterior among frames predicted as that class
+    (Background excluded)."""
+    best = {}
+    for c, name in enumerate(class_names):
+        if name == "Background":
+            continue
+        idx = np.flatnonzero(predicted == c)
+        if idx.size:
+            best[name] = int(idx[np.argmax(probabilities[idx, c])])
+    return best
+
+
+# ----- video ----------------------------------------------------------------------------------
+def detect_planes_steps(
+    video: np.ndarray,
+    model=None,
+    saliency: bool = True,
+    batch_size: int = 16,
+    device: str = "auto",
+    box_threshold: float = 0.3,
+    cancelled: Callable[[], bool] | None = None,
+) -> Generator[tuple[int, int, str], None, PlaneResult]:
+    """Classify every frame, yielding ``(frames_done, frames_total, message)``; returns a
+    :class:`PlaneResult`. Arguments as :func:`detect_planes`."""
+    frames = validate_video(video)
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if not 0 < float(box_threshold) < 1:
+        raise ValueError(f"box_threshold must be between 0 and 1, got {box_threshold}")
+    net = resolve_model(model, device=device)
+    runner = _Runner(net)
+    t, H, W = frames.shape
+    probs = np.empty((t, len(runner.class_names)), np.float32)
+    pred = np.empty(t, np.int64)
+    boxes = np.empty((t, 4), np.float32)
+    sal = np.empty((t, H, W), np.float32) if saliency else None
+    t0 = time.perf_counter()
+    yield 0, t, "classifying frames"
+    for i in range(0, t, int(batch_size)):
+        if cancelled is not None and cancelled():
+            raise InterruptedError("cancelled")
+        sl = slice(i, min(i + int(batch_size), t))
+        p, k, s, b = runner.run(frames[sl], saliency, (H, W), box_threshold)
+        probs[sl], pred[sl], boxes[sl] = p, k, b
+        if saliency:
+            sal[sl] = s
+        yield sl.stop, t, f"frame {sl.stop}/{t}"
+    card = runner.card
+    return PlaneResult(
+        class_names=runner.class_names, probabilities=probs, predicted=pred, saliency=sal, boxes=boxes,
+        best_frames=best_frames_of(probs, pred, runner.class_names),
+        model=str(getattr(net, "zoo_name", card.get("name", ""))), model_sha256=str(card.get("sha256", "")),
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def detect_planes(video: np.ndarray, model=None, progress: Progress | None = None, saliency: bool = True,
+                  batch_size: int = 16, device: str = "auto", box_threshold: float = 0.3) -> PlaneResult:
+    """Detect fetal standard planes in every frame of a 2D ultrasound video.
+
+    Parameters
+    ----------
+    video
+        ``(t, H, W)`` grayscale or ``(t, H, W, 3)`` colour frames of any numeric dtype; one
+        frame ``(H, W)`` is a one-frame video. Crop vendor text and rulers first for real
+        scanner captures (the network sees the whole frame).
+    model
+        Zoo name (e.g. ``"sononet-16"`` once imported, ``"sononet-phantom"``), checkpoint path,
+        a loaded module, or None for the best available model.
+    progress
+        Called with ``(frames_done, frames_total, message)``.
+    saliency
+        Compute the guided-backprop x category-map saliency (about 2-3x the time of
+        classification alone). Without it ``.saliency`` is None and boxes come from the
+        category map.
+    batch_size
+        Frames per forward pass.
+    device
+        ``"auto"`` (CUDA, MPS, else CPU), ``"cpu"``, ...
+    box_threshold
+        Fraction of each saliency map's peak that bounds the box region.
+    """
+    return drain(detect_planes_steps(video, model, saliency, batch_size, device, box_threshold), progress)
+
+
+def classify_frame(frame: np.ndarray, model=None, saliency: bool = True, device: str = "auto",
+                   box_threshold: float = 0.3) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """One frame ``(H, W)`` or ``(H, W, 3)`` -> ``(probabilities (K,), saliency (H, W) or None,
+    box (4,))`` for a live view; the box is NaN for Background. Class names: :func:`model_spec`."""
+    arr = np.asarray(frame)
+    if arr.ndim == 3 and arr.shape[-1] not in (3, 4):
+        raise ValueError(f"classify_frame takes one frame (H, W) or (H, W, 3), got shape {arr.shape}")
+    if arr.ndim not in (2, 3):
+        raise ValueError(f"classify_frame takes one frame (H, W) or (H, W, 3), got a {arr.ndim}-D array")
+    frames = validate_video(arr)
+    runner = _Runner(resolve_model(model, device=device))
+    p, _, s, b = runner.run(frames, saliency, tuple(frames.shape[-2:]), box_threshold)
+    return p[0], (s[0] if s is not None else None), b[0]
+
+
+# ----- 3D -------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class StandardPlane:
+    """The best view of one class found in a 3D volume by :func:`find_standard_plane`.
+
+    Attributes
+    ----------
+    plane
+        The class searched for.
+    score
+        Its posterior in the returned view.
+    view
+        float32 ``(h, w)``: the volume resampled on the plane (the model's input size),
+        rows along ``row_axis``, columns along ``col_axis``; zeros outside the volume.
+    centre
+        ``(z, y, x)`` in voxels: the volume point at the middle of the view.
+    row_axis, col_axis, normal
+        Unit vectors in physical space, components in ``(z, y, x)`` order: the view's down
+        and right directions and their cross product.
+    pixel_spacing
+        mm per view pixel (square pixels).
+    probabilities
+        float32 ``(K,)``: all class posteriors of the view.
+    class_names
+        The model's classes.
+    evaluated
+        How many candidate planes were scored.
+    """
+
+    plane: str
+    score: float
+    view: np.ndarray
+    centre: np.ndarray
+    row_axis: np.ndarray
+    col_axis: np.ndarray
+    normal: np.ndarray
+    pixel_spacing: float
+    probabilities: np.ndarray
+    class_names: tuple
+    evaluated: int
+    model: str = ""
+
+    def voxel_of(self, rows, cols, spacing) -> np.ndarray:
+        """``(z, y, x)`` voxel coordinates of view pixels ``(rows, cols)``."""
+        return plane_points(self.centre * np.asarray(spacing, float), self.row_axis, self.col_axis,
+                            self.pixel_spacing, self.view.shape, np.asarray(rows), np.asarray(cols)) / np.asarray(spacing, float)
+
+
+def plane_points(centre_mm, row_axis, col_axis, pixel_mm, shape, rows, cols) -> np.ndarray:
+    """Physical ``(z, y, x)`` mm of view pixels ``(rows, cols)`` (arrays of the same shape)."""
+    h, w = shape
+    r = (np.asarray(rows, float) - (h - 1) / 2.0) * pixel_mm
+    c = (np.asarray(cols, float) - (w - 1) / 2.0) * pixel_mm
+    return (np.asarray(centre_mm, float) + r[..., None] * np.asarray(row_axis, float)
+            + c[..., None] * np.asarray(col_axis, float))
+
+
+def _frame(normal: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray]:
+    """In-plane unit axes ``(row, col)`` for a unit normal and an in-plane rotation ``angle``:
+    angle 0 points the rows as close to +z (depth of the volume's first axis) as the plane allows."""
+    n = normal / np.linalg.norm(normal)
+    ref = np.array([1.0, 0.0, 0.0]) if abs(n[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
+    a = ref - n * (ref @ n)
+    a /= np.linalg.norm(a)
+    b = np.cross(n, a)
+    row = math.cos(angle) * a + math.sin(angle) * b
+    col = np.cross(n, row)
+    return row, col
+
+
+def _hemisphere(n: int) -> np.ndarray:
+    """``n`` roughly uniform unit normals on a hemisphere (Fibonacci lattice), ``(n, 3)``."""
+    i = np.arange(n) + 0.5
+    z = 1 - i / n                      # cos(polar) in (0, 1]: one hemisphere (a plane's normal
+    r = np.sqrt(1 - z ** 2)            # and its opposite give the same plane)
+    phi = np.pi * (3 - np.sqrt(5)) * i
+    return np.stack([z, r * np.cos(phi), r * np.sin(phi)], axis=1)
+
+
+def sample_planes(volume_t, spacing, centres_mm, rows, cols, shape, pixel_mm):
+    """Trilinear samples of a ``(1, 1, Z, Y, X)`` tensor on planes -> ``(B, 1, h, w)``."""
+    import torch
+    import torch.nn.functional as F
+
+    h, w = shape
+    dev = volume_t.device
+    r = (torch.arange(h, dtype=torch.float32, device=dev) - (h - 1) / 2) * pixel_mm
+    c = (torch.arange(w, dtype=torch.float32, device=dev) - (w - 1) / 2) * pixel_mm
+    cen = torch.as_tensor(np.asarray(centres_mm), dtype=torch.float32, device=dev)
+    ra = torch.as_tensor(np.asarray(rows), dtype=torch.float32, device=dev)
+    ca = torch.as_tensor(np.asarray(cols), dtype=torch.float32, device=dev)
+    pts = (cen[:, None, None, :] + r[None, :, None, None] * ra[:, None, None, :]
+           + c[None, None, :, None] * ca[:, None, None, :])                    # (B, h, w, 3) mm
+    sp = torch.as_tensor(spacing, dtype=torch.float32, device=dev)
+    size = torch.as_tensor(volume_t.shape[-3:], dtype=torch.float32, device=dev)
+    g = pts / sp / (size - 1).clamp_min(1) * 2 - 1                              # (z, y, x) in -1..1
+    grid = g.flip(-1)[:, None]                                                  # (B, 1, h, w, xyz)
+    B = grid.shape[0]
+    out = F.grid_sample(volume_t.expand(B, -1, -1, -1, -1), grid, mode="bilinear",
+                        padding_mode="zeros", align_corners=True)
+    return out[:, :, 0]
+
+
+def find_standard_plane(
+    volume: np.ndarray,
+    plane: str,
+    model=None,
+    spacing: Sequence[float] | None = None,
+    field_of_view_mm: float | None = None,
+    n_normals: int = 24,
+    n_angles: int = 8,
+    n_offsets: int = 7,
+    refine_rounds: int = 3,
+    keep: int = 3,
+    batch_size: int = 16,
+    device: str = "auto",
+    progress: Progress | None = None,
+) -> StandardPlane:
+    """Search a 3D ultrasound volume for the plane with the highest posterior of class ``plane``.
+
+    Candidate planes are parameterised by a unit normal, an in-plane rotation and an offset of
+    the plane along its normal from the volume centre; each is resampled trilinearly to the
+    model's input size (square pixels covering ``field_of_view_mm``, default the volume's
+    largest physical extent) and scored in batches. A coarse grid (``n_normals`` normals on a
+    hemisphere x ``n_angles`` rotations x ``n_offsets`` offsets) is followed by
+    ``refine_rounds`` rounds of local search around the ``keep`` best candidates, each round
+    trying +-step on the normal's two tilts, the rotation and the offset, and halving the steps.
+
+    Parameters
+    ----------
+    volume
+        ``(z, y, x)`` any numeric dtype.
+    plane
+        A class name of the model (e.g. ``"4CH"``, ``"Brain (Tv.)"``); not Background.
+    spacing
+        ``(dz, dy, dx)`` mm (default 1 mm isotropic).
+    """
+    import torch
+
+    vol = np.asarray(volume)
+    if vol.size == 0:
+        raise ValueError("the volume is empty")
+    if vol.ndim != 3:
+        raise ValueError(f"expected a 3D volume (z, y, x), got a {vol.ndim}-D array {vol.shape}")
+    if np.iscomplexobj(vol) or not (np.issubdtype(vol.dtype, np.number) or vol.dtype == bool):
+        raise ValueError(f"the volume must be real-valued numbers, got {vol.dtype}")
+    if min(vol.shape) < 2:
+        raise ValueError(f"a volume of shape {vol.shape} has no extent along one axis")
+    vol = vol.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(vol)):
+        raise ValueError("the volume contains NaN or Inf values")
+    sp = np.ones(3) if spacing is None else np.asarray(spacing, float).ravel()
+    if sp.size != 3 or not np.all(np.isfinite(sp)) or np.any(sp <= 0):
+        raise ValueError(f"spacing must be three positive numbers (dz, dy, dx) in mm, got {spacing}")
+    for name, v, lo in (("n_normals", n_normals, 1), ("n_angles", n_angles, 1), ("n_offsets", n_offsets, 1),
+                        ("refine_rounds", refine_rounds, 0), ("keep", keep, 1), ("batch_size", batch_size, 1)):
+        if int(v) < lo:
+            raise ValueError(f"{name} must be at least {lo}, got {v}")
+    net = resolve_model(model, device=device)
+    runner = _Runner(net)
+    if plane not in runner.class_names:
+        raise ValueError(f"unknown plane {plane!r}; this model knows: {', '.join(runner.class_names)}")
+    if plane == "Background":
+        raise ValueError("'Background' is not a standard plane to search for")
+    target = runner.class_names.index(plane)
+    extent = (np.array(vol.shape) - 1) * sp
+    fov = float(field_of_view_mm) if field_of_view_mm else float(extent.max())
+    if not fov > 0:
+        raise ValueError(f"field_of_view_mm must be positive, got {field_of_view_mm}")
+    h, w = runner.size
+    pixel_mm = fov / max(h, w)
+    centre0 = extent / 2.0
+    vt = torch.from_numpy(vol)[None, None].to(runner.device)
+    evaluated = 0
+    half_depth = 0.5 * float(np.linalg.norm(extent))
+
+    def score(cands: list[tuple[np.ndarray, float, float]]) -> np.ndarray:
+        nonlocal evaluated
+        out = np.empty(len(cands), np.float32)
+        for i in range(0, len(cands), int(batch_size)):
+            chunk = cands[i:i + int(batch_size)]
+            frames = [_frame(n, a) for n, a, _ in chunk]
+            cen = np.stack([centre0 + d * (n / np.linalg.norm(n)) for n, _, d in chunk])
+            with torch.inference_mode():
+                views = sample_planes(vt, sp, cen, np.stack([f[0] for f in frames]),
+                                      np.stack([f[1] for f in frames]), (h, w), pixel_mm)
+            p, _, _, _ = runner.run(views[:, 0].cpu().numpy(), saliency=False)
+            out[i:i + len(chunk)] = p[:, target]
+            evaluated += len(chunk)
+            if progress is not None:
+                progress(evaluated, evaluated + 1, f"{evaluated} planes scored")
+        return out
+
+    normals = _hemisphere(int(n_normals))
+    angles = np.arange(int(n_angles)) * (2 * np.pi / int(n_angles))
+    offsets = np.linspace(-0.6, 0.6, int(n_offsets)) * half_depth if int(n_offsets) > 1 else np.zeros(1)
+    cands = [(n, float(a), float(d)) for n in normals for a in angles for d in offsets]
+    scores = score(cands)
+    order = np.argsort(-scores)[: int(keep)]
+    best = [(cands[i], float(scores[i])) for i in order]
+    tilt = math.radians(90.0 / math.sqrt(max(1, int(n_normals))) * 1.5)
+    rot = np.pi / int(n_angles)
+    step = (offsets[1] - offsets[0]) / 2 if len(offsets) > 1 else 0.1 * half_depth
+    for _ in range(int(refine_rounds)):
+        trial = []
+        for (n, a, d), _ in best:
+            row, col = _frame(n, a)
+            for dt1 in (-tilt, 0.0, tilt):
+                for dt2 in (-tilt, 0.0, tilt):
+                    n2 = n + math.tan(dt1) * row + math.tan(dt2) * col
+                    n2 /= np.linalg.norm(n2)
+                    # keep the rows where they were: re-derive the angle that matches the old row axis
+                    r0, c0 = _frame(n2, 0.0)
+                    a2 = math.atan2(float(row @ c0), float(row @ r0))
+                    for da in (-rot, 0.0, rot):
+                        for dd in (-step, 0.0, step):
+                            trial.append((n2, a2 + da, d + dd))
+        s = score(trial)
+        pool = best + [(trial[i], float(s[i])) for i in range(len(trial))]
+        pool.sort(key=lambda item: -item[1])
+        best = pool[: int(keep)]
+        tilt, rot, step = tilt / 2, rot / 2, step / 2
+    (n, a, d), _ = best[0]
+    row, col = _frame(n, a)
+    n = np.cross(row, col)
+    cen_mm = centre0 + d * n
+    with torch.inference_mode():
+        view = sample_planes(vt, sp, cen_mm[None], row[None], col[None], (h, w), pixel_mm)[0, 0].cpu().numpy()
+    p, _, _, _ = runner.run(view[None], saliency=False)
+    card = runner.card
+    return StandardPlane(
+        plane=plane, score=float(p[0, target]), view=view.astype(np.float32), centre=cen_mm / sp,
+        row_axis=row, col_axis=col, normal=n, pixel_spacing=pixel_mm, probabilities=p[0],
+        class_names=runner.class_names, evaluated=evaluated,
+        model=str(getattr(net, "zoo_name", card.get("name", ""))),
+    )
+
+
+__all__ = ["PlaneResult", "StandardPlane", "classify_frame", "detect_planes", "detect_planes_steps",
+           "find_standard_plane", "validate_video"]
