@@ -43,3 +43,28 @@ def mni152_t1(resolution: int = 2):
 def mni152_t1_sample():
     """npe2 sample: the real MNI152 T1 brain from nilearn."""
     return [mni152_t1().to_layer_data(name="MNI152 T1 (nilearn)", layer_type="image", colormap="gray")]
+
+
+def brain_lesion_sample(seed: int = 3, domain: str = "A"):
+    """npe2 sample: a synthetic glioma on the MNI152 anatomy, FLAIR + T1c, 2 mm, with its truth.
+
+    Labels (hidden) follow BraTS: 1 necrotic core, 2 oedema, 4 enhancing tumour.
+    """
+    import numpy as np
+
+    from .brain_lesions import LABEL_NAMES, synthetic_lesion_case
+
+    case = synthetic_lesion_case(seed=seed, domain=domain)
+    vols = case.volumes()
+    layers = []
+    for name in case.channel_names:
+        v = vols[name]
+        hi = float(np.percentile(v.data[case.brain_mask], 99.5))
+        layers.append(v.to_layer_data(name=f"synthetic lesion {name}", layer_type="image",
+                                      colormap="gray", contrast_limits=(0.0, hi),
+                                      visible=name == case.channel_names[0]))
+    truth = vols["labels"].to_layer_data(name="synthetic lesion FLAIR [truth]", layer_type="labels",
+                                         visible=False)
+    truth[1]["metadata"] = {**truth[1]["metadata"], "label_names": dict(LABEL_NAMES)}
+    layers.append(truth)
+    return layers
