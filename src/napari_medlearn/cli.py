@@ -168,6 +168,114 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
+PLANE_OUTPUTS = ("scores.csv", "boxes.csv", "best_frames.csv", "planes.json", "saliency.npy")
+VIDEO_SUFFIXES = (".npy", ".tif", ".tiff", ".gif", ".png", ".jpg", ".jpeg", ".mp4", ".avi", ".mov")
+
+
+def read_video(path: str):
+    """An ultrasound video for ``detect-planes``: ``(array, Volume or None)``.
+
+    ``.npy`` (t, H, W[, 3]); TIFF/GIF stacks and single PNG/JPEG frames (imageio); MP4/AVI/MOV
+    when imageio has a video plugin (ffmpeg or PyAV); NIfTI, NRRD and DICOM through
+    :func:`napari_medlearn.imaging.io.read_volume` (the first axis is time).
+    """
+    import numpy as np
+
+    p = Path(path)
+    if not p.exists():
+        raise CLIError(f"{path}: no such file or directory")
+    suffix = p.suffix.lower()
+    if p.is_file() and suffix == ".npy":
+        try:
+            return np.load(p, allow_pickle=False), None
+        except Exception as e:   # pickled objects, truncated files
+            raise CLIError(f"{path}: cannot read as a NumPy array: {type(e).__name__}: {e}") from None
+    if p.is_file() and suffix in VIDEO_SUFFIXES:
+        import imageio.v3 as iio
+
+        try:
+            arr = np.asarray(iio.imread(p, index=None) if suffix in (".tif", ".tiff", ".gif") else iio.imread(p))
+        except Exception as e:
+            extra = " (video files need imageio's ffmpeg or PyAV plugin; or convert to .npy/TIFF)" \
+                if suffix in (".mp4", ".avi", ".mov") else ""
+            raise CLIError(f"{path}: cannot read: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                           f"{extra}") from None
+        return arr, None
+    vol = _read_single_volume(path)
+    return np.asarray(vol.data), vol
+
+
+def write_plane_outputs(out: Path, result, frames, volume=None, source: str = "") -> dict:
+    """scores.csv (posteriors per frame), boxes.csv, best_frames.csv + best_<class>.png,
+    saliency.npy (+ saliency.nii.gz in the input's geometry) and planes.json."""
+    import csv
+
+    import numpy as np
+
+    from .imaging.atomic import atomic_path
+    from .zoo import write_json_atomic
+
+    names = list(result.class_names)
+    with atomic_path(out / "scores.csv") as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["frame", "predicted", "confidence"] + names)
+        for i in range(result.frames):
+            w.writerow([i, names[int(result.predicted[i])], f"{result.confidence[i]:.6f}"]
+                       + [f"{v:.6f}" for v in result.probabilities[i]])
+    with atomic_path(out / "boxes.csv") as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["frame", "class", "y0", "x0", "y1", "x1"])
+        for i in range(result.frames):
+            if np.isfinite(result.boxes[i]).all():
+                w.writerow([i, names[int(result.predicted[i])]] + [f"{v:.1f}" for v in result.boxes[i]])
+    gray = frames        # (t, H, W) grayscale, as methods.planes.validate_video returns
+    best_rows = []
+    for name, i in sorted(result.best_frames.items(), key=lambda kv: kv[1]):
+        png = "best_" + "".join(c if c.isalnum() else "_" for c in name).strip("_") + ".png"
+        img = gray[i].astype(np.float64)
+        lo, hi = float(img.min()), float(img.max())
+        img8 = np.zeros(img.shape, np.uint8) if hi <= lo else ((img - lo) / (hi - lo) * 255).round().astype(np.uint8)
+        from PIL import Image
+
+        with atomic_path(out / png) as tmp:
+            Image.fromarray(img8).save(tmp, format="PNG")
+        best_rows.append({"class": name, "frame": i,
+                          "probability": float(result.probabilities[i, names.index(name)]), "png": png})
+    with atomic_path(out / "best_frames.csv") as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["class", "frame", "probability", "png"])
+        w.writeheader()
+        w.writerows(best_rows)
+    if result.saliency is not None:
+        _write_npy_atomic(result.saliency, out / "saliency.npy")
+        if volume is not None and volume.data.shape[:3] == result.saliency.shape:
+            from .imaging.io import write_nifti
+
+            write_nifti(volume.with_data(result.saliency), out / "saliency.nii.gz", overwrite=True)
+    report = {"source": source, "model": result.model, "model_sha256": result.model_sha256,
+              "frames": result.frames, "seconds": round(result.seconds, 3),
+              "frames_per_second": round(result.frames / result.seconds, 2) if result.seconds > 0 else None,
+              "class_names": names, "best_frames": best_rows,
+              "frames_per_class": {n: int((result.predicted == k).sum()) for k, n in enumerate(names)}}
+    write_json_atomic(report, out / "planes.json")
+    return report
+
+
+def cmd_detect_planes(args: argparse.Namespace) -> int:
+    from .methods import detect_planes
+    from .methods.planes import validate_video
+
+    frames, volume = read_video(args.video)
+    out = _out_dir(args.out, PLANE_OUTPUTS, args.overwrite)
+    res = detect_planes(frames, model=args.model, saliency=not args.no_saliency, device=args.device,
+                        progress=None if args.quiet else _progress_printer("detect-planes"))
+    report = write_plane_outputs(out, res, validate_video(frames), volume, str(args.video))
+    found = ", ".join(f"{r['class']} (frame {r['frame']}, p={r['probability']:.2f})" for r in report["best_frames"])
+    print(f"{res.frames} frames, model {res.model}, {report['frames_per_second']} frames/s; "
+          f"standard planes found: {found or 'none'}")
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_import_weights(args: argparse.Namespace) -> int:
     from . import zoo
 
@@ -244,6 +352,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default=None, help="zoo name or checkpoint path (default: best available)")
     common(s)
     s.set_defaults(func=cmd_reconstruct)
+
+    s = sub.add_parser("detect-planes", help="detect fetal standard planes in a 2D ultrasound video (SonoNet); "
+                                             "write per-frame scores, boxes, saliency and the best frames")
+    s.add_argument("video", help="video (t, H, W[, 3]) as .npy, TIFF stack, NIfTI or DICOM (first axis time)")
+    s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--model", default=None, help="zoo name (e.g. sononet-16 once imported) or checkpoint path "
+                                                 "(default: best available)")
+    s.add_argument("--no-saliency", action="store_true", help="classification only (faster; boxes from the "
+                                                              "category maps)")
+    common(s)
+    s.set_defaults(func=cmd_detect_planes)
 
     s = sub.add_parser("import-weights", help="convert officially published weights into a zoo model")
     s.add_argument("kind", help="which published weights, e.g. deep-cascade-d5c5")

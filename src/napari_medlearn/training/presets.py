@@ -279,6 +279,12 @@ def _run_recon_2dt(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
     return run_recon_2dt(run_dir, **kwargs)
 
 
+def _run_sononet_phantom(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
+    from .sononet import run_sononet_phantom
+
+    return run_sononet_phantom(run_dir, **kwargs)
+
+
 PRESETS: dict[str, Preset] = {
     "cardiac-acdc": Preset(
         "cardiac-acdc", "cardiac-fcn-acdc",
@@ -299,6 +305,11 @@ PRESETS: dict[str, Preset] = {
         "recon-2dt", "recon-cascade-cine-phantom",
         "Deep cascade D5-C5 2D+t with data sharing on cardiac cine phantoms (~15-20 min on 2 CPU cores)",
         _run_recon_2dt,
+    ),
+    "sononet-phantom": Preset(
+        "sononet-phantom", "sononet-phantom",
+        "SonoNet-16 standard-plane detection on fetal phantom sweeps (demo weights; ~60 min on 1 CPU thread)",
+        _run_sononet_phantom,
     ),
 }
 
