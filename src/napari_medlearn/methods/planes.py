@@ -604,24 +604,31 @@ def find_standard_plane(
     model=None,
     spacing: Sequence[float] | None = None,
     field_of_view_mm: float | None = None,
-    n_normals: int = 24,
-    n_angles: int = 8,
-    n_offsets: int = 7,
-    refine_rounds: int = 3,
+    n_normals: int = 16,
+    n_angles: int = 4,
+    n_offsets: int = 9,
+    refine_rounds: int = 4,
     keep: int = 3,
-    batch_size: int = 16,
+    batch_size: int = 8,
     device: str = "auto",
     progress: Progress | None = None,
 ) -> StandardPlane:
     """Search a 3D ultrasound volume for the plane with the highest posterior of class ``plane``.
 
-    Candidate planes are parameterised by a unit normal, an in-plane rotation and an offset of
-    the plane along its normal from the volume centre; each is resampled trilinearly to the
-    model's input size (square pixels covering ``field_of_view_mm``, default the volume's
-    largest physical extent) and scored in batches. A coarse grid (``n_normals`` normals on a
-    hemisphere x ``n_angles`` rotations x ``n_offsets`` offsets) is followed by
-    ``refine_rounds`` rounds of local search around the ``keep`` best candidates, each round
-    trying +-step on the normal's two tilts, the rotation and the offset, and halving the steps.
+    A plane is a centre point, a unit normal and an in-plane rotation; its view is the volume
+    resampled trilinearly on the model's input grid with square pixels, the view's height
+    covering ``field_of_view_mm`` (default: the card's ``input.field_of_view_mm``, the depth of
+    the frames the model was trained on, else the volume's largest extent).
+
+    1. Coarse: ``n_normals`` normals on a hemisphere x ``n_angles`` in-plane rotations x
+       ``n_offsets`` offsets along the normal through the volume centre. Each is sampled as one
+       *large* view covering the whole cross-section, and since SonoNet is fully convolutional
+       one pass gives the class score of every sub-view of the input size: the category maps
+       averaged over sliding windows of the input's map size, softmaxed over classes. The best
+       window gives the candidate's score and its in-plane centre.
+    2. Refine: the ``keep`` best candidates are moved one parameter at a time (tilt of the
+       normal in two directions, rotation, shift along the normal and in the plane, +- a step),
+       scored as views of the input size; the best ``keep`` survive, the steps halve each round.
 
     Parameters
     ----------
@@ -631,8 +638,11 @@ def find_standard_plane(
         A class name of the model (e.g. ``"4CH"``, ``"Brain (Tv.)"``); not Background.
     spacing
         ``(dz, dy, dx)`` mm (default 1 mm isotropic).
+    progress
+        Called with ``(candidates_scored, candidates_planned, message)``.
     """
     import torch
+    import torch.nn.functional as F
 
     vol = np.asarray(volume)
     if vol.size == 0:
@@ -661,72 +671,106 @@ def find_standard_plane(
         raise ValueError("'Background' is not a standard plane to search for")
     target = runner.class_names.index(plane)
     extent = (np.array(vol.shape) - 1) * sp
-    fov = float(field_of_view_mm) if field_of_view_mm else float(extent.max())
+    fov = field_of_view_mm or runner.card.get("input", {}).get("field_of_view_mm") or float(extent.max())
+    fov = float(fov)
     if not fov > 0:
         raise ValueError(f"field_of_view_mm must be positive, got {field_of_view_mm}")
     h, w = runner.size
-    pixel_mm = fov / max(h, w)
+    pixel_mm = fov / h
+    mult = 16
     centre0 = extent / 2.0
+    diag = float(np.linalg.norm(extent))
+    big = int(math.ceil(max(diag / pixel_mm, h, w) / mult) * mult)       # a square view over any section
     vt = torch.from_numpy(vol)[None, None].to(runner.device)
+    n_coarse = int(n_normals) * int(n_angles) * int(n_offsets)
+    planned = n_coarse + int(refine_rounds) * int(keep) * 12
     evaluated = 0
-    half_depth = 0.5 * float(np.linalg.norm(extent))
 
-    def score(cands: list[tuple[np.ndarray, float, float]]) -> np.ndarray:
+    def tell(msg):
+        if progress is not None:
+            progress(evaluated, planned, msg)
+
+    # ---- coarse: large views, every sub-view scored from the category maps -------------------
+    normals = _hemisphere(int(n_normals))
+    angles = np.arange(int(n_angles)) * (2 * np.pi / int(n_angles))
+    offsets = np.linspace(-0.4, 0.4, int(n_offsets)) * diag if int(n_offsets) > 1 else np.zeros(1)
+    coarse = [(n, float(a), float(d)) for n in normals for a in angles for d in offsets]
+    wh, ww = h // mult, w // mult
+    cands = []          # (score, centre_mm, normal, angle)
+    for i in range(0, len(coarse), int(batch_size)):
+        chunk = coarse[i:i + int(batch_size)]
+        frames = [_frame(n, a) for n, a, _ in chunk]
+        cen = np.stack([centre0 + d * n for n, _, d in chunk])
+        with torch.inference_mode():
+            views = sample_planes(vt, sp, cen, np.stack([f[0] for f in frames]), np.stack([f[1] for f in frames]),
+                                  (big, big), pixel_mm)
+            x = runner.prepare(views[:, 0].cpu().numpy())
+            maps = run_chain(runner.chain, x)
+            win = F.avg_pool2d(maps, (wh, ww), stride=1)                      # (B, K, nh, nw) window scores
+            post = torch.softmax(win, dim=1)[:, target]
+            flat = post.flatten(1)
+            best, where = flat.max(dim=1)
+        nw_ = win.shape[-1]
+        cell = big / maps.shape[-1]                                          # view pixels per map cell
+        for j, (n, a, d) in enumerate(chunk):
+            r, c = divmod(int(where[j]), nw_)
+            # window centre in view pixels -> mm from the view centre along row / column axes
+            dr = ((r + wh / 2) * cell - big / 2) * pixel_mm
+            dc = ((c + ww / 2) * cell - big / 2) * pixel_mm
+            row, col = frames[j]
+            cands.append((float(best[j]), cen[j] + dr * row + dc * col, n, a))
+        evaluated += len(chunk)
+        tell(f"coarse search: {evaluated}/{n_coarse} orientations and offsets")
+
+    def score_views(items):
+        """Posterior of the target for views of the input size: items (centre_mm, normal, angle)."""
         nonlocal evaluated
-        out = np.empty(len(cands), np.float32)
-        for i in range(0, len(cands), int(batch_size)):
-            chunk = cands[i:i + int(batch_size)]
-            frames = [_frame(n, a) for n, a, _ in chunk]
-            cen = np.stack([centre0 + d * (n / np.linalg.norm(n)) for n, _, d in chunk])
+        out = np.empty(len(items), np.float32)
+        for i in range(0, len(items), int(batch_size)):
+            chunk = items[i:i + int(batch_size)]
+            fr = [_frame(n, a) for _, n, a in chunk]
             with torch.inference_mode():
-                views = sample_planes(vt, sp, cen, np.stack([f[0] for f in frames]),
-                                      np.stack([f[1] for f in frames]), (h, w), pixel_mm)
+                views = sample_planes(vt, sp, np.stack([c for c, _, _ in chunk]), np.stack([f[0] for f in fr]),
+                                      np.stack([f[1] for f in fr]), (h, w), pixel_mm)
             p, _, _, _ = runner.run(views[:, 0].cpu().numpy(), saliency=False)
             out[i:i + len(chunk)] = p[:, target]
             evaluated += len(chunk)
-            if progress is not None:
-                progress(evaluated, evaluated + 1, f"{evaluated} planes scored")
+            tell("refining")
         return out
 
-    normals = _hemisphere(int(n_normals))
-    angles = np.arange(int(n_angles)) * (2 * np.pi / int(n_angles))
-    offsets = np.linspace(-0.6, 0.6, int(n_offsets)) * half_depth if int(n_offsets) > 1 else np.zeros(1)
-    cands = [(n, float(a), float(d)) for n in normals for a in angles for d in offsets]
-    scores = score(cands)
-    order = np.argsort(-scores)[: int(keep)]
-    best = [(cands[i], float(scores[i])) for i in order]
-    tilt = math.radians(90.0 / math.sqrt(max(1, int(n_normals))) * 1.5)
-    rot = np.pi / int(n_angles)
-    step = (offsets[1] - offsets[0]) / 2 if len(offsets) > 1 else 0.1 * half_depth
+    cands.sort(key=lambda item: -item[0])
+    seeds = [(c, n, a) for _, c, n, a in cands[: int(keep)]]
+    best = list(zip(score_views(seeds).tolist(), seeds))          # rescored as views of the input size
+    tilt = math.radians(60.0 / math.sqrt(int(n_normals)))
+    rot = np.pi / int(n_angles) / 2
+    step = float(offsets[1] - offsets[0]) / 2 if len(offsets) > 1 else 0.05 * diag
     for _ in range(int(refine_rounds)):
         trial = []
-        for (n, a, d), _ in best:
+        for _, (c, n, a) in best:
             row, col = _frame(n, a)
-            for dt1 in (-tilt, 0.0, tilt):
-                for dt2 in (-tilt, 0.0, tilt):
-                    n2 = n + math.tan(dt1) * row + math.tan(dt2) * col
-                    n2 /= np.linalg.norm(n2)
-                    # keep the rows where they were: re-derive the angle that matches the old row axis
+            for sgn in (-1.0, 1.0):
+                for axis in (row, col):                               # tilt the normal, keep the rows
+                    n2 = n * math.cos(tilt) + sgn * math.sin(tilt) * axis
                     r0, c0 = _frame(n2, 0.0)
-                    a2 = math.atan2(float(row @ c0), float(row @ r0))
-                    for da in (-rot, 0.0, rot):
-                        for dd in (-step, 0.0, step):
-                            trial.append((n2, a2 + da, d + dd))
-        s = score(trial)
-        pool = best + [(trial[i], float(s[i])) for i in range(len(trial))]
-        pool.sort(key=lambda item: -item[1])
+                    trial.append((c, n2, math.atan2(float(row @ c0), float(row @ r0))))
+                trial.append((c, n, a + sgn * rot))
+                trial.append((c + sgn * step * n, n, a))
+                trial.append((c + sgn * step * row, n, a))
+                trial.append((c + sgn * step * col, n, a))
+        s = score_views(trial)
+        pool = best + list(zip(s.tolist(), trial))
+        pool.sort(key=lambda item: -item[0])
         best = pool[: int(keep)]
         tilt, rot, step = tilt / 2, rot / 2, step / 2
-    (n, a, d), _ = best[0]
+    _, (cen_mm, n, a) = best[0]
     row, col = _frame(n, a)
     n = np.cross(row, col)
-    cen_mm = centre0 + d * n
     with torch.inference_mode():
         view = sample_planes(vt, sp, cen_mm[None], row[None], col[None], (h, w), pixel_mm)[0, 0].cpu().numpy()
     p, _, _, _ = runner.run(view[None], saliency=False)
     card = runner.card
     return StandardPlane(
-        plane=plane, score=float(p[0, target]), view=view.astype(np.float32), centre=cen_mm / sp,
+        plane=plane, score=float(p[0, target]), view=view.astype(np.float32), centre=np.asarray(cen_mm) / sp,
         row_axis=row, col_axis=col, normal=n, pixel_spacing=pixel_mm, probabilities=p[0],
         class_names=runner.class_names, evaluated=evaluated,
         model=str(getattr(net, "zoo_name", card.get("name", ""))),

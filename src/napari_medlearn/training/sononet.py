@@ -61,6 +61,7 @@ class FramePool:
                             bias=0.1, noise=0.02)
         self.augment.update(augment or {})
         self._x: np.ndarray | None = None
+        self.depths_mm: list[float] = []        # field of view (image height in mm) of each sweep
 
     def add(self, frames: np.ndarray, labels: np.ndarray) -> None:
         self.frames.append(resize_frames(frames, self.size).astype(np.float16))
@@ -111,6 +112,7 @@ def sweep_pool(seeds: Sequence[int], size: Sequence[int], n_frames: int = 120,
         if tuple(sw.class_names) != SONONET_CLASSES:
             raise ValueError("the phantom's class names differ from SonoNet's published classes")
         pool.add(sw.frames, sw.labels)
+        pool.depths_mm.append(float(sw.pixel_spacing_mm) * sw.frames.shape[1])
         if progress and ((i + 1) % 5 == 0 or i + 1 == len(seeds)):
             print(f"sweep {i + 1}/{len(seeds)}: {len(pool)} frames", flush=True)
     return pool
@@ -190,6 +192,8 @@ def run_sononet_phantom(run_dir: str | Path, ship: bool = False, epochs: int = 1
         "channels": ["B-mode grayscale"],
         "size": list(size),
         "intensity": "zscore255",
+        # the depth the training frames covered: find_standard_plane samples 3D views at this scale
+        "field_of_view_mm": round(float(np.mean(pool.depths_mm)), 2) if pool.depths_mm else None,
         "description": f"grayscale, bilinear resize of the whole frame to {size[0]} x {size[1]} (the "
                        "published 224 x 288 halved for CPU training), z-score of each image times 255",
     }
