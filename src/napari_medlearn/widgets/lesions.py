@@ -1,0 +1,456 @@
+"""Brain-lesion segmentation dock widget: FLAIR + T1c in, editable BraTS labels and live volumes out.
+
+Runs :func:`napari_medlearn.methods.lesions.segment_lesions_steps` (DeepMedic, Kamnitsas et al.,
+MedIA 2017) on one image layer per modality (the model card's input channels, FLAIR and T1c for
+the shipped models) in a worker thread, with an optional brain mask (found automatically, taken
+from a Labels or Image layer, or none). It adds ``"<FLAIR> [DeepMedic]"``, an editable Labels layer
+with the input's geometry (1 necrotic core, 2 oedema, 4 enhancing tumour, in the BraTS colours),
+and one probability layer per class (0..1, fixed colormap, blended over the anatomy, all hidden
+but the oedema). The volume table (mL per class, tumour core, whole tumour) always describes the
+labels layer's *current* data: paint, erase or fill and it follows. Save writes the labels as
+NIfTI in the input's geometry and the volumes as a one-row CSV beside it, atomically, and never
+replaces an existing file without asking.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import ComboBox
+from napari.layers import Image, Labels
+from napari.utils.notifications import show_info
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtWidgets import (
+    QFileDialog,
+    QFormLayout,
+    QHeaderView,
+    QLabel,
+    QMessageBox,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..imaging.volume import Volume
+from ..methods import lesions as lesion_method
+from ._common import USER_ERRORS, ModelPicker, TaskRunner, device_picker, layer_picker, notify_error
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+
+TASK = lesion_method.TASK
+DEFAULT_CHANNELS = ("FLAIR", "T1c")
+METHOD = "DeepMedic"
+#: BraTS label value -> name and colour (the colours of the BraTS papers' figures)
+LABEL_NAMES = {1: "necrotic core", 2: "oedema", 3: "non-enhancing core", 4: "enhancing tumour"}
+LABEL_COLORS = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: (0.95, 0.2, 0.2, 1), 2: (0.25, 0.85, 0.3, 1),
+                3: (0.3, 0.55, 1.0, 1), 4: (1.0, 0.9, 0.15, 1)}
+PROBABILITY_COLORMAPS = {1: "red", 2: "green", 4: "yellow"}
+#: the probability layer shown after a run (the others are added hidden)
+SHOWN_PROBABILITY = 2
+#: table rows: (key in the volumes dict, row title)
+VOLUME_ROWS = (
+    ("necrotic_core_mL", "necrotic core (mL)"),
+    ("oedema_mL", "oedema (mL)"),
+    ("enhancing_mL", "enhancing tumour (mL)"),
+    ("tumour_core_mL", "tumour core (mL)"),
+    ("whole_tumour_mL", "whole tumour (mL)"),
+)
+MASK_AUTOMATIC, MASK_NONE = "automatic", "none"
+SETTLE_MS = 150
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "\u2013"
+    return f"{float(value):.2f}"
+
+
+def model_channels(model: str | None) -> tuple[str, ...]:
+    """The input channels a model's card asks for (FLAIR, T1c when it does not say)."""
+    from .. import zoo
+
+    if model is None:
+        return DEFAULT_CHANNELS
+    try:
+        card = zoo.card(model)
+    except Exception:  # noqa: BLE001 (an unreadable card: the run will say why)
+        return DEFAULT_CHANNELS
+    names = card.get("channel_names") or card.get("input", {}).get("channels")
+    if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):
+        return tuple(names)
+    return DEFAULT_CHANNELS
+
+
+class LesionWidget(QWidget):
+    """Segment brain lesions (necrotic core, oedema, enhancing tumour) from FLAIR and T1c.
+
+    Parameters
+    ----------
+    napari_viewer
+        The viewer whose image layers are offered and where the results go.
+    """
+
+    def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.labels_layer = None
+        self.probability_layers: dict[int, Any] = {}
+        self.spacing: tuple[float, float, float] | None = None
+        self.source = ""
+        self.model_name = ""
+        self.model_sha256 = ""
+        self.volumes: dict = {}
+
+        self.model_picker = ModelPicker(TASK)
+        self.model_picker.currentIndexChanged.connect(lambda _i: self._sync_channels())
+        self.device_picker = device_picker()
+        self.mask_picker = ComboBox(label="brain mask", choices=self._mask_choices)
+        self.mask_picker.native.setToolTip(
+            "automatic: the non-zero voxels of skull-stripped scans; a Labels or Image layer: its "
+            "non-zero voxels; none: the whole volume")
+        self.runner = TaskRunner("Run")
+        self.runner.run_button.clicked.connect(self.run)
+        for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed,
+                      napari_viewer.layers.events.moved):
+            event.connect(lambda _e=None: self.mask_picker.reset_choices())
+
+        self.table = QTableWidget(len(VOLUME_ROWS), 2)
+        self.table.setHorizontalHeaderLabels(["region", "volume"])
+        self.table.verticalHeader().setVisible(False)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)
+        self.table.setEditTriggers(QTableWidget.NoEditTriggers)
+        for row, (_key, title) in enumerate(VOLUME_ROWS):
+            self.table.setItem(row, 0, QTableWidgetItem(title))
+            value = QTableWidgetItem("\u2013")
+            value.setTextAlignment(int(Qt.AlignRight | Qt.AlignVCenter))
+            self.table.setItem(row, 1, value)
+        self.table.resizeRowsToContents()
+        self.table.setVerticalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        rows_height = sum(self.table.rowHeight(r) for r in range(len(VOLUME_ROWS)))
+        self.table.setFixedHeight(rows_height + self.table.horizontalHeader().sizeHint().height()
+                                  + 2 * self.table.frameWidth() + 4)
+        self.warning = QLabel("")
+        self.warning.setWordWrap(True)
+        self.warning.setStyleSheet("color: #ffb347;")
+        hint = QLabel("Paint, erase or fill on the labels layer (1 necrotic core, 2 oedema, "
+                      "4 enhancing): the volumes follow.")
+        hint.setWordWrap(True)
+        self.save_button = QPushButton("Save labels + volumes...")
+        self.save_button.clicked.connect(lambda: self.save())
+        self.save_button.setEnabled(False)
+
+        self._debounce = QTimer(self)
+        self._debounce.setSingleShot(True)
+        self._debounce.timeout.connect(self.update_volumes)
+
+        self.form = QFormLayout()
+        self.modality_pickers: dict[str, ComboBox] = {}
+        self._all_pickers: dict[str, ComboBox] = {}
+        self.form.addRow("model", self.model_picker)
+        self.form.addRow("brain mask", self.mask_picker.native)
+        self.form.addRow("device", self.device_picker)
+        layout = QVBoxLayout(self)
+        layout.addLayout(self.form)
+        layout.addWidget(self.runner)
+        layout.addWidget(self.table)
+        layout.addWidget(self.warning)
+        layout.addWidget(hint)
+        layout.addWidget(self.save_button)
+        layout.addStretch(1)
+        self.setMinimumWidth(300)
+        self._sync_channels()
+        napari_viewer.layers.events.removed.connect(self._on_layer_removed)
+
+    # ----- inputs -------------------------------------------------------------------------
+    @property
+    def channel_names(self) -> tuple[str, ...]:
+        return tuple(self.modality_pickers)
+
+    def _mask_choices(self, _widget=None):
+        layers = [(f"layer: {layer.name}", layer) for layer in self.viewer.layers
+                  if isinstance(layer, (Labels, Image)) and layer is not self.labels_layer
+                  and layer not in self.probability_layers.values()]
+        return [(MASK_AUTOMATIC, MASK_AUTOMATIC), (MASK_NONE, MASK_NONE)] + layers
+
+    def _sync_channels(self) -> None:
+        """One image picker per input channel of the chosen model, pre-set by layer name.
+
+        Pickers are kept per modality name (hidden when the model does not take it), so the
+        layer-list connections each one holds stay valid.
+        """
+        names = model_channels(self.model_picker.model())
+        if names == self.channel_names:
+            return
+        for name, picker in self._all_pickers.items():
+            picker.native.setVisible(name in names)
+            label = self.form.labelForField(picker.native)
+            if label is not None:
+                label.setVisible(name in names)
+        for name in names:
+            if name not in self._all_pickers:
+                picker = layer_picker(self.viewer, Image, name)
+                self._all_pickers[name] = picker
+                self.form.insertRow(len(self._all_pickers) - 1, name, picker.native)
+        self.modality_pickers = {name: self._all_pickers[name] for name in names}
+        self.guess_modalities()
+
+    def guess_modalities(self) -> None:
+        """Choose, for each modality, the image layer whose name mentions it (``Flair_...``)."""
+        for name, picker in self.modality_pickers.items():
+            key = name.lower()
+            for choice in picker.choices:
+                layer_name = choice.name.lower()
+                if (re.search(rf"(^|[^a-z0-9]){re.escape(key)}([^a-z0-9]|$)", layer_name)
+                        or layer_name.startswith(key)) and "[" not in layer_name:
+                    picker.value = choice
+                    break
+
+    def set_modality(self, name: str, layer) -> None:
+        """Choose ``layer`` for modality ``name`` (for scripts and tests)."""
+        self.modality_pickers[name].value = layer
+
+    def _gather(self):
+        """The chosen layers checked against each other: ``(channels, spacing, mask, layers)``."""
+        names = list(self.modality_pickers)
+        n_images = sum(isinstance(layer, Image) for layer in self.viewer.layers)
+        if n_images < len(names):
+            raise ValueError(f"missing modality: the model needs {len(names)} scans ({', '.join(names)}) "
+                             f"but {n_images} image layer{'s are' if n_images != 1 else ' is'} open")
+        layers = []
+        for name, picker in self.modality_pickers.items():
+            layer = picker.value
+            if layer is None:
+                raise ValueError(f"missing modality {name}: open a {name} scan and choose it")
+            layers.append(layer)
+        for i in range(len(layers)):
+            for j in range(i):
+                if layers[i] is layers[j]:
+                    raise ValueError(f"the same layer {layers[i].name!r} is chosen as {names[j]} and "
+                                     f"{names[i]}: choose one scan per modality")
+        vols = [Volume.from_layer(np.asarray(layer.data), layer.scale, layer.translate, layer.metadata)
+                for layer in layers]
+        for name, layer, vol in zip(names, layers, vols):
+            if vol.data.ndim != 3 or len(vol.spatial_axes) != 3:
+                raise ValueError(f"{name} ({layer.name!r}) is {vol.data.ndim}-D {vol.data.shape}: lesion "
+                                 "segmentation needs a 3D volume (z, y, x)")
+        ref_name, ref = names[0], vols[0]
+        for name, vol in zip(names[1:], vols[1:]):
+            if vol.data.shape != ref.data.shape:
+                raise ValueError(f"{ref_name} is {ref.data.shape} but {name} is {vol.data.shape}: the "
+                                 "modalities must share one grid (resample one onto the other first)")
+            if not np.allclose(vol.spacing, ref.spacing, rtol=1e-3, atol=1e-4):
+                raise ValueError(
+                    f"{ref_name} has spacing {tuple(round(s, 3) for s in ref.spacing)} mm but {name} has "
+                    f"{tuple(round(s, 3) for s in vol.spacing)} mm: the modalities must share one grid")
+            if not np.allclose(vol.affine, ref.affine, atol=1e-2):
+                raise ValueError(f"{ref_name} and {name} have the same shape and spacing but are placed "
+                                 "differently in space (origin or orientation): register them first")
+        mask = self._mask_array(ref.data.shape)
+        # the method's own checks (NaN, size, types), here so that nothing starts on bad input
+        channels, spacing, mask = lesion_method.validate_channels(
+            [v.data for v in vols], ref.spacing, names, mask)
+        return channels, spacing, mask, layers
+
+    def _mask_array(self, shape):
+        choice = self.mask_picker.value
+        if choice == MASK_AUTOMATIC or choice is None:
+            return None
+        if choice == MASK_NONE:
+            return np.ones(shape, dtype=bool)
+        data = np.asarray(choice.data)
+        if data.shape != tuple(shape):
+            raise ValueError(f"the brain mask {choice.name!r} is {data.shape} but the scans are "
+                             f"{tuple(shape)}")
+        if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+            raise ValueError(f"the brain mask {choice.name!r} contains NaN or infinite values")
+        mask = data > 0
+        if not mask.any():
+            raise ValueError(f"the brain mask {choice.name!r} is empty")
+        return mask
+
+    # ----- running ------------------------------------------------------------------------
+    def run(self):
+        """Segment the chosen modalities in a worker thread; returns the worker (or None)."""
+        if self.running:
+            return None
+        model = self.model_picker.model()
+        if model is None:
+            notify_error("no brain-lesion model shipped yet: choose 'load checkpoint...' in the model list")
+            return None
+        try:
+            channels, spacing, mask, layers = self._gather()
+        except (ValueError, TypeError) as exc:
+            notify_error(exc)
+            return None
+        steps = lesion_method.segment_lesions_steps(
+            channels, spacing, model=model, brain_mask=mask, device=self.device_picker.currentText(),
+            cancelled=self.runner.cancel_requested)
+        source = layers[0]
+        return self.runner.start(steps, lambda result: self.show_result(result, source, spacing),
+                                 description=f"segmenting lesions in {source.name}")
+
+    def cancel(self) -> None:
+        """Stop the running segmentation; nothing is added."""
+        self.runner.cancel()
+
+    @property
+    def running(self) -> bool:
+        return self.runner.running
+
+    # ----- results ------------------------------------------------------------------------
+    def show_result(self, result, source, spacing) -> None:
+        """Add the probability and labels layers over ``source``; fill the volume table."""
+        from napari.utils.colormaps import DirectLabelColormap
+
+        self._disconnect_labels()
+        self.model_name, self.model_sha256 = str(result.model), str(result.model_sha256)
+        self.spacing = tuple(float(s) for s in spacing)
+        self.source = str(source.metadata.get("source") or source.source.path or source.name)
+        geometry = {"scale": source.scale, "translate": source.translate, "rotate": source.rotate,
+                    "shear": source.shear, "affine": source.affine}
+        meta = copy.deepcopy(dict(source.metadata))
+        meta.update(model=self.model_name, model_sha256=self.model_sha256, method=METHOD)
+        values = [int(v) for v in result.label_values]
+        self.probability_layers = {}
+        for index, value in enumerate(values):
+            if value == 0 or index >= len(result.probabilities):
+                continue
+            name = LABEL_NAMES.get(value, f"label {value}")
+            self.probability_layers[value] = self.viewer.add_image(
+                np.asarray(result.probabilities[index], dtype=np.float32),
+                name=f"{source.name} [{METHOD} p({name})]",
+                colormap=PROBABILITY_COLORMAPS.get(value, "magma"), contrast_limits=(0.0, 1.0),
+                blending="additive", opacity=0.6, visible=value == SHOWN_PROBABILITY,
+                metadata=copy.deepcopy(meta), **geometry)
+        self.labels_layer = self.viewer.add_labels(
+            np.asarray(result.labels, dtype=np.uint8), name=f"{source.name} [{METHOD}]",
+            metadata=meta, opacity=0.5, colormap=DirectLabelColormap(color_dict=LABEL_COLORS),
+            features={"index": [0, *LABEL_NAMES], "structure": ["background", *LABEL_NAMES.values()]},
+            **geometry)
+        events = self.labels_layer.events
+        events.paint.connect(self._on_labels_edited)
+        events.data.connect(self._on_labels_edited)
+        events.set_data.connect(self._on_labels_refreshed)
+        self.mask_picker.reset_choices()
+        self.save_button.setEnabled(True)
+        self.update_volumes()
+
+    def update_volumes(self, event=None) -> dict:
+        """Measure the labels layer's current data and refresh the table."""
+        self._debounce.stop()
+        if self.labels_layer is None or self.spacing is None:
+            return {}
+        labels = np.asarray(self.labels_layer.data)
+        try:
+            self.volumes = dict(lesion_method.lesion_volumes(labels, self.spacing))
+            self.warning.setText("")
+        except ValueError as exc:
+            self.volumes = {}
+            self.warning.setText(str(exc))
+        for row, (key, _title) in enumerate(VOLUME_ROWS):
+            self.table.item(row, 1).setText(_fmt(self.volumes.get(key)))
+        return self.volumes
+
+    def volume_text(self, key: str) -> str:
+        """The table's text for a volume key, e.g. ``volume_text("whole_tumour_mL")``."""
+        return self.table.item([k for k, _ in VOLUME_ROWS].index(key), 1).text()
+
+    def _on_labels_edited(self, event=None) -> None:
+        # napari emits `paint` before it writes the edit into the array: measure on the next turn
+        self._debounce.start(0)
+
+    def _on_labels_refreshed(self, event=None) -> None:
+        # slice changes emit `set_data` too: measure once things settle, without delaying an edit
+        if not (self._debounce.isActive() and self._debounce.interval() == 0):
+            self._debounce.start(SETTLE_MS)
+
+    # ----- saving -------------------------------------------------------------------------
+    def _default_name(self) -> str:
+        name = self.labels_layer.name if self.labels_layer is not None else "lesions"
+        return re.sub(r"[^\w.-]+", "_", name).strip("_")
+
+    @staticmethod
+    def output_paths(path: str | Path) -> tuple[Path, Path]:
+        """The labels NIfTI for ``path`` (``.nii.gz`` added when missing) and its volumes CSV."""
+        path = Path(path)
+        if not path.name.lower().endswith((".nii", ".nii.gz")):
+            path = path.with_name(path.name + ".nii.gz")
+        stem = re.sub(r"\.nii(\.gz)?$", "", path.name, flags=re.IGNORECASE)
+        return path, path.with_name(f"{stem}_volumes.csv")
+
+    def save(self, path: str | Path | None = None, overwrite: bool = False) -> tuple[Path, Path] | None:
+        """Write the labels (NIfTI, input geometry) and the volumes (CSV beside it), atomically.
+
+        Without ``path`` a file dialog asks, and existing files are replaced only after a
+        confirmation. With ``path``, existing files are replaced only when ``overwrite``.
+        Returns the two paths written, or None.
+        """
+        if self.labels_layer is None:
+            notify_error("no labels to save: run the segmentation first")
+            return None
+        ask = path is None
+        if ask:
+            path, _ = QFileDialog.getSaveFileName(
+                self, "Save lesion labels (NIfTI) and volumes (CSV)", f"{self._default_name()}.nii.gz",
+                "NIfTI (*.nii.gz *.nii)", options=QFileDialog.Option.DontConfirmOverwrite)
+            if not path:
+                return None
+        nifti, csv_path = self.output_paths(path)
+        existing = [p for p in (nifti, csv_path) if p.exists()]
+        if existing and not overwrite:
+            names = " and ".join(p.name for p in existing)
+            if not ask:
+                notify_error(f"{names} already exists in {existing[0].parent}: not replaced")
+                return None
+            answer = QMessageBox.question(self, "Replace files?", f"{names} already exists. Replace?",
+                                          QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
+            if answer != QMessageBox.Yes:
+                return None
+        self.update_volumes()
+        if not self.volumes:
+            notify_error(f"the labels cannot be measured ({self.warning.text()}): fix them before saving")
+            return None
+        try:
+            from ..imaging.io import write_nifti
+            from ..methods.report import write_measures_csv
+
+            layer = self.labels_layer
+            vol = Volume.from_layer(np.asarray(layer.data), layer.scale, layer.translate, layer.metadata)
+            nifti = write_nifti(vol, nifti, overwrite=True)  # asked above
+            row = {"source": self.source, "model": self.model_name, "model_sha256": self.model_sha256,
+                   "labels_file": nifti.name}
+            row.update({k: round(float(self.volumes[k]), 3) for k, _ in VOLUME_ROWS if k in self.volumes})
+            csv_path = write_measures_csv([row], csv_path)
+        except USER_ERRORS as exc:
+            notify_error(exc)
+            return None
+        show_info(f"labels saved to {nifti}, volumes to {csv_path.name}")
+        return nifti, csv_path
+
+    # ----- bookkeeping --------------------------------------------------------------------
+    def _disconnect_labels(self) -> None:
+        if self.labels_layer is None:
+            return
+        events = self.labels_layer.events
+        events.paint.disconnect(self._on_labels_edited)
+        events.data.disconnect(self._on_labels_edited)
+        events.set_data.disconnect(self._on_labels_refreshed)
+        self._debounce.stop()
+
+    def _on_layer_removed(self, event) -> None:
+        for value, layer in list(self.probability_layers.items()):
+            if event.value is layer:
+                del self.probability_layers[value]
+        if event.value is self.labels_layer:
+            self._disconnect_labels()
+            self.labels_layer = None
+            self.save_button.setEnabled(False)
