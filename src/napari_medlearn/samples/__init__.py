@@ -68,3 +68,18 @@ def brain_lesion_sample(seed: int = 3, domain: str = "A"):
     truth[1]["metadata"] = {**truth[1]["metadata"], "label_names": dict(LABEL_NAMES)}
     layers.append(truth)
     return layers
+
+
+def fetal_sweep_sample(seed: int = 0):
+    """npe2 sample: a freehand ultrasound sweep ``(t, y, x)`` through the fetal phantom.
+
+    The per-frame truth (SonoNet class names) rides in the layer's metadata.
+    """
+    from .fetal_phantom import fetal_sweep
+
+    sw = fetal_sweep(seed=seed)
+    sp = float(sw.pixel_spacing_mm)
+    meta = {"source": f"fetal phantom sweep (seed {seed})", "plane_labels": sw.label_names,
+            "class_names": list(sw.class_names), "pixel_spacing_mm": sp}
+    return [(sw.frames, {"name": "fetal ultrasound sweep (phantom)", "scale": (1.0, sp, sp), "colormap": "gray",
+                         "contrast_limits": (0.0, 1.0), "metadata": meta}, "image")]
