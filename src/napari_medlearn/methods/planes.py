@@ -346,11 +346,14 @@ class _Runner:
         self.background = bg
         self.torch = torch
 
-    def prepare(self, frames: np.ndarray):
+    def prepare(self, frames: np.ndarray, resize: bool = True):
+        """Frames ``(B, H, W)`` -> network input: resized to the card's size (unless ``resize``
+        is False: fully convolutional use on larger views), z-scored x 255, channels-last."""
         from ..nets.sononet import sononet_preprocess
 
         x = self.torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32))[:, None].to(self.device)
-        return sononet_preprocess(x, self.size).contiguous(memory_format=self.torch.channels_last)
+        size = self.size if resize else tuple(x.shape[-2:])
+        return sononet_preprocess(x, size).contiguous(memory_format=self.torch.channels_last)
 
     def run(self, frames: np.ndarray, saliency: bool, out_size: tuple[int, int] | None = None,
             box_threshold: float = 0.3):
@@ -704,7 +707,7 @@ def find_standard_plane(
         with torch.inference_mode():
             views = sample_planes(vt, sp, cen, np.stack([f[0] for f in frames]), np.stack([f[1] for f in frames]),
                                   (big, big), pixel_mm)
-            x = runner.prepare(views[:, 0].cpu().numpy())
+            x = runner.prepare(views[:, 0].cpu().numpy(), resize=False)
             maps = run_chain(runner.chain, x)
             win = F.avg_pool2d(maps, (wh, ww), stride=1)                      # (B, K, nh, nw) window scores
             post = torch.softmax(win, dim=1)[:, target]
