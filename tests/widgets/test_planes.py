@@ -94,6 +94,7 @@ def test_time_slider_plot_and_checklist_are_synced(done, qtbot):
     src = w.viewer.layers["sweep"]
     w.viewer.dims.set_point(0, 4.0)
     assert w.current_frame() == 4 and list(w.time_line.get_xdata()) == [4, 4]
+    assert w.frame_label.text() == f"frame 4: {FAVOURED} ({w.result.probabilities[4, 5]:.2f})"
     # a click on the plot at frame 2 moves the slider there
     ax = w.canvas.axes
     w.canvas.draw()

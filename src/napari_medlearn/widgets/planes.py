@@ -97,6 +97,7 @@ class PlanesWidget(QWidget):
         self.canvas.setMinimumHeight(180)
         self.canvas.setToolTip("class posteriors per frame; click to move the time slider")
         self._init_plot()
+        self.frame_label = QLabel("")
         self.canvas.mpl_connect("button_press_event", self._on_plot_click)
 
         self.checklist = QListWidget()
@@ -121,6 +122,7 @@ class PlanesWidget(QWidget):
         layout.addLayout(form)
         layout.addWidget(self.runner)
         layout.addWidget(self.canvas)
+        layout.addWidget(self.frame_label)
         layout.addWidget(QLabel("Standard planes (best frame):"))
         layout.addWidget(self.checklist)
         layout.addWidget(self.live_check)
@@ -228,6 +230,7 @@ class PlanesWidget(QWidget):
         self._add_boxes(result, source, single, geometry, meta)
         self._plot_scores()
         self._fill_checklist()
+        self.viewer.layers.selection.active = source    # keep the user on the video
         self._on_step()
 
     def _add_boxes(self, result, source, single, geometry, meta) -> None:
@@ -350,6 +353,9 @@ class PlanesWidget(QWidget):
             self.time_line.set_xdata([frame, frame])
             self.time_line.set_visible(True)
             self.canvas.draw_idle()
+            res = self.result
+            k = int(res.predicted[frame])
+            self.frame_label.setText(f"frame {frame}: {res.class_names[k]} ({res.probabilities[frame, k]:.2f})")
         if self.live_check.isChecked():
             self._live_timer.start(LIVE_DEBOUNCE_MS)
 
@@ -441,5 +447,6 @@ class PlanesWidget(QWidget):
             self.boxes_layer = None
         if event.value is self.source:
             self.source = None
+            self.frame_label.setText("")
             self.time_line.set_visible(False)
             self.canvas.draw_idle()
