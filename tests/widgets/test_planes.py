@@ -139,7 +139,7 @@ def test_rerun_replaces_outputs_and_rgb_video(widget, qtbot, errors):
     assert w.saliency_layer.data.shape == (3, 36, 48)
 
 
-def test_bad_inputs_are_notifications(widget, qtbot, errors):
+def test_bad_inputs_are_notifications(widget, qtbot, errors, monkeypatch):
     w = widget
     assert w.run() is None and "no video layer" in errors[-1]
     w.viewer.add_image(np.zeros((2, 3, 20, 20), np.float32), name="4d")
@@ -153,9 +153,11 @@ def test_bad_inputs_are_notifications(widget, qtbot, errors):
     qtbot.waitUntil(lambda: not w.running, timeout=TIMEOUT_MS)
     assert "NaN" in errors[-1] or "finite" in errors[-1]
     assert w.saliency_layer is None and w.runner.status.text().startswith("failed")
-    # no model at all
+    # no model at all: nothing shipped or imported, no checkpoint
+    monkeypatch.setattr(zoo, "available", lambda *args, **kwargs: [])
     w.model_picker._checkpoints.clear()
     w.model_picker.refresh()
+    assert w.model_picker.model() is None
     assert w.run() is None and "no standard-plane model" in errors[-1]
 
 
