@@ -10,6 +10,9 @@ measured along the way.
 - ``dicom``: the same patient exported as a DICOM folder, dropped on the window, segmented,
   corrected by hand.
 
+- ``planes``: the fetal ultrasound sweep sample through Standard plane detection (score plot,
+  checklist, saliency heat map, boxes); the best frames clicked in the checklist; live mode.
+
 Usage: ``xvfb-run -a python benchmarks/screenshots.py OUT_DIR [sample|acdc|dicom ...]``
 """
 
@@ -162,6 +165,59 @@ def scenario_dicom(viewer, out: Path):
 
 
 SCENARIOS = {"sample": scenario_sample, "acdc": scenario_acdc, "dicom": scenario_dicom}
+
+
+def scenario_planes(viewer, out: Path):
+    """File > Open Sample > fetal ultrasound sweep, Standard plane detection with the best
+    available model (``$MEDLEARN_PLANES_MODEL`` overrides), then a look at a few frames: the
+    best frame of found planes (clicked in the checklist), a Background frame, live mode."""
+    import os
+
+    from qtpy.QtCore import Qt
+
+    from napari_medlearn import zoo
+
+    print("planes: File > Open Sample > fetal ultrasound sweep")
+    viewer.open_sample("napari-medlearn", "fetal_sweep")
+    video = viewer.layers["fetal ultrasound sweep (phantom)"]
+    truth = list(video.metadata["plane_labels"])
+    _, w = viewer.window.add_plugin_dock_widget("napari-medlearn", "Standard plane detection")
+    model = os.environ.get("MEDLEARN_PLANES_MODEL") or zoo.default_model("us-standard-planes")
+    if model is None:
+        print("  skipped: no standard-plane model (medlearn import-weights sononet-16 SonoNet16.npz)")
+        return
+    if Path(str(model)).suffix in (".pt", ".pth"):
+        w.model_picker.add_checkpoint(model)
+    else:
+        w.model_picker.setCurrentIndex(w.model_picker.findData(model))
+    w.video_picker.value = video
+    t0 = time.time()
+    w.run()
+    wait(lambda: not w.running)
+    res = w.result
+    acc = np.mean(np.array(res.predicted_names) == np.array(truth))
+    print(f"  run {time.time() - t0:.1f} s, model {w.model_picker.model()}: {w.runner.status.text()}; "
+          f"frame accuracy vs phantom truth {acc:.3f}; found {w.found_planes()}")
+    viewer.reset_view()
+    found = w.found_planes()
+    for name in ("Brain (Tv.)", "4CH", "Femur", "Spine (sag.)"):
+        if name not in found:
+            continue
+        item = next(w.checklist.item(i) for i in range(w.checklist.count())
+                    if w.checklist.item(i).data(Qt.UserRole + 1) == name)
+        w.checklist.setCurrentItem(item)
+        w.checklist.itemClicked.emit(item)
+        print(f"  clicked {name}: frame {w.current_frame()} (truth {truth[w.current_frame()]})")
+        shoot(viewer, out / f"planes_{name.split()[0].lower()}.png")
+    background = [i for i, n in enumerate(truth) if n == "Background"]
+    w.go_to_frame(background[len(background) // 2])
+    w.live_check.setChecked(True)
+    wait(lambda: w.live_result is not None and w.live_result[0] == w.current_frame())
+    print(f"  live at frame {w.current_frame()}: {w.live_result} (truth {truth[w.current_frame()]})")
+    shoot(viewer, out / "planes_live_background.png")
+
+
+SCENARIOS["planes"] = scenario_planes
 
 
 def main() -> None:
