@@ -265,7 +265,7 @@ def _draw_fetus(rng: np.random.Generator) -> _Fetus:
     u = rng.uniform
     k = u(0.88, 1.12)                       # size (gestational age around 20 weeks)
     S: list[_Shape] = []
-    e, cap, shell = _ellipsoid, _capsule, _shell
+    e, cap = _ellipsoid, _capsule
 
     # --- uterus, fluid, placenta (fetal frame: the fetus floats, the sac comes with it) -------
     ut_c = np.array([u(5, 20), u(-8, 8), u(-8, 8)])
@@ -297,9 +297,8 @@ def _draw_fetus(rng: np.random.Generator) -> _Fetus:
     def H(p):                                   # head-frame point -> fetal frame
         return head_c + Rh @ (np.asarray(p, float) * k)
 
-    def HR(extra=None):                         # head-frame rotation (+ extra) as a row operator
-        r = Rh if extra is None else Rh @ extra
-        return r                                 # F @ r maps fetal to local (columns = local axes)
+    def HR(extra=None):                         # a head-frame shape's axes in the fetal frame
+        return Rh if extra is None else Rh @ extra
 
     thor_c, thor_semi = np.array([20, 0, 0]) * k, np.array([23, 21, 19]) * k
     abd_c, abd_semi = np.array([-15, 0, 0]) * k, np.array([25, 20, 19]) * k * u(0.95, 1.08)
@@ -731,9 +730,7 @@ def _probe_path(rng, n_frames: int, targets: list[np.ndarray], mirror: bool, fet
             for i in range(d):
                 rot = Rotation.from_rotvec(tilt[i] * [1, 1, 0.5]) * base
                 out.append(np.vstack([tgt[0] + shift[i], rot.as_matrix().T]))
-    poses = np.asarray(out[:n_frames])
-    # re-orthonormalise (u, v, n) rows
-    return poses
+    return np.asarray(out[:n_frames])
 
 
 # ===== public API ================================================================================
@@ -792,7 +789,7 @@ def fetal_sweep(seed: int = 0, n_frames: int = 120, shape: tuple[int, int] = (22
         Video length. The probe dwells near each visited standard plane for about half the
         frames in total and wanders (Background) between them.
     shape
-        ``(H, W)`` of a frame (SonoNet's input is 224 x 288). The field of view (95-125 mm deep)
+        ``(H, W)`` of a frame (SonoNet's input is 224 x 288). The field of view (75-100 mm deep)
         does not depend on it; ``pixel_spacing_mm`` does.
     planes
         Standard planes to visit (default: all of :data:`PHANTOM_PLANES`, in the order a

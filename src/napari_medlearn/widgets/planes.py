@@ -218,8 +218,8 @@ class PlanesWidget(QWidget):
         self.result, self.source = result, source
         self._remove_outputs()
         single = self._time_axis(source) is None
-        geometry = {"scale": source.scale, "translate": source.translate, "rotate": source.rotate, "shear": source.shear,
-                    "affine": source.affine}
+        geometry = {"scale": source.scale, "translate": source.translate, "rotate": source.rotate,
+                    "shear": source.shear, "affine": source.affine}
         meta = {"model": result.model, "model_sha256": result.model_sha256, "source": source.name}
         if result.saliency is not None:
             sal = result.saliency[0] if single else result.saliency
