@@ -13,7 +13,11 @@ measured along the way.
 - ``planes``: the fetal ultrasound sweep sample through Standard plane detection (score plot,
   checklist, saliency heat map, boxes); the best frames clicked in the checklist; live mode.
 
-Usage: ``xvfb-run -a python benchmarks/screenshots.py OUT_DIR [sample|acdc|dicom ...]``
+- ``lesions``: a BraTS subject's FLAIR and T1c opened through the reader, Brain lesion
+  segmentation (best shipped model, else ``$MEDLEARN_LESION_MODEL``), a brush stroke of oedema
+  (whole-tumour volume before/after), the probability maps, Save (NIfTI + CSV), reopened.
+
+Usage: ``xvfb-run -a python benchmarks/screenshots.py OUT_DIR [sample|acdc|dicom|lesions ...]``
 """
 
 from __future__ import annotations
@@ -218,6 +222,88 @@ def scenario_planes(viewer, out: Path):
 
 
 SCENARIOS["planes"] = scenario_planes
+
+
+BRATS_SUBJECT = Path("/work/shared/data/brats-deepmedic/brats_2013_pat0003_1")
+
+
+def scenario_lesions(viewer, out: Path):
+    """A BraTS subject's FLAIR and T1c through the reader, Brain lesion segmentation, a stroke, save.
+
+    The model is the best shipped one; without one, the checkpoint in ``$MEDLEARN_LESION_MODEL``.
+    """
+    import os
+
+    from napari_medlearn import zoo
+    from napari_medlearn.imaging import measures as M
+    from napari_medlearn.methods.lesions import TASK
+
+    print(f"lesions: {BRATS_SUBJECT.name} FLAIR and T1c opened through the reader")
+    for name in ("Flair_subtrMeanDivStd.nii.gz", "T1c_subtrMeanDivStd.nii.gz"):
+        viewer.open(str(BRATS_SUBJECT / name), plugin="napari-medlearn")
+    flair = viewer.layers["Flair_subtrMeanDivStd"]
+    viewer.layers["T1c_subtrMeanDivStd"].visible = False
+    _, w = viewer.window.add_plugin_dock_widget("napari-medlearn", "Brain lesion segmentation")
+    if not zoo.available(TASK):
+        if not os.environ.get("MEDLEARN_LESION_MODEL"):
+            print("  no shipped lesion model and no $MEDLEARN_LESION_MODEL checkpoint: skipped")
+            return
+        w.model_picker.add_checkpoint(os.environ["MEDLEARN_LESION_MODEL"])
+    print(f"  pickers: " + ", ".join(f"{k} = {p.value.name}" for k, p in w.modality_pickers.items())
+          + f"; brain mask {w.mask_picker.value}")
+    t0 = time.time()
+    w.run()
+    wait(lambda: not w.running)
+    labels = w.labels_layer
+    print(f"  run {time.time() - t0:.1f} s, model {w.model_picker.model()}: {w.runner.status.text()}")
+    truth = viewer.open(str(BRATS_SUBJECT / "OTMultiClass.nii.gz"), plugin="napari-medlearn")[0]
+    truth.visible = False
+    m = M.brats_region_metrics(np.asarray(labels.data), np.rint(truth.data).astype(np.uint8), w.spacing)
+    print("  vs the reference labels: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items()))
+    z = int(np.argmax((np.asarray(labels.data) > 0).sum(axis=(1, 2))))
+    viewer.dims.set_point(0, z * flair.scale[0] + flair.translate[0])
+    viewer.layers.selection.active = labels
+    before = w.volume_text("whole_tumour_mL")
+    # a stroke of oedema beside the tumour on this slice, as the brush would paint it
+    ys, xs = np.nonzero(np.asarray(labels.data[z]) > 0)
+    yc, x_edge = (int(ys.mean()), int(xs.max())) if len(ys) else (120, 120)
+    labels.brush_size = 8
+    labels.selected_label = 2
+    for dx in range(4, 30, 2):
+        labels.paint((z, yc, x_edge + dx), 2)
+    settle(0.5)
+    print(f"  whole tumour (mL) before the stroke {before}, after {w.volume_text('whole_tumour_mL')}; "
+          + ", ".join(f"{k} {w.volume_text(k)}" for k in ("necrotic_core_mL", "oedema_mL", "enhancing_mL")))
+    shoot(viewer, out / "lesions_brats.png")
+    for layer in w.probability_layers.values():
+        layer.visible = True
+    labels.visible = False
+    shoot(viewer, out / "lesions_brats_probabilities.png")
+    labels.visible = True
+    saved = w.save(out / "lesions_brats_labels.nii.gz", overwrite=True)
+    if saved:
+        reopened = viewer.open(str(saved[0]), plugin="napari-medlearn")[0]
+        print(f"  saved {saved[0].name} + {saved[1].name}; reopened: same labels "
+              f"{np.array_equal(np.asarray(reopened.data), np.asarray(labels.data))}, same affine "
+              f"{np.allclose(reopened.metadata['affine'], flair.metadata['affine'], atol=1e-5)}")
+        print("  " + saved[1].read_text().strip().replace("\n", "\n  "))
+        viewer.layers.remove(reopened)
+    print("lesions: File > Open Sample > synthetic brain lesion, the same widget")
+    for layer in list(viewer.layers):
+        viewer.layers.remove(layer)
+    viewer.open_sample("napari-medlearn", "brain_lesion")
+    print(f"  pickers: " + ", ".join(f"{k} = {p.value.name}" for k, p in w.modality_pickers.items()))
+    t0 = time.time()
+    w.run()
+    wait(lambda: not w.running)
+    print(f"  run {time.time() - t0:.1f} s: {w.runner.status.text()}; whole tumour {w.volume_text('whole_tumour_mL')} mL "
+          f"(truth {(np.asarray(viewer.layers['synthetic lesion FLAIR [truth]'].data) > 0).sum() * 8e-3:.2f} mL)")
+    z = int(np.argmax((np.asarray(viewer.layers["synthetic lesion FLAIR [truth]"].data) > 0).sum(axis=(1, 2))))
+    viewer.dims.set_point(0, z * w.labels_layer.scale[0] + w.labels_layer.translate[0])
+    shoot(viewer, out / "lesions_sample.png")
+
+
+SCENARIOS["lesions"] = scenario_lesions
 
 
 def main() -> None:

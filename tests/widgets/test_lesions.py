@@ -81,6 +81,24 @@ def test_one_picker_per_card_channel_chosen_by_layer_name(widget):
     assert names[:2] == ["automatic", "none"] and "layer: T1c_subtrMeanDivStd" in names
 
 
+def test_scans_opened_later_go_to_the_modality_they_name(make_napari_viewer, qtbot, tiny_checkpoint, case):
+    from napari_medlearn.widgets.lesions import _names
+
+    assert _names("Flair_subtrMeanDivStd", "FLAIR") and _names("sub-01 t1c", "T1c")
+    assert not _names("T1c_x", "T1") and not _names("x FLAIR [DeepMedic]", "FLAIR")
+    viewer = make_napari_viewer()
+    w = LesionWidget(viewer)
+    qtbot.addWidget(w)
+    w.model_picker.add_checkpoint(tiny_checkpoint)
+    vols = case.volumes()
+    viewer.add_image(vols["FLAIR"].data, name="case FLAIR", **vols["FLAIR"].layer_kwargs())
+    assert w.modality_pickers["T1c"].value.name == "case FLAIR"     # the only choice so far
+    viewer.add_image(vols["T1c"].data, name="case T1c", **vols["T1c"].layer_kwargs())
+    viewer.add_image(vols["T1c"].data, name="another FLAIR", **vols["T1c"].layer_kwargs())
+    assert w.modality_pickers["FLAIR"].value.name == "case FLAIR"
+    assert w.modality_pickers["T1c"].value.name == "case T1c"
+
+
 def test_a_card_with_other_channels_gets_other_pickers(widget, tmp_path):
     import torch
 
@@ -127,6 +145,10 @@ def test_run_adds_labels_and_probabilities_over_the_input(done, case):
     assert w.volume_text("whole_tumour_mL") == f"{sum(counts.values()) * ml:.2f}"
     assert w.runner.status.text() == "done" and w.save_button.isEnabled()
 
+    viewer.layers.remove(labels)                        # a removed result is not measured any more
+    assert w.labels_layer is None and not w.save_button.isEnabled()
+    assert w.volume_text("whole_tumour_mL") == "\u2013"
+
 
 def test_hand_edits_update_the_volumes(done, qtbot):
     w = done
@@ -161,41 +183,40 @@ def test_hand_edits_update_the_volumes(done, qtbot):
     assert w.volume_text("whole_tumour_mL") == "\u2013" and "unknown values [7]" in w.warning.text()
 
 
-@pytest.mark.parametrize("problem", ["shape", "spacing", "missing", "2d", "nan", "same", "mask"])
-def test_bad_input_is_one_notification_and_changes_nothing(widget, qtbot, errors, case, problem):
+PROBLEMS = {"shape": "must share one grid", "spacing": "spacing", "2d": "3D", "nan": "NaN",
+            "same": "same layer", "mask": "brain mask", "missing": "missing modality"}
+
+
+def test_bad_input_is_one_notification_and_changes_nothing(widget, qtbot, errors, case):
     viewer = widget.viewer
     flair = viewer.layers["Flair_subtrMeanDivStd"]
+    t1c = viewer.layers["T1c_subtrMeanDivStd"]
     kw = case.volumes()["T1c"].layer_kwargs()
-    if problem == "shape":
-        bad = viewer.add_image(case.channels[1][:-2].copy(), name="T1c cropped", **kw)
-    elif problem == "spacing":
-        kw = Volume.from_spacing(case.channels[1], (4.0, 4.0, 5.0)).layer_kwargs()
-        bad = viewer.add_image(case.channels[1].copy(), name="T1c other spacing", **kw)
-    elif problem == "2d":
-        bad = viewer.add_image(case.channels[1][10].copy(), name="T1c slice")
-    elif problem == "nan":
-        data = case.channels[1].copy()
-        data[10, 10, 10] = np.nan
-        bad = viewer.add_image(data, name="T1c with NaN", **kw)
-    if problem in ("shape", "spacing", "2d", "nan"):
-        widget.set_modality("T1c", bad)
-    elif problem == "missing":
-        viewer.layers.remove("T1c_subtrMeanDivStd")
-    elif problem == "same":
-        widget.set_modality("T1c", flair)
-    elif problem == "mask":
-        viewer.add_labels(np.ones((3, 4, 5), np.uint8), name="wrong mask")
-        widget.mask_picker.value = viewer.layers["wrong mask"]
-    before = {layer.name: np.array(layer.data, copy=True) for layer in viewer.layers}
-    run_and_wait(widget, qtbot)
-    assert len(errors) == 1, errors
-    expected = {"shape": "must share one grid", "spacing": "spacing", "missing": "missing modality", "2d": "3D",
-                "nan": "NaN", "same": "same layer", "mask": "brain mask"}[problem]
-    assert expected in errors[0]
-    assert widget.labels_layer is None and [layer.name for layer in viewer.layers] == list(before)
-    for layer in viewer.layers:
-        np.testing.assert_array_equal(layer.data, before[layer.name])
-    assert widget.runner.run_button.isEnabled()
+    nan = case.channels[1].copy()
+    nan[10, 10, 10] = np.nan
+    bad = {
+        "shape": viewer.add_image(case.channels[1][:-2].copy(), name="T1c cropped", **kw),
+        "spacing": viewer.add_image(case.channels[1].copy(), name="T1c other spacing", **Volume.from_spacing(
+            case.channels[1], (4.0, 4.0, 5.0)).layer_kwargs()),
+        "2d": viewer.add_image(case.channels[1][10].copy(), name="T1c slice"),
+        "nan": viewer.add_image(nan, name="T1c with NaN", **kw),
+        "same": flair,
+    }
+    viewer.add_labels(np.ones((3, 4, 5), np.uint8), name="wrong mask")
+    for problem, expected in PROBLEMS.items():
+        widget.set_modality("T1c", bad.get(problem, t1c))
+        widget.mask_picker.value = viewer.layers["wrong mask"] if problem == "mask" else "automatic"
+        if problem == "missing":
+            for layer in [layer for layer in viewer.layers if layer is not flair]:
+                viewer.layers.remove(layer)
+        before = {layer.name: np.array(layer.data, copy=True) for layer in viewer.layers}
+        errors.clear()
+        run_and_wait(widget, qtbot)
+        assert len(errors) == 1 and expected in errors[0], (problem, errors)
+        assert widget.labels_layer is None and [layer.name for layer in viewer.layers] == list(before)
+        for layer in viewer.layers:
+            np.testing.assert_array_equal(layer.data, before[layer.name])
+        assert widget.runner.run_button.isEnabled()
 
 
 def test_cancel_stops_the_run(widget, qtbot, errors):

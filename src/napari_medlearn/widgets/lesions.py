@@ -59,7 +59,7 @@ SHOWN_PROBABILITY = 2
 VOLUME_ROWS = (
     ("necrotic_core_mL", "necrotic core (mL)"),
     ("oedema_mL", "oedema (mL)"),
-    ("enhancing_mL", "enhancing tumour (mL)"),
+    ("enhancing_mL", "enhancing (mL)"),
     ("tumour_core_mL", "tumour core (mL)"),
     ("whole_tumour_mL", "whole tumour (mL)"),
 )
@@ -87,6 +87,15 @@ def model_channels(model: str | None) -> tuple[str, ...]:
     if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):
         return tuple(names)
     return DEFAULT_CHANNELS
+
+
+def _names(layer_name: str, modality: str) -> bool:
+    """Whether a layer name mentions a modality as a word (``Flair_subtrMeanDivStd`` -> FLAIR),
+    excluding result layers (``... [DeepMedic]``)."""
+    layer_name, key = layer_name.lower(), modality.lower()
+    if "[" in layer_name:
+        return False
+    return re.search(rf"(^|[^a-z0-9]){re.escape(key)}([^a-z0-9]|$)", layer_name) is not None
 
 
 class LesionWidget(QWidget):
@@ -156,7 +165,7 @@ class LesionWidget(QWidget):
         self.modality_pickers: dict[str, ComboBox] = {}
         self._all_pickers: dict[str, ComboBox] = {}
         self.form.addRow("model", self.model_picker)
-        self.form.addRow("brain mask", self.mask_picker.native)
+        self.form.addRow("mask", self.mask_picker.native)
         self.form.addRow("device", self.device_picker)
         layout = QVBoxLayout(self)
         layout.addLayout(self.form)
@@ -168,6 +177,8 @@ class LesionWidget(QWidget):
         layout.addStretch(1)
         self.setMinimumWidth(300)
         self._sync_channels()
+        # after the pickers' own refresh: a scan opened later goes to the modality it names
+        napari_viewer.layers.events.inserted.connect(lambda _e=None: self.guess_modalities(keep_matching=True))
         napari_viewer.layers.events.removed.connect(self._on_layer_removed)
 
     # ----- inputs -------------------------------------------------------------------------
@@ -203,14 +214,16 @@ class LesionWidget(QWidget):
         self.modality_pickers = {name: self._all_pickers[name] for name in names}
         self.guess_modalities()
 
-    def guess_modalities(self) -> None:
-        """Choose, for each modality, the image layer whose name mentions it (``Flair_...``)."""
+    def guess_modalities(self, keep_matching: bool = False) -> None:
+        """Choose, for each modality, the image layer whose name mentions it (``Flair_...``).
+
+        With ``keep_matching``, a picker whose layer already names its modality is left alone.
+        """
         for name, picker in self.modality_pickers.items():
-            key = name.lower()
+            if keep_matching and picker.value is not None and _names(picker.value.name, name):
+                continue
             for choice in picker.choices:
-                layer_name = choice.name.lower()
-                if (re.search(rf"(^|[^a-z0-9]){re.escape(key)}([^a-z0-9]|$)", layer_name)
-                        or layer_name.startswith(key)) and "[" not in layer_name:
+                if _names(choice.name, name):
                     picker.value = choice
                     break
 
@@ -454,3 +467,7 @@ class LesionWidget(QWidget):
             self._disconnect_labels()
             self.labels_layer = None
             self.save_button.setEnabled(False)
+            self.volumes = {}
+            self.warning.setText("")
+            for row in range(len(VOLUME_ROWS)):
+                self.table.item(row, 1).setText("\u2013")
