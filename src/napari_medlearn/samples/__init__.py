@@ -82,5 +82,5 @@ def fetal_sweep_sample(seed: int = 2024):
     sp = float(sw.pixel_spacing_mm)
     meta = {"source": f"fetal phantom sweep (seed {seed})", "plane_labels": sw.label_names,
             "class_names": list(sw.class_names), "pixel_spacing_mm": sp}
-    return [(sw.frames, {"name": "fetal ultrasound sweep (phantom)", "scale": (1.0, sp, sp), "colormap": "gray",
+    return [(sw.frames, {"name": "fetal ultrasound sweep (phantom)", "scale": (1.0, sp, sp), "axis_labels": ("t", "y", "x"), "colormap": "gray",
                          "contrast_limits": (0.0, 1.0), "metadata": meta}, "image")]
