@@ -171,3 +171,18 @@ def test_cancel_adds_nothing(widget, qtbot, errors):
     qtbot.waitUntil(lambda: not w.running, timeout=TIMEOUT_MS)
     assert len(w.viewer.layers) == n_layers and w.result is None
     assert w.runner.status.text() == "cancelled" and not errors
+
+
+def test_single_frame_image(widget, qtbot, errors):
+    w = widget
+    frame = blob_video(t=1, shape=(40, 56))[0]
+    layer = w.viewer.add_image(frame.copy(), name="still", scale=(0.3, 0.3))
+    w.video_picker.value = layer
+    w.run()
+    qtbot.waitUntil(lambda: not w.running, timeout=TIMEOUT_MS)
+    assert not errors, errors
+    assert w.result.frames == 1 and w.saliency_layer.data.shape == (40, 56)
+    assert all(rect.shape == (4, 2) for rect in w.boxes_layer.data)
+    np.testing.assert_allclose(w.saliency_layer.scale, (0.3, 0.3))
+    assert w.current_frame() == 0 and w.frame_label.text().startswith(f"frame 0: {FAVOURED}")
+    np.testing.assert_array_equal(layer.data, frame)
