@@ -224,3 +224,16 @@ def test_background_frames_get_no_box_and_no_saliency(net):
     assert np.isnan(res.boxes).all() and not res.saliency.any() and res.best_frames == {}
     fast = methods.detect_planes(video, model=bg_net, saliency=False)
     assert np.isnan(fast.boxes).all()
+
+
+def test_shipped_demo_model_on_a_held_out_sweep():
+    """The shipped sononet-phantom (default until official weights are imported) on a sweep of a
+    seed it never saw: most frames right, and every best frame truly shows its plane."""
+    if "sononet-phantom" not in zoo.available("us-standard-planes"):
+        pytest.skip("sononet-phantom is not shipped (medlearn train sononet-phantom --ship)")
+    from napari_medlearn.samples.fetal_phantom import fetal_sweep
+
+    sw = fetal_sweep(seed=10020, n_frames=60)
+    res = methods.detect_planes(sw.frames, model="sononet-phantom", saliency=False)
+    assert np.mean(res.predicted == sw.labels) > 0.85
+    assert res.best_frames and all(sw.label_names[i] == name for name, i in res.best_frames.items())
