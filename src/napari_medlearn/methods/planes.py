@@ -25,6 +25,12 @@ a one-frame video (``t = 1``). Empty arrays, other shapes, frames under 16 x 16 
 complex or non-numeric data, and NaN/Inf values raise ``ValueError``. Integer (uint8,
 uint16, ...) and float frames need no scaling: the per-image z-score removes it.
 
+API notes for callers (widgets, CLI): ``PlaneResult`` has ``class_names``, ``probabilities``
+``(t, K)``, ``predicted`` ``(t,)``, ``saliency`` ``(t, H, W)`` (None when ``saliency=False``; all
+zero for frames predicted as Background), ``boxes`` ``(t, 4)`` (NaN rows: Background or no
+box), ``best_frames`` and ``model`` (+ ``model_sha256``, ``seconds``, and the properties
+``frames``, ``predicted_names``, ``confidence``, ``background_index``).
+
 ``detect_planes_steps`` yields ``(frames_done, frames_total, message)`` and returns the
 result (GUI worker); ``detect_planes`` drains it. ``classify_frame`` is the live single-frame
 path. ``find_standard_plane`` searches a 3D volume for the plane that maximises one class's
