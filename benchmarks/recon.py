@@ -1,14 +1,15 @@
 """MRI reconstruction quality and speed on CPU (issue 3): the deep cascade against its peers.
 
-On real MR images from installed packages (held-out axial slices of nilearn's MNI152 T1, 1 mm,
-256 x 256; and, with pydicom-data installed, its shoulder and abdomen MR files, never trained
-on), each undersampled at R=4 and R=8 (Cartesian, Gaussian variable density, 8 centre lines),
-this prints PSNR/SSIM and seconds, in one process, for
+On real MR images (held-out axial slices of nilearn's MNI152 T1, 1 mm, 256 x 256; and the
+sources the shipped 2D model never trained on: dipy's T1 coronal slice, pydicom-data's shoulder
+and abdomen MR files, BraTS FLAIR/T1c mid-tumour slices from ../shared when present), each
+undersampled at R=4 and R=8 (Cartesian, Gaussian variable density, 8 centre lines), this
+prints PSNR/SSIM and seconds, in one process, for
 
 - zero-filling (the inverse FFT of the undersampled k-space);
 - compressed sensing: SigPy's L1-wavelet reconstruction (``sigpy.mri.app.L1WaveletRecon``,
   100 iterations), its lambda tuned *per image* against the reference (an oracle choice that
-  favours the peer);
+  favours the peer; ``training.recon.compressed_sensing_l1_wavelet``);
 - the deep cascade through ``methods.reconstruct`` (default model, or ``--model``);
 
 then the mean PSNR gains (cascade - CS, cascade - zero-filling) with the issue's targets, and
@@ -26,43 +27,20 @@ import time
 
 import numpy as np
 
-LAMBDAS = (1e-4, 3e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2)
 MNI_Z = (94, 100, 106)   # inside the recon-2d preset's held-out block
 
 
 def real_images():
     from napari_medlearn.samples import mni152_t1
-    from napari_medlearn.training.recon import pad_to, pydicom_mr_images
+    from napari_medlearn.training.recon import held_out_real_mr, pad_to
 
     vol = mni152_t1(resolution=1).data
     cases = [(f"MNI152 T1 z={z}", pad_to(vol[z] / float(vol[z].max()), 256)) for z in MNI_Z]
-    extra = pydicom_mr_images(256)
-    if not extra:
-        print("(pydicom-data not installed: only MNI152 slices; pip install napari-medlearn[bench])")
-    return cases + [(name.replace("pydicom-data ", ""), img) for name, img in extra]
-
-
-def cs_l1_wavelet(k, mask, reference, lambdas=LAMBDAS, iters=100):
-    """SigPy L1-wavelet CS with lambda tuned per image; ``(image, best lambda, seconds of that run, tuning s)``."""
-    import sigpy.mri as mr
-
-    from napari_medlearn.imaging.kspace import intensity_scale, zero_filled
-    from napari_medlearn.methods.recon import reconstruction_quality
-
-    s = intensity_scale(zero_filled(k))
-    y = (k / s)[None].astype(np.complex64)
-    ones = np.ones_like(y)
-    w = np.broadcast_to(mask, y.shape).astype(np.float32)
-    best = None
-    t_all = time.perf_counter()
-    for lam in lambdas:
-        t0 = time.perf_counter()
-        x = mr.app.L1WaveletRecon(y, ones, lam, weights=w, max_iter=iters, show_pbar=False).run() * s
-        dt = time.perf_counter() - t0
-        q = reconstruction_quality(reference, x)["psnr_db"]
-        if best is None or q > best[0]:
-            best = (q, x, lam, dt)
-    return best[1], best[2], best[3], time.perf_counter() - t_all
+    extra = [(name.replace("pydicom-data ", "").replace("brats_2013_", ""), img)
+             for _, name, img in held_out_real_mr(256)]
+    if not any(n.startswith("MR2") for n, _ in extra):
+        print("(pydicom-data not installed: no shoulder/abdomen images; pip install napari-medlearn[bench])")
+    return cases + extra
 
 
 def quality_table(model, threads: int) -> None:
@@ -71,6 +49,7 @@ def quality_table(model, threads: int) -> None:
     from napari_medlearn.imaging import kspace as K
     from napari_medlearn.methods import reconstruct
     from napari_medlearn.methods.recon import reconstruction_quality
+    from napari_medlearn.training.recon import CS_LAMBDAS, compressed_sensing_l1_wavelet
 
     torch.set_num_threads(threads)
     try:
@@ -94,15 +73,16 @@ def quality_table(model, threads: int) -> None:
             model_name = res.model_name
             out = {"zero-filled": (zf, t_zf), "cascade": (res.image, res.seconds)}
             if have_cs:
-                x, lam, t_cs, t_tune = cs_l1_wavelet(k, m, ref)
+                x, lam, t_cs = compressed_sensing_l1_wavelet(k, m, ref)
                 out[f"CS L1-wavelet (l={lam:g})"] = (x, t_cs)
             for method, (img, sec) in out.items():
                 q = reconstruction_quality(ref, img)
                 rows.append({"R": R, "image": name, "method": method.split(" (")[0], **q, "seconds": sec})
                 print(f"{name:34s} {R:2d} {method:24s} {q['psnr_db']:8.2f} {q['ssim']:6.3f} {sec:8.2f}")
-    print(f"\ncascade model: {model_name}; CS lambda tuned per image over {LAMBDAS}")
-    groups = {"MNI152 held-out slices (the recon-2d preset's domain)": lambda n: n.startswith("MNI152"),
-              "pydicom-data shoulder + abdomen (other anatomy, never trained on)": lambda n: not n.startswith("MNI152"),
+    print(f"\ncascade model: {model_name}; CS lambda tuned per image over {CS_LAMBDAS}")
+    groups = {"MNI152 held-out slices (a training source, slices never trained on)": lambda n: n.startswith("MNI152"),
+              "sources never trained on (dipy brain, pydicom-data shoulder + abdomen, BraTS)":
+                  lambda n: not n.startswith("MNI152"),
               "all images": lambda n: True}
     for group, member in groups.items():
         if not any(member(r["image"]) for r in rows):

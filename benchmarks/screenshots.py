@@ -10,14 +10,18 @@ measured along the way.
 - ``dicom``: the same patient exported as a DICOM folder, dropped on the window, segmented,
   corrected by hand.
 
-- ``planes``: the fetal ultrasound sweep sample through Standard plane detection (score plot,
-  checklist, saliency heat map, boxes); the best frames clicked in the checklist; live mode.
+- ``recon``: the MNI152 sample's mid slice undersampled at R=4 and reconstructed (zero-filled,
+  reconstruction, mask, error map, PSNR/SSIM table); the cardiac sample's mid slice as a 2D+t
+  series at R=8, looked at on frame 5.
 
 - ``lesions``: a BraTS subject's FLAIR and T1c opened through the reader, Brain lesion
   segmentation (best shipped model, else ``$MEDLEARN_LESION_MODEL``), a brush stroke of oedema
   (whole-tumour volume before/after), the probability maps, Save (NIfTI + CSV), reopened.
 
-Usage: ``xvfb-run -a python benchmarks/screenshots.py OUT_DIR [sample|acdc|dicom|lesions ...]``
+- ``planes``: the fetal ultrasound sweep sample through Standard plane detection (score plot,
+  checklist, saliency heat map, boxes); the best frames clicked in the checklist; live mode.
+
+Usage: ``xvfb-run -a python benchmarks/screenshots.py OUT_DIR [sample|acdc|dicom|recon|lesions|planes ...]``
 """
 
 from __future__ import annotations
@@ -168,7 +172,50 @@ def scenario_dicom(viewer, out: Path):
     shoot(viewer, out / "cardiac_dicom.png")
 
 
-SCENARIOS = {"sample": scenario_sample, "acdc": scenario_acdc, "dicom": scenario_dicom}
+def _reconstruct(viewer, layer, acceleration: float, dynamic: bool | None = None):
+    _, w = viewer.window.add_plugin_dock_widget("napari-medlearn", "MRI reconstruction")
+    w.image_picker.value = layer
+    w.acceleration.setValue(acceleration)
+    if dynamic is not None:
+        w.dynamic.setChecked(dynamic)
+    t0 = time.time()
+    w.run()
+    wait(lambda: not w.running)
+    print(f"  {layer.name} R={acceleration:g}: {time.time() - t0:.1f} s, model {w.model_picker.model()}; "
+          + "; ".join(f"{m}: PSNR {w.metric_text(m, 'PSNR (dB)')} dB, SSIM {w.metric_text(m, 'SSIM')}"
+                      for m in ("zero-filled", "cascade")))
+    return w
+
+
+def scenario_recon(viewer, out: Path):
+    print("recon: File > Open Sample > MNI152 T1, MRI reconstruction, simulate R=4 on one slice")
+    viewer.open_sample("napari-medlearn", "mni152_t1")
+    vol = viewer.layers[-1]
+    z = vol.data.shape[0] // 2
+    slice_layer = viewer.add_image(np.asarray(vol.data[z]), name=f"MNI152 T1 z={z}", scale=vol.scale[1:])
+    vol.visible = False
+    _reconstruct(viewer, slice_layer, 4.0)
+    viewer.grid.enabled = True
+    shoot(viewer, out / "recon_mni_r4.png")
+    viewer.grid.enabled = False
+    for layer in list(viewer.layers):
+        viewer.layers.remove(layer)
+    print("recon: cardiac cine sample, mid slice as a 2D+t series, R=8, frame-synchronous")
+    viewer.open_sample("napari-medlearn", "cardiac_cine")
+    cine = viewer.layers[-1]
+    zc = cine.data.shape[1] // 2
+    seq = viewer.add_image(np.asarray(cine.data[:, zc]), name=f"cine z={zc}", scale=cine.scale[[0, 2, 3]],
+                           metadata={"axes": ("t", "y", "x")})
+    cine.visible = False
+    w = _reconstruct(viewer, seq, 8.0, dynamic=True)
+    viewer.grid.enabled = True
+    viewer.dims.set_point(0, 5 * seq.scale[0])
+    settle(0.5)
+    print(f"  frame 5 metrics: {w.frame_metrics()}")
+    shoot(viewer, out / "recon_cine_r8_frame5.png")
+
+
+SCENARIOS = {"sample": scenario_sample, "acdc": scenario_acdc, "dicom": scenario_dicom, "recon": scenario_recon}
 
 
 def scenario_planes(viewer, out: Path):

@@ -71,3 +71,19 @@ def test_dice_and_hausdorff_known_answers():
     assert M.hausdorff95(c, d, (1.0, 1.0, 2.0)) == pytest.approx(6.0)
     assert M.hausdorff95(c, c, (1.0, 1.0, 2.0)) == 0.0
     assert np.isnan(M.hausdorff95(a, np.zeros_like(a), (1, 1, 1)))
+
+
+def test_image_quality_known_answers():
+    from napari_medlearn.imaging.measures import image_quality
+
+    rng = np.random.default_rng(0)
+    ref = rng.random((2, 32, 32)).astype(np.float32)
+    ref[0, 0, 0] = 1.0
+    same = image_quality(ref, ref.astype(np.complex64))
+    assert same["psnr_db"] == np.inf and same["ssim"] == pytest.approx(1.0)
+    q = image_quality(ref, ref + 0.1)              # MSE 0.01 at a peak of 1: 20 dB
+    assert q["psnr_db"] == pytest.approx(20.0, abs=1e-3) and q["ssim"] < 1.0
+    with pytest.raises(ValueError, match="shape"):
+        image_quality(ref, ref[0])
+    with pytest.raises(ValueError, match="zeros"):
+        image_quality(np.zeros((4, 4)), np.ones((4, 4)))

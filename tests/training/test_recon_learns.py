@@ -75,19 +75,60 @@ def test_cine_pool_gives_per_frame_masks():
     assert len({tuple(r.tolist()) for r in lines}) > 1
 
 
+def _have_acdc() -> bool:
+    from napari_medlearn.training.acdc import find_acdc_root
+
+    try:
+        find_acdc_root()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _have_acdc(), reason="ACDC sample data (../shared/data/acdc) not present")
 def test_recon_2d_preset_runs_and_writes_its_card(tmp_path):
-    card = run_recon_2d(tmp_path, size=48, width=2, n_cascades=1, n_layers=2, epochs=1, iters_per_epoch=2,
-                        batch_size=2, n_eval=1, progress=False, device="cpu", max_train_slices=8)
+    card = run_recon_2d(tmp_path, size=48, crop=32, width=2, n_cascades=1, n_layers=2, epochs=1,
+                        iters_per_epoch=2, batch_size=2, n_eval=1, progress=False, device="cpu",
+                        max_train_slices=8, max_acdc_patients=2, compressed_sensing=False)
     on_disk = json.loads((tmp_path / "model.json").read_text())
     assert on_disk == json.loads(json.dumps(card))
-    assert card["name"] == "recon-cascade-mni" and card["task"] == "mri-reconstruction-2d"
+    assert card["name"] == "recon-cascade-mr" and card["task"] == "mri-reconstruction-2d"
     assert card["sha256"] == zoo.sha256_of(tmp_path / "model.pt")
     s = card["evaluation"]["summary"]
     for key in ("R4_psnr_zero_filled", "R4_ssim_zero_filled", "R4_psnr_cascade", "R4_ssim_cascade",
                 "R8_psnr_zero_filled", "R8_psnr_cascade", "R8_ssim_cascade"):
         assert np.isfinite(s[key]), key
-    assert "MNI152" in card["training"]["data"] and card["training"]["command"] == "medlearn train recon-2d --ship"
+    names = [c["case"] for c in card["evaluation"]["cases"]]
+    assert any(n.startswith("MNI152") for n in names) and any(n.startswith("ACDC") for n in names)
+    # the validation patients evaluated are never among the training patients
+    split = card["training"]["acdc_split"]
+    assert not set(split["train"]) & set(split["validation"])
+    assert all(n.split()[1] in split["validation"] for n in names if n.startswith("ACDC"))
+    assert "MNI152" in card["training"]["data"] and "ACDC" in card["training"]["data"]
+    assert card["training"]["command"] == "medlearn train recon-2d --ship"
     assert zoo.load(tmp_path / "model.pt", device="cpu").width == 2
+
+
+def test_weighted_cropped_pool_balances_sources_and_crops():
+    a = [np.full((64, 64), 0.9, np.float32)]
+    b = [np.full((64, 64), 0.5, np.float32)] * 9
+    pool = SlicePool2D(a + b, weights=[0.5] + [0.5 / 9] * 9, crop=40)
+    drawn = pool.draw(np.random.default_rng(0), 2000)
+    assert 0.45 < np.mean(drawn == 0) < 0.55          # one slice in ten, drawn half the time
+    assert np.mean(SlicePool2D(a + b).draw(np.random.default_rng(0), 2000) == 0) < 0.15
+    (k, m), y = pool.batch(np.random.default_rng(0), "cpu", 3)
+    assert k.shape == y.shape == (3, 2, 40, 40) and m.shape == (3, 1, 40, 40)
+    with pytest.raises(ValueError, match="weights"):
+        SlicePool2D(a + b, weights=[1.0])
+
+
+def test_held_out_real_mr_never_overlaps_training_sources():
+    from napari_medlearn.training.recon import held_out_real_mr
+
+    cases = held_out_real_mr(64)
+    assert all(src in {"dipy", "pydicom-data", "BraTS"} for src, _, _ in cases)
+    for _, name, im in cases:
+        assert im.ndim == 2 and np.isfinite(im).all() and 0.99 <= im.max() <= 1.0, name
 
 
 def test_recon_2dt_preset_runs_and_writes_its_card(tmp_path):
@@ -100,7 +141,5 @@ def test_recon_2dt_preset_runs_and_writes_its_card(tmp_path):
 
 
 def test_presets_are_registered():
-    assert PRESETS["recon-2d"].model_name == "recon-cascade-mni"
+    assert PRESETS["recon-2d"].model_name == "recon-cascade-mr"
     assert PRESETS["recon-2dt"].model_name == "recon-cascade-cine-phantom"
-    with pytest.raises(ValueError, match="--data"):
-        run_recon_2d("unused", data="/somewhere")

@@ -184,3 +184,24 @@ def hausdorff95(pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, ...])
     st_c, st_d = surface_and_distance(t)
     d = np.concatenate([st_d[sp_c], sp_d[st_c]])
     return float(np.percentile(d, 95)) if d.size else 0.0
+
+def image_quality(reference: np.ndarray, image: np.ndarray) -> dict[str, float]:
+    """PSNR (dB) and SSIM of the magnitude of ``image`` against the magnitude of ``reference``.
+
+    scikit-image metrics with the data range set to the reference's peak magnitude; for stacks
+    and cines PSNR is over the whole array and SSIM the mean over its 2D images.
+    """
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    ref = np.abs(np.asarray(reference)).astype(np.float64)
+    est = np.abs(np.asarray(image)).astype(np.float64)
+    if ref.shape != est.shape:
+        raise ValueError(f"reference {ref.shape} and image {est.shape} differ in shape")
+    peak = float(ref.max())
+    if not peak > 0:
+        raise ValueError("the reference image is all zeros")
+    with np.errstate(divide="ignore"):      # identical images: inf dB
+        psnr = float(peak_signal_noise_ratio(ref, est, data_range=peak))
+    r2, e2 = ref.reshape(-1, *ref.shape[-2:]), est.reshape(-1, *est.shape[-2:])
+    ssim = float(np.mean([structural_similarity(a, b, data_range=peak) for a, b in zip(r2, e2)]))
+    return {"psnr_db": psnr, "ssim": ssim}

@@ -282,22 +282,7 @@ def reconstruct(kspace: np.ndarray, mask: np.ndarray, model=None, device: str = 
 
 
 def reconstruction_quality(reference: np.ndarray, image: np.ndarray) -> dict[str, float]:
-    """PSNR (dB) and SSIM of the magnitude of ``image`` against the magnitude of ``reference``.
+    """PSNR (dB) and SSIM of a reconstruction against its reference (:func:`imaging.measures.image_quality`)."""
+    from ..imaging.measures import image_quality
 
-    scikit-image metrics with the data range set to the reference's peak magnitude; for stacks
-    and cines PSNR is over the whole array and SSIM the mean over its 2D images.
-    """
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-
-    ref = np.abs(np.asarray(reference)).astype(np.float64)
-    est = np.abs(np.asarray(image)).astype(np.float64)
-    if ref.shape != est.shape:
-        raise ValueError(f"reference {ref.shape} and image {est.shape} differ in shape")
-    peak = float(ref.max())
-    if not peak > 0:
-        raise ValueError("the reference image is all zeros")
-    with np.errstate(divide="ignore"):      # identical images: inf dB
-        psnr = float(peak_signal_noise_ratio(ref, est, data_range=peak))
-    r2, e2 = ref.reshape(-1, *ref.shape[-2:]), est.reshape(-1, *est.shape[-2:])
-    ssim = float(np.mean([structural_similarity(a, b, data_range=peak) for a, b in zip(r2, e2)]))
-    return {"psnr_db": psnr, "ssim": ssim}
+    return image_quality(reference, image)

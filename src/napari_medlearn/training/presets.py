@@ -297,8 +297,8 @@ PRESETS: dict[str, Preset] = {
         run_cardiac_phantom,
     ),
     "recon-2d": Preset(
-        "recon-2d", "recon-cascade-mni",
-        "Deep cascade D5-C5 2D MR reconstruction on MNI152 T1 slices (~15-20 min on 2 CPU cores)",
+        "recon-2d", "recon-cascade-mr",
+        "Deep cascade D5-C5 2D MR reconstruction on real brain (MNI152) and cardiac (ACDC) MR (~1 h on 2 CPU cores)",
         _run_recon_2d,
     ),
     "recon-2dt": Preset(
