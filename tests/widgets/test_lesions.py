@@ -280,7 +280,13 @@ def test_nothing_to_save_before_a_run(widget, errors, tmp_path):
     assert len(errors) == 1 and not list(tmp_path.iterdir())
 
 
-def test_dock_widget_is_registered(make_napari_viewer):
+def test_dock_widget_and_sample_are_registered(make_napari_viewer):
     viewer = make_napari_viewer()
     _dock, w = viewer.window.add_plugin_dock_widget("napari-medlearn", "Brain lesion segmentation")
     assert isinstance(w, LesionWidget) and w.model_picker.task == TASK
+    viewer.open_sample("napari-medlearn", "brain_lesion")
+    assert w.modality_pickers["FLAIR"].value.name == "synthetic lesion FLAIR"
+    assert w.modality_pickers["T1c"].value.name == "synthetic lesion T1c"
+    truth = viewer.layers["synthetic lesion FLAIR [truth]"]
+    np.testing.assert_allclose(truth.colormap.map(np.array([4]))[0], (1.0, 0.9, 0.15, 1.0), atol=1e-6)
+    np.testing.assert_allclose(truth.translate, viewer.layers["synthetic lesion FLAIR"].translate)

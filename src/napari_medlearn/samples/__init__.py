@@ -52,7 +52,7 @@ def brain_lesion_sample(seed: int = 3, domain: str = "A"):
     """
     import numpy as np
 
-    from .brain_lesions import LABEL_NAMES, synthetic_lesion_case
+    from .brain_lesions import LABEL_COLORS, LABEL_NAMES, synthetic_lesion_case
 
     case = synthetic_lesion_case(seed=seed, domain=domain)
     vols = case.volumes()
@@ -64,7 +64,7 @@ def brain_lesion_sample(seed: int = 3, domain: str = "A"):
                                       colormap="gray", contrast_limits=(0.0, hi),
                                       visible=name == case.channel_names[0]))
     truth = vols["labels"].to_layer_data(name="synthetic lesion FLAIR [truth]", layer_type="labels",
-                                         visible=False)
+                                         visible=False, colormap=dict(LABEL_COLORS))
     truth[1]["metadata"] = {**truth[1]["metadata"], "label_names": dict(LABEL_NAMES)}
     layers.append(truth)
     return layers

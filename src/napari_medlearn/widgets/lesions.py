@@ -40,6 +40,7 @@ from qtpy.QtWidgets import (
 
 from ..imaging.volume import Volume
 from ..methods import lesions as lesion_method
+from ..samples.brain_lesions import LABEL_COLORS
 from ._common import USER_ERRORS, ModelPicker, TaskRunner, device_picker, layer_picker, notify_error
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -48,10 +49,8 @@ if TYPE_CHECKING:  # pragma: no cover
 TASK = lesion_method.TASK
 DEFAULT_CHANNELS = ("FLAIR", "T1c")
 METHOD = "DeepMedic"
-#: BraTS label value -> name and colour (the colours of the BraTS papers' figures)
+#: BraTS label value -> name (colours: those of the synthetic sample's truth)
 LABEL_NAMES = {1: "necrotic core", 2: "oedema", 3: "non-enhancing core", 4: "enhancing tumour"}
-LABEL_COLORS = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: (0.95, 0.2, 0.2, 1), 2: (0.25, 0.85, 0.3, 1),
-                3: (0.3, 0.55, 1.0, 1), 4: (1.0, 0.9, 0.15, 1)}
 PROBABILITY_COLORMAPS = {1: "red", 2: "green", 4: "yellow"}
 #: the probability layer shown after a run (the others are added hidden)
 SHOWN_PROBABILITY = 2
