@@ -274,6 +274,31 @@ def test_save_writes_nifti_and_csv_and_never_overwrites_silently(done, qtbot, tm
     assert not read_nifti(nifti).data.any()
 
 
+def test_save_dialog_asks_before_replacing(done, tmp_path, monkeypatch):
+    from qtpy.QtWidgets import QFileDialog, QMessageBox
+
+    from napari_medlearn.widgets import lesions as module
+
+    w = done
+    target = tmp_path / "mine.nii.gz"
+    target.write_bytes(b"precious")
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(target), ""))
+    asked = []
+
+    def answer(reply):
+        def question(*args, **kwargs):
+            asked.append(args[2])
+            return reply
+        return question
+
+    monkeypatch.setattr(module.QMessageBox, "question", answer(QMessageBox.No))
+    assert w.save() is None and target.read_bytes() == b"precious"
+    assert "mine.nii.gz already exists" in asked[0]
+    monkeypatch.setattr(module.QMessageBox, "question", answer(QMessageBox.Yes))
+    assert w.save() == (target, tmp_path / "mine_volumes.csv")
+    assert target.read_bytes() != b"precious" and len(asked) == 2
+
+
 def test_nothing_to_save_before_a_run(widget, errors, tmp_path):
     assert not widget.save_button.isEnabled()
     assert widget.save(tmp_path / "x.nii.gz") is None
