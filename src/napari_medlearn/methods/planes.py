@@ -371,10 +371,7 @@ class _Runner:
         with torch.inference_mode():
             x = self.prepare(frames)
             size = tuple(x.shape[-2:])
-            if saliency:
-                maps, saved = run_chain(self.chain, x, save=True)
-            else:
-                maps = run_chain(self.chain, x)
+            maps = run_chain(self.chain, x)
             scores = maps.mean(dim=(2, 3))
             k = scores.argmax(dim=1)
             probs = torch.softmax(scores.float(), dim=1)
@@ -384,9 +381,13 @@ class _Runner:
                 sal_net = torch.zeros((len(frames), 1, *size), dtype=torch.float32, device=x.device)
                 rows = torch.nonzero(plane)[:, 0]
                 if len(rows):
-                    grad = guided_backprop(self.chain, saved, rows, k[rows], tuple(maps.shape))
+                    # forward again on the plane frames only, keeping what the backward pass needs
+                    # (cheaper than keeping it for the whole batch and selecting rows after)
+                    xs = x if len(rows) == len(frames) else x[rows].contiguous(memory_format=torch.channels_last)
+                    sub_maps, saved = run_chain(self.chain, xs, save=True)
+                    grad = guided_backprop(self.chain, saved, torch.arange(len(rows)), k[rows], tuple(sub_maps.shape))
                     sal_net[rows] = localisation_map(grad, cat[rows], size)
-                del saved
+                    del saved
                 sal_out = torch.nn.functional.interpolate(sal_net, size=out_size, mode="bilinear",
                                                           align_corners=False)[:, 0].clamp_(0, 1)
                 sal_out = sal_out.float().cpu().numpy()
