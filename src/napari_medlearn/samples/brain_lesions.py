@@ -209,16 +209,16 @@ def _anatomy(spacing_mm: float) -> _Anatomy:
     over = total > 1.0
     g = np.where(over, g / np.maximum(total, 1e-6), g) * brain
     w = np.where(over, w / np.maximum(total, 1e-6), w) * brain
-    c = np.clip(1.0 - g - w, 0.0, 1.0) * brain
+    g, w = g.astype(np.float32), w.astype(np.float32)
+    c = (np.clip(1.0 - g - w, 0.0, 1.0) * brain).astype(np.float32)
     shift = np.diag([s, s, s, 1.0])
     shift[:3, 3] = lo + 0.5 * s - 0.5
     aff_xyz = aff1 @ shift
     perm = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=float)
     inside = ndi.distance_transform_edt(brain, sampling=s).astype(np.float32)
     for a in (g, w, c, brain, inside):
-        a.setflags(write=False)
-    return _Anatomy(g.astype(np.float32), w.astype(np.float32), c.astype(np.float32), brain, inside,
-                    aff_xyz @ perm, s)
+        a.setflags(write=False)  # cached and shared by every case
+    return _Anatomy(g, w, c, brain, inside, aff_xyz @ perm, s)
 
 
 # ----- domains ----------------------------------------------------------------------------------
