@@ -13,12 +13,15 @@ from torch import nn
 from .cascade import DeepCascade
 from .fcn import BaiFCN
 from .sononet import SONONET_CLASSES, SonoNet
+from .sr import MultiInputSRNet, SRNet
 
 #: architecture name (as written in model cards) -> constructor
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "bai_fcn": BaiFCN,
     "deep_cascade": DeepCascade,
     "sononet": SonoNet,
+    "sr_net": SRNet,
+    "sr_multi_input": MultiInputSRNet,
 }
 
 
@@ -31,4 +34,4 @@ def build(arch: str, **kwargs: Any) -> nn.Module:
     return ctor(**kwargs)
 
 
-__all__ = ["ARCHITECTURES", "BaiFCN", "DeepCascade", "SONONET_CLASSES", "SonoNet", "build"]
+__all__ = ["ARCHITECTURES", "BaiFCN", "DeepCascade", "SONONET_CLASSES", "SonoNet", "SRNet", "MultiInputSRNet", "build"]
