@@ -285,6 +285,13 @@ def _run_sononet_phantom(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
     return run_sononet_phantom(run_dir, **kwargs)
 
 
+
+def _run_sr_brain(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
+    from .sr import run_sr_brain
+
+    return run_sr_brain(run_dir, **kwargs)
+
+
 PRESETS: dict[str, Preset] = {
     "cardiac-acdc": Preset(
         "cardiac-acdc", "cardiac-fcn-acdc",
@@ -310,6 +317,12 @@ PRESETS: dict[str, Preset] = {
         "sononet-phantom", "sononet-phantom",
         "SonoNet-16 standard-plane detection on fetal phantom sweeps (demo weights; ~60 min on 1 CPU thread)",
         _run_sononet_phantom,
+    ),
+    "sr-brain": Preset(
+        "sr-brain", "sr-brain-x4",
+        "Oktay et al. x4 through-plane SR, single-stack then axial+coronal fusion, on MNI152 + BraTS 1 mm brain MR "
+        "(~25 min on 1 CPU thread)",
+        _run_sr_brain,
     ),
 }
 

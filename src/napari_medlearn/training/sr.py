@@ -1,0 +1,366 @@
+"""Training data, evaluation and the ``sr-brain`` preset for through-plane super-resolution.
+
+O. Oktay et al., "Multi-input Cardiac Image Super-Resolution Using Convolutional Neural
+Networks", MICCAI 2016 (:mod:`napari_medlearn.nets.sr`): thin (1 mm) volumes are degraded with
+a slice profile (box, factor ``f``; :func:`napari_medlearn.imaging.slices.thick_slices`, never
+decimation) and the networks learn to undo it from patches, with the mean squared error.
+
+Data (real 1 mm brain MRI): the MNI152 T1 template shipped inside nilearn (ICBM 2009c, 1 mm)
+and the BraTS 2013 subjects in ``../shared/data/brats-deepmedic`` (T1c and FLAIR, 1 mm, skull
+stripped; CC BY-NC-SA 3.0). One BraTS subject (``HELD_OUT``) is never trained on: the card's
+figures come from it. Every volume is thickened along each of its three axes, so the single-stack
+network sees axial, coronal and sagittal slice directions; the fusion network sees every ordered
+pair of orthogonal stacks (reference stack first), each resampled onto the thin grid by cubic
+B-spline exactly as :func:`napari_medlearn.methods.sr.super_resolve_stacks` does.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..imaging import slices as S
+from ..methods.sr import TASK_MULTI, TASK_SINGLE, intensity_scale
+
+HELD_OUT = "brats_2013_pat0006_1"
+MODALITIES = ("T1c", "Flair")
+BRATS_CITATION = ("B. H. Menze et al., The Multimodal Brain Tumor Image Segmentation Benchmark (BRATS), "
+                  "IEEE TMI 34(10):1993-2024, 2015; data as redistributed with DeepMedic "
+                  "(K. Kamnitsas et al., github.com/deepmedic/deepmedic, examples/dataForExamples)")
+
+
+def find_brats_root(data: str | Path | None = None) -> Path | None:
+    """The BraTS folder (``../shared/data/brats-deepmedic`` beside the repo or the cwd)."""
+    if data is not None:
+        p = Path(data)
+        if not p.is_dir():
+            raise ValueError(f"BraTS folder not found: {p}")
+        return p
+    here = Path(__file__).resolve().parents[3]
+    for c in (Path.cwd().parent / "shared/data/brats-deepmedic", here.parent / "shared/data/brats-deepmedic",
+              Path("/work/shared/data/brats-deepmedic")):
+        if c.is_dir():
+            return c
+    return None
+
+
+@dataclass
+class BrainVolume:
+    name: str
+    image: np.ndarray       # (z, y, x) float32, 1 mm, intensity_scale 1, cropped to multiples of f
+    affine: np.ndarray
+    mask: np.ndarray        # brain
+
+
+def _crop_to_brain(v: np.ndarray, mask: np.ndarray, aff: np.ndarray, f: int, margin: int = 4):
+    idx = np.argwhere(mask)
+    lo = np.maximum(idx.min(0) - margin, 0)
+    hi = np.minimum(idx.max(0) + margin + 1, v.shape)
+    n = ((hi - lo) // f) * f
+    hi = lo + n
+    sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    a2 = aff.copy()
+    a2[:3, 3] = (aff @ np.r_[lo, 1.0])[:3]
+    return v[sl], mask[sl], a2
+
+
+def brats_volume(folder: Path, modality: str, f: int) -> BrainVolume:
+    """A BraTS modality: z-scored intensities shifted so the brain's minimum is 0, zero outside."""
+    from ..imaging.io import read_nifti
+
+    mask = np.asarray(read_nifti(folder / "brainmask.nii.gz").data) > 0
+    vol = read_nifti(folder / f"{modality}_subtrMeanDivStd.nii.gz")
+    v = np.asarray(vol.data, np.float32)
+    v = np.where(mask, v - v[mask].min(), 0).astype(np.float32)
+    v, m, aff = _crop_to_brain(v, mask, vol.affine, f)
+    return BrainVolume(f"BraTS {folder.name} {modality}", v / intensity_scale(v), aff, m)
+
+
+def mni_volume(f: int) -> BrainVolume:
+    from ..samples import mni152_t1
+
+    vol = mni152_t1(resolution=1)
+    v = np.clip(np.asarray(vol.data, np.float32), 0, None)
+    mask = v > 0.1 * v.max()
+    v, m, aff = _crop_to_brain(v, mask, vol.affine, f)
+    return BrainVolume("MNI152 T1 (nilearn, ICBM 2009c 1 mm)", v / intensity_scale(v), aff, m)
+
+
+def training_volumes(f: int, data=None, max_subjects: int | None = None, mni: bool = True) -> list[BrainVolume]:
+    root = find_brats_root(data)
+    vols = [mni_volume(f)] if mni else []
+    if root is not None:
+        subjects = [d for d in sorted(root.glob("brats_*")) if d.name != HELD_OUT]
+        for d in subjects[:max_subjects]:
+            vols += [brats_volume(d, m, f) for m in MODALITIES]
+    return vols
+
+
+class SRPatchPool:
+    """Patches of thin volumes with their thick stacks (single) or interpolated stacks (fusion).
+
+    For every volume and axis ``a`` the thick stack along ``a`` is kept (moved to axis 0, so the
+    network always upsamples its z); for fusion, the cubic B-spline interpolation of each thick
+    stack back onto the thin grid is kept too.
+    """
+
+    def __init__(self, volumes: list[BrainVolume], factor: int, patch: tuple[int, int, int] = (32, 32, 32),
+                 fusion: bool = False, profile: str = "box") -> None:
+        self.f, self.patch, self.fusion = factor, patch, fusion
+        self.items = []
+        for v in volumes:
+            entry = {"hr": v.image, "thick": [], "interp": [], "mask": v.mask}
+            for a in range(3):
+                t, taff = S.thick_slices(v.image, v.affine, factor, profile, axis=a)
+                entry["thick"].append(t)
+                if fusion:
+                    up, _ = S.spline_upsample(t, taff, factor, axis=a)
+                    entry["interp"].append(up)
+            self.items.append(entry)
+
+    def _corner(self, rng, shape, pz, py, px, mask):
+        for _ in range(10):
+            c = [int(rng.integers(0, max(1, s - p + 1))) for s, p in zip(shape, (pz, py, px))]
+            if mask[c[0]:c[0] + pz, c[1]:c[1] + py, c[2]:c[2] + px].mean() > 0.3:
+                break
+        return c
+
+    def batch(self, rng: np.random.Generator, device, batch_size: int = 4):
+        f = self.f
+        xs, ys = [], []
+        for _ in range(batch_size):
+            e = self.items[int(rng.integers(len(self.items)))]
+            gain = float(rng.uniform(0.8, 1.25))
+            if not self.fusion:
+                a = int(rng.integers(3))
+                hr = np.moveaxis(e["hr"], a, 0)
+                th = np.moveaxis(e["thick"][a], a, 0)
+                mk = np.moveaxis(e["mask"], a, 0)
+                pz, py, px = self.patch
+                pz = (pz // f) * f
+                c = self._corner(rng, hr.shape, pz, py, px, mk)
+                c[0] = (c[0] // f) * f
+                x = th[c[0] // f:(c[0] + pz) // f, c[1]:c[1] + py, c[2]:c[2] + px][None]
+                y = hr[c[0]:c[0] + pz, c[1]:c[1] + py, c[2]:c[2] + px][None]
+            else:
+                ref = int(rng.integers(3))
+                other = int(rng.choice([o for o in range(3) if o != ref]))
+                hr = np.moveaxis(e["hr"], ref, 0)
+                mk = np.moveaxis(e["mask"], ref, 0)
+                ins = [np.moveaxis(e["interp"][k], ref, 0) for k in (ref, other)]
+                pz, py, px = self.patch
+                c = self._corner(rng, hr.shape, pz, py, px, mk)
+                sl = (slice(c[0], c[0] + pz), slice(c[1], c[1] + py), slice(c[2], c[2] + px))
+                x = np.stack([i[sl] for i in ins])
+                y = hr[sl][None]
+            if rng.random() < 0.5:
+                x, y = x[..., ::-1], y[..., ::-1]
+            if rng.random() < 0.5:
+                x, y = x[..., ::-1, :], y[..., ::-1, :]
+            xs.append(np.ascontiguousarray(x) * gain)
+            ys.append(np.ascontiguousarray(y) * gain)
+        return (torch.from_numpy(np.stack(xs)).float().to(device), torch.from_numpy(np.stack(ys)).float().to(device))
+
+
+def central_mse(f: int, fusion: bool):
+    """MSE away from the patch borders (zero padding there is not what whole volumes see)."""
+    def loss(pred, target):
+        mz = 0 if fusion else f
+        sl = (slice(None), slice(None), slice(mz, pred.shape[2] - mz or None), slice(4, -4), slice(4, -4))
+        return torch.mean((pred[sl] - target[sl]) ** 2)
+    return loss
+
+
+def held_out_cases(f: int, data=None, modalities=MODALITIES) -> list[tuple[str, BrainVolume]]:
+    root = find_brats_root(data)
+    if root is None or not (root / HELD_OUT).is_dir():
+        return []
+    return [(m, brats_volume(root / HELD_OUT, m, f)) for m in modalities]
+
+
+def coronal_stack(v: BrainVolume, f: int, profile: str = "box") -> tuple[np.ndarray, np.ndarray]:
+    """A coronal thick stack of ``v`` as its own ``(z, y, x)`` array (z = the thick axis) + affine."""
+    t, taff = S.thick_slices(v.image, v.affine, f, profile, axis=1)
+    arr = np.ascontiguousarray(np.transpose(t, (1, 0, 2)))
+    aff = taff[:, [1, 0, 2, 3]]
+    return arr, aff
+
+
+def evaluate_sr(single, fused, cases, f: int, profile: str = "box") -> dict[str, Any]:
+    """PSNR inside the brain and SSIM on held-out volumes: spline, single SR, average, fused."""
+    from ..methods.sr import sr_quality, super_resolve, super_resolve_stacks
+
+    rows = []
+    for label, v in cases:
+        ax, ax_aff = S.thick_slices(v.image, v.affine, f, profile, axis=0)
+        row = {"case": v.name, "shape": list(v.image.shape)}
+        r1 = super_resolve(ax, (f, 1.0, 1.0), f, model=single if single is not None else "spline", affine=ax_aff)
+        assert np.allclose(r1.affine, v.affine) and r1.image.shape == v.image.shape
+        for key, img in (("spline", r1.baseline), ("single", r1.image)):
+            q = sr_quality(v.image, img, v.mask)
+            row[f"psnr_{key}"], row[f"ssim_{key}"] = q["psnr_db"], q["ssim"]
+        cor, cor_aff = coronal_stack(v, f, profile)
+        r2 = super_resolve_stacks([(ax, ax_aff), (cor, cor_aff)], (1.0, 1.0, 1.0),
+                                  model=fused if fused is not None else "average")
+        assert np.allclose(r2.affine, v.affine) and r2.image.shape == v.image.shape
+        for key, img in (("average", r2.baseline), ("fused", r2.image)):
+            q = sr_quality(v.image, img, v.mask)
+            row[f"psnr_{key}"], row[f"ssim_{key}"] = q["psnr_db"], q["ssim"]
+        rows.append(row)
+    keys = [k for k in rows[0] if k.startswith(("psnr_", "ssim_"))] if rows else []
+    summary = {k: float(np.mean([r[k] for r in rows])) for k in keys}
+    if rows:
+        summary["single_minus_spline_db"] = summary["psnr_single"] - summary["psnr_spline"]
+        summary["fused_minus_single_db"] = summary["psnr_fused"] - summary["psnr_single"]
+        summary["fused_minus_average_db"] = summary["psnr_fused"] - summary["psnr_average"]
+    return {"summary": summary, "cases": rows}
+
+
+def figure(single, fused, case: BrainVolume, f: int, path: Path) -> None:
+    """Sagittal and coronal reformats of the held-out case: truth, spline, single SR, fused."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..methods.sr import super_resolve, super_resolve_stacks
+
+    ax, ax_aff = S.thick_slices(case.image, case.affine, f, "box", axis=0)
+    r1 = super_resolve(ax, (f, 1.0, 1.0), f, model=single or "spline", affine=ax_aff)
+    cor, cor_aff = coronal_stack(case, f)
+    r2 = super_resolve_stacks([(ax, ax_aff), (cor, cor_aff)], (1.0, 1.0, 1.0), model=fused or "average")
+    panels = [("truth (1 mm)", case.image), (f"cubic B-spline x{f}", r1.baseline), ("single-stack SR", r1.image),
+              ("axial+coronal fused", r2.image)]
+    xm = case.image.shape[2] // 2
+    fig, axes = plt.subplots(1, 4, figsize=(12, 3.6))
+    for a, (title, img) in zip(axes, panels):
+        a.imshow(img[::-1, :, xm], cmap="gray", vmin=0, vmax=1.0, aspect=1.0)
+        a.set_title(title, fontsize=9)
+        a.axis("off")
+    fig.suptitle(f"{case.name}: sagittal reformat of an axial x{f} box-profile stack (held out)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_sr_brain(run_dir: str | Path, ship: bool = False, factor: int = 4, epochs: int = 10,
+                 iters_per_epoch: int = 90, batch_size: int = 4, patch: int = 32, width: int = 24,
+                 fused_width: int = 16, device: str = "auto", seed: int = 0, progress: bool = True,
+                 data: str | None = None, max_subjects: int | None = None, mni: bool = True,
+                 which: str = "both", eval_modalities: tuple[str, ...] = MODALITIES) -> dict[str, Any]:
+    """Train the single-stack SR network then the axial+coronal fusion network (one at a time).
+
+    ``which`` = ``"single"``, ``"fused"`` or ``"both"``. Each network has its own run folder
+    (``run_dir/single``, ``run_dir/fused``: checkpoint per epoch, resumable). The card reports
+    PSNR inside the brain and SSIM on the held-out BraTS subject.
+    """
+    from ..nets import MultiInputSRNet, SRNet
+    from .presets import _finish, training_record
+    from .trainer import TrainConfig, train
+
+    if which not in ("single", "fused", "both"):
+        raise ValueError(f"which must be single, fused or both, got {which!r}")
+    run_dir = Path(run_dir)
+    f = int(factor)
+    t0 = time.time()
+    vols = training_volumes(f, data, max_subjects, mni)
+    if not vols:
+        raise ValueError("no training volumes (MNI152 off and no BraTS folder)")
+    if progress:
+        print(f"{len(vols)} training volumes: " + "; ".join(v.name for v in vols), flush=True)
+    cases = held_out_cases(f, data, eval_modalities)
+    if not cases:
+        raise ValueError(f"held-out subject {HELD_OUT} not found in the BraTS folder")
+    cfg_kw = dict(epochs=epochs, iters_per_epoch=iters_per_epoch, lr=1e-3,
+                  lr_milestones=(int(epochs * 0.6), int(epochs * 0.85)), seed=seed, device=device)
+    nets: dict[str, Any] = {}
+    records: dict[str, Any] = {}
+    specs = {"single": ("sr_net", {"factor": f, "width": width, "n_lr": 3, "n_hr": 3}, False),
+             "fused": ("sr_multi_input", {"n_inputs": 2, "width": fused_width, "n_stream": 3, "n_fused": 3}, True)}
+    for kind in ("single", "fused"):
+        arch, args, fusion = specs[kind]
+        torch.manual_seed(seed)
+        net = SRNet(**args) if kind == "single" else MultiInputSRNet(**args)
+        if which in (kind, "both"):
+            pool = SRPatchPool(vols, f, (patch, patch, patch), fusion=fusion)
+            cfg = TrainConfig(**cfg_kw)
+            t1 = time.time()
+            hist = train(net, arch, args, lambda r, dev, p=pool: p.batch(r, dev, batch_size),
+                         central_mse(f, fusion), cfg, run_dir / kind, progress=progress)
+            records[kind] = training_record(cfg, hist, t1)
+            del pool
+        else:
+            last = run_dir / kind / "model.pt"
+            if not last.exists():      # evaluate against the baseline instead
+                nets[kind] = (None, arch, args)
+                continue
+            from .. import zoo
+
+            net = zoo.load(str(last), device="cpu")
+            records[kind] = dict(zoo.card(str(last)).get("training", {}))
+        net.eval()
+        nets[kind] = (net, arch, args)
+    if progress:
+        print(f"evaluating on held-out {HELD_OUT}", flush=True)
+    single, fused = nets["single"][0], nets["fused"][0]
+    ev = evaluate_sr(single, fused, cases, f)
+    figpath = run_dir / "sr-brain_heldout.png"
+    figure(single, fused, cases[0][1], f, figpath)
+    data_text = (f"(1) MNI152 T1 template (ICBM 2009c, 1 mm, shipped inside nilearn; "
+                 f"napari_medlearn.samples.mni152_t1(resolution=1)); (2) BraTS 2013 subjects in "
+                 f"../shared/data/brats-deepmedic except {HELD_OUT}, T1c and FLAIR (1 mm, skull stripped): "
+                 + "; ".join(v.name for v in vols)
+                 + f". Each volume cropped to the brain, thickened x{f} with a box slice profile along each "
+                   f"of its three axes; random {patch}^3 thin patches (>= 30 % brain), in-plane flips, gain 0.8-1.25")
+    licence = {"weights": "CC BY-NC-SA 3.0 (derived from BraTS data; non-commercial, share alike, attribution)",
+               "training_data": "BraTS 2013 as redistributed with DeepMedic: CC BY-NC-SA 3.0 (License_CC_BY_NC_SA_3.0.txt "
+                                "in each subject folder), cite: " + BRATS_CITATION + "; MNI152 ICBM 2009c template "
+                                "(copyright McConnell Brain Imaging Centre, free use with attribution)"}
+    eval_text = (f"held-out BraTS subject {HELD_OUT} (never trained on), " + ", ".join(eval_modalities)
+                 + f": axial stack simulated x{f} with a box profile (imaging.slices.thick_slices), coronal stack "
+                   "likewise along A; PSNR inside the brain mask (peak = the truth's maximum there) and mean slice "
+                   "SSIM, against the 1 mm truth, through methods.super_resolve / super_resolve_stacks")
+    common = {"paper": "O. Oktay et al., Multi-input Cardiac Image Super-Resolution Using Convolutional Neural "
+                       "Networks, MICCAI 2016, LNCS 9902:246-254",
+              "labels": {}, "licence": licence,
+              "intended_use": "research use only, not for diagnosis"}
+    cards = {}
+    names = {"single": f"sr-brain-x{f}", "fused": f"sr-brain-x{f}-fused"}
+    for kind in ("single", "fused"):
+        if which not in (kind, "both"):
+            continue
+        net, arch, args = nets[kind]
+        card = {
+            "name": names[kind],
+            "task": TASK_SINGLE if kind == "single" else TASK_MULTI,
+            "priority": 10,
+            "description": (f"Oktay et al. single-stack SR network, x{f} through-plane, trained on real 1 mm brain MR"
+                            if kind == "single" else
+                            "Oktay et al. Siamese multi-input SR network fusing two orthogonal x{f} stacks "
+                            "(reference first) on real 1 mm brain MR".replace("{f}", str(f))),
+            "architecture": arch, "arch_args": args, **common,
+            "input": {"stack": "(z, y, x) thick along z" if kind == "single" else
+                      "2 stacks (z, y, x) with affines, resampled by cubic B-spline onto the first stack's grid",
+                      "factor": f, "slice_profile": "box (thick slice i covers thin slices i*f..i*f+f-1)",
+                      "in_plane_spacing_mm": 1.0,
+                      "intensity": "divided by the first stack's 99.5th percentile (methods.sr.intensity_scale), scaled back"},
+            "training": {"data": data_text, "command": f"medlearn train sr-brain --ship",
+                         "loss": "mean squared error away from patch borders",
+                         "batch_size": batch_size, **records[kind]},
+            "evaluation": {"data": eval_text, "figure": "sr-brain_heldout.png", **ev},
+        }
+        cards[kind] = _finish(net, arch, args, card, run_dir / kind, ship)
+    if ship:
+        import shutil
+
+        from .. import zoo
+
+        shutil.copyfile(figpath, zoo.CARDS_DIR / figpath.name)
+    if progress:
+        print({k: round(v, 3) for k, v in ev["summary"].items()}, flush=True)
+    return cards.get("fused") or cards.get("single")
