@@ -6,9 +6,13 @@ Nothing here imports napari or Qt.
 
 from .cardiac import CardiacResult, cardiac_measures, segment_heart, segment_heart_steps
 from .recon import ReconResult, reconstruct, reconstruct_steps
+from .sr import (SRResult, super_resolve, super_resolve_stacks, super_resolve_stacks_steps,
+                 super_resolve_steps)
 from .planes import (PlaneResult, StandardPlane, classify_frame, detect_planes, detect_planes_steps,
                      find_standard_plane)
 
 __all__ = ["PlaneResult", "StandardPlane", "classify_frame", "detect_planes", "detect_planes_steps",
            "find_standard_plane", "CardiacResult", "ReconResult", "cardiac_measures", "reconstruct", "reconstruct_steps",
-           "segment_heart", "segment_heart_steps"]
+           "segment_heart", "segment_heart_steps",
+           "SRResult", "super_resolve", "super_resolve_stacks", "super_resolve_stacks_steps",
+           "super_resolve_steps"]
