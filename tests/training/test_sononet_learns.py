@@ -20,7 +20,7 @@ def tiny_run(tmp_path_factory):
 
     torch.set_num_threads(1)
     run = tmp_path_factory.mktemp("sononet-run")
-    card = run_sononet_phantom(run, epochs=3, iters_per_epoch=40, n_train=6, n_eval=2, n_frames=40, width=4,
+    card = run_sononet_phantom(run, epochs=4, iters_per_epoch=50, n_train=8, n_eval=2, n_frames=40, width=6,
                                blocks=(1, 1, 1, 1, 1), input_size=(48, 64), render_shape=(96, 128),
                                batch_size=16, lr=3e-3, device="cpu", progress=False)
     return run, card
