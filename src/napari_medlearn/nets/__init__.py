@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 from torch import nn
 
+from .acnn import ACNNShapeModel
 from .cascade import DeepCascade
 from .fcn import BaiFCN
 from .sononet import SONONET_CLASSES, SonoNet
@@ -17,6 +18,7 @@ from .sr import MultiInputSRNet, SRNet
 
 #: architecture name (as written in model cards) -> constructor
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "acnn_shape": ACNNShapeModel,
     "bai_fcn": BaiFCN,
     "deep_cascade": DeepCascade,
     "sononet": SonoNet,
@@ -34,4 +36,4 @@ def build(arch: str, **kwargs: Any) -> nn.Module:
     return ctor(**kwargs)
 
 
-__all__ = ["ARCHITECTURES", "BaiFCN", "DeepCascade", "SONONET_CLASSES", "SonoNet", "SRNet", "MultiInputSRNet", "build"]
+__all__ = ["ACNNShapeModel", "ARCHITECTURES", "BaiFCN", "DeepCascade", "SONONET_CLASSES", "SonoNet", "SRNet", "MultiInputSRNet", "build"]
