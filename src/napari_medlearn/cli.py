@@ -168,6 +168,85 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
+LESION_CLASS_FILES = {1: "necrotic_core", 2: "oedema", 4: "enhancing"}
+LESION_OUTPUTS = ("labels.nii.gz", "volumes.csv", "lesions.json") + tuple(
+    f"probability_{n}.nii.gz" for n in LESION_CLASS_FILES.values())
+
+
+def write_lesion_outputs(out: Path, ref, result, source: str) -> dict[str, Path]:
+    """labels.nii.gz and probability_<class>.nii.gz with ``ref``'s geometry, volumes.csv, lesions.json."""
+    import csv
+
+    from .imaging.atomic import atomic_path
+    from .imaging.io import write_nifti
+    from .zoo import write_json_atomic
+
+    paths = {"labels": out / "labels.nii.gz", "csv": out / "volumes.csv", "json": out / "lesions.json"}
+    write_nifti(ref.with_data(result.labels), paths["labels"], overwrite=True)
+    for k, value in enumerate(result.label_values):
+        if value in LESION_CLASS_FILES:
+            p = out / f"probability_{LESION_CLASS_FILES[value]}.nii.gz"
+            write_nifti(ref.with_data(result.probabilities[k].astype("float32")), p, overwrite=True)
+            paths[f"probability_{value}"] = p
+    row = {**{k: round(v, 3) for k, v in result.volumes_ml.items()}, "model": result.model,
+           "model_sha256": result.model_sha256, "source": source}
+    with atomic_path(paths["csv"]) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(row))
+        w.writeheader()
+        w.writerow(row)
+    write_json_atomic({"source": source, "model": result.model, "model_sha256": result.model_sha256,
+                       "channels": list(result.channel_names), "label_values": list(result.label_values),
+                       "volumes_ml": result.volumes_ml, "seconds": round(result.seconds, 2)}, paths["json"])
+    return paths
+
+
+def cmd_segment_lesions(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from . import zoo
+    from .methods import segment_lesions
+    from .methods.lesions import TASK
+
+    given = {"FLAIR": args.flair, "T1c": args.t1c}
+    vols = {}
+    for name, path in given.items():
+        v = _read_single_volume(path)
+        if len(v.spatial_axes) != 3 or v.data.ndim != 3:
+            raise CLIError(f"{path}: the {name} image is {v.data.ndim}-D {v.data.shape}; lesion segmentation "
+                           "needs 3D volumes")
+        vols[name] = v
+    ref = vols["FLAIR"]
+    for name, v in vols.items():
+        if v.data.shape != ref.data.shape:
+            raise CLIError(f"the modalities have different shapes (FLAIR {ref.data.shape}, {name} {v.data.shape}); "
+                           "resample them onto one grid first")
+        if not np.allclose(v.affine, ref.affine, atol=1e-3):
+            raise CLIError(f"the modalities have different geometry (FLAIR spacing {ref.spacing}, {name} "
+                           f"spacing {v.spacing}, or origins/orientations differ); register them first")
+    model = args.model or zoo.default_model(TASK)
+    wanted = list(zoo.card(model).get("input", {}).get("channels", ["FLAIR", "T1c"]))
+    missing = [c for c in wanted if c not in vols]
+    if missing:
+        raise CLIError(f"model {model} needs the modalities {', '.join(wanted)}; this command gives FLAIR "
+                       f"and T1c (missing: {', '.join(missing)})")
+    mask = None
+    if args.mask:
+        m = _read_single_volume(args.mask)
+        if m.data.shape != ref.data.shape:
+            raise CLIError(f"the brain mask {m.data.shape} does not match the images {ref.data.shape}")
+        mask = m.data
+    out = _out_dir(args.out, LESION_OUTPUTS, args.overwrite)
+    res = segment_lesions(np.stack([vols[c].data for c in wanted]), ref.spacing, model=model, brain_mask=mask,
+                          device=args.device,
+                          progress=None if args.quiet else _progress_printer("segment-lesions"))
+    paths = write_lesion_outputs(out, ref, res, f"FLAIR {args.flair}; T1c {args.t1c}")
+    v = res.volumes_ml
+    print(f"whole tumour {v['whole_tumour_mL']:.1f} mL  oedema {v['oedema_mL']:.1f} mL  "
+          f"enhancing {v['enhancing_mL']:.1f} mL  necrotic core {v['necrotic_core_mL']:.1f} mL")
+    print(f"wrote {paths['labels']}, {paths['csv']}, {paths['json']} and the probabilities")
+    return 0
+
+
 PLANE_OUTPUTS = ("scores.csv", "boxes.csv", "best_frames.csv", "planes.json", "saliency.npy")
 VIDEO_SUFFIXES = (".npy", ".tif", ".tiff", ".gif", ".png", ".jpg", ".jpeg", ".mp4", ".avi", ".mov")
 
@@ -352,6 +431,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default=None, help="zoo name or checkpoint path (default: best available)")
     common(s)
     s.set_defaults(func=cmd_reconstruct)
+
+    s = sub.add_parser("segment-lesions", help="segment a brain tumour (necrotic core, oedema, enhancing) in "
+                                               "FLAIR + T1c; write labels, probabilities and volumes")
+    s.add_argument("--flair", required=True, help="FLAIR volume (NIfTI or DICOM folder)")
+    s.add_argument("--t1c", required=True, help="contrast-enhanced T1 volume on the FLAIR's grid")
+    s.add_argument("--mask", default=None, help="brain mask on the same grid (default: derived from the images)")
+    s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--model", default=None, help="zoo name or checkpoint path (default: best shipped)")
+    common(s)
+    s.set_defaults(func=cmd_segment_lesions)
 
     s = sub.add_parser("detect-planes", help="detect fetal standard planes in a 2D ultrasound video (SonoNet); "
                                              "write per-frame scores, boxes, saliency and the best frames")

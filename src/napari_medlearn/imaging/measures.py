@@ -185,6 +185,29 @@ def hausdorff95(pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, ...])
     d = np.concatenate([st_d[sp_c], sp_d[st_c]])
     return float(np.percentile(d, 95)) if d.size else 0.0
 
+
+#: BraTS evaluation regions (Menze et al., IEEE TMI 2015): label values in each region
+BRATS_REGIONS = {"whole_tumour": (1, 2, 3, 4), "tumour_core": (1, 3, 4), "enhancing": (4,)}
+
+
+def brats_region_metrics(pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, ...]) -> dict[str, float]:
+    """Dice and Hausdorff-95 (mm, :func:`hausdorff95`) of the BraTS regions.
+
+    Whole tumour = labels > 0, tumour core = 1 + 3 + 4, enhancing = 4. Keys
+    ``dice_whole_tumour``, ``hd95_whole_tumour_mm``, ... (HD95 NaN when a region is empty in
+    either map).
+    """
+    p, t = np.asarray(pred), np.asarray(truth)
+    if p.shape != t.shape:
+        raise ValueError(f"label maps differ in shape: {p.shape} vs {t.shape}")
+    out = {}
+    for name, values in BRATS_REGIONS.items():
+        a, b = np.isin(p, values), np.isin(t, values)
+        out[f"dice_{name}"] = dice(a, b)
+        out[f"hd95_{name}_mm"] = hausdorff95(a, b, spacing)
+    return out
+
+
 def image_quality(reference: np.ndarray, image: np.ndarray) -> dict[str, float]:
     """PSNR (dB) and SSIM of the magnitude of ``image`` against the magnitude of ``reference``.
 

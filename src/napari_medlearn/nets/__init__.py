@@ -12,6 +12,7 @@ from torch import nn
 
 from .acnn import ACNNShapeModel
 from .cascade import DeepCascade
+from .deepmedic import DeepMedic
 from .fcn import BaiFCN
 from .sononet import SONONET_CLASSES, SonoNet
 from .sr import MultiInputSRNet, SRNet
@@ -21,6 +22,7 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "acnn_shape": ACNNShapeModel,
     "bai_fcn": BaiFCN,
     "deep_cascade": DeepCascade,
+    "deepmedic": DeepMedic,
     "sononet": SonoNet,
     "sr_net": SRNet,
     "sr_multi_input": MultiInputSRNet,

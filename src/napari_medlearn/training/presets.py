@@ -292,6 +292,18 @@ def _run_sr_brain(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
     return run_sr_brain(run_dir, **kwargs)
 
 
+def _run_lesions_brats(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
+    from .deepmedic import run_lesions_brats
+
+    return run_lesions_brats(run_dir, **kwargs)
+
+
+def _run_lesions_synthetic(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
+    from .deepmedic import run_lesions_synthetic
+
+    return run_lesions_synthetic(run_dir, **kwargs)
+
+
 PRESETS: dict[str, Preset] = {
     "cardiac-acdc": Preset(
         "cardiac-acdc", "cardiac-fcn-acdc",
@@ -323,6 +335,16 @@ PRESETS: dict[str, Preset] = {
         "Oktay et al. x4 through-plane SR, single-stack then axial+coronal fusion, on MNI152 + BraTS 1 mm brain MR "
         "(~25 min on 1 CPU thread)",
         _run_sr_brain,
+    ),
+    "lesions-brats": Preset(
+        "lesions-brats", "lesions-brats",
+        "DeepMedic on 4 real BraTS subjects, 2-fold cross-validated (default lesion model; ~45 min on 2 CPU cores)",
+        _run_lesions_brats,
+    ),
+    "lesions-synthetic": Preset(
+        "lesions-synthetic", "lesions-synthetic",
+        "DeepMedic on synthetic multi-modal lesion cases (demo / source-only weights; ~25 min on 2 CPU cores)",
+        _run_lesions_synthetic,
     ),
 }
 

@@ -1,0 +1,416 @@
+"""Brain-lesion (glioma) segmentation of multi-modal MR with DeepMedic (Kamnitsas et al., MedIA 2017).
+
+Pipeline, the same in training (``training/deepmedic.py``) and here:
+
+1. **Check** the channels ``(C, z, y, x)``: as many as the model card's ``input.channels``, in that
+   order (e.g. FLAIR, T1c), real, finite, 3D, co-registered (one array, one spacing).
+2. **Brain mask**: the one given, else derived from the channels (:func:`derive_brain_mask`): a
+   voxel is brain when *any* channel differs from that channel's background value, the value
+   that fills most of the volume's outer faces (skull-stripped scans have a constant
+   background: 0, or ``-mean/std`` after a normalisation as in the BraTS files). When no channel
+   has a constant background, an Otsu threshold of the channels' mean is used instead (largest
+   component, holes filled).
+3. **Resample** to the card's ``input.spacing_mm`` when the input's spacing differs (trilinear for
+   images, nearest for the mask) and the probabilities back to the input grid afterwards.
+4. **Normalise** each channel to zero mean and unit variance inside the brain mask
+   (:func:`normalise_channels`); outside the brain the input is 0.
+5. **Dense segment-wise inference**: the volume is tiled by output blocks; each block's input
+   segment is the block plus 8 voxels per side for the normal pathway (``segment - 16 = output``)
+   and a wider context for the subsampled pathway(s) (:func:`napari_medlearn.nets.deepmedic.segment_geometry`),
+   zero-padded at the volume's edges. One segment at a time, so memory is bounded by one
+   segment's activations plus the ``(K, z, y, x)`` probability map; blocks without brain are
+   skipped (background). Progress is reported per segment.
+6. **Labels**: the argmax class mapped to the BraTS values (0 background, 1 necrotic/non-enhancing
+   core, 2 oedema, 4 enhancing), zero outside the brain mask.
+
+``segment_lesions_steps`` yields ``(done, total, message)`` and returns a :class:`LesionResult`;
+``segment_lesions`` drains it. ``lesion_volumes`` recomputes volumes from (hand-edited) labels.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generator, Sequence
+
+import numpy as np
+
+from ..imaging import measures as M
+from .cardiac import drain
+
+TASK = "brain-lesion-segmentation"
+Progress = Callable[[int, int, str], Any]
+
+NECROTIC_CORE, OEDEMA, ENHANCING = 1, 2, 4
+#: BraTS label values, in the order of the probability channels (index 0 background)
+LABEL_VALUES = (0, NECROTIC_CORE, OEDEMA, ENHANCING)
+LABEL_NAMES = {0: "background", NECROTIC_CORE: "necrotic core", OEDEMA: "oedema", ENHANCING: "enhancing"}
+VOLUME_KEYS = ("necrotic_core_mL", "oedema_mL", "enhancing_mL", "tumour_core_mL", "whole_tumour_mL")
+DEFAULT_CHANNELS = ("FLAIR", "T1c")
+#: output block per axis at inference (input segment = block + the pathways' context); the reference
+#: config infers on 45^3 segments, larger blocks are faster on CPU and give the same values
+DEFAULT_OUTPUT_BLOCK = 57
+
+
+@dataclass(frozen=True, eq=False)
+class LesionResult:
+    """What :func:`segment_lesions` found.
+
+    Attributes
+    ----------
+    labels
+        uint8 ``(z, y, x)``, the input's grid: 0 background, 1 necrotic/non-enhancing core,
+        2 oedema, 4 enhancing tumour (BraTS values).
+    probabilities
+        float32 ``(K, z, y, x)``: class posteriors in the order of ``label_values`` (index 0 background).
+    volumes_ml
+        :func:`lesion_volumes` of ``labels`` (keys carry the unit: ``oedema_mL`` ...).
+    model
+        Zoo name (or path) of the model; for an ensemble its name (e.g. ``"emma"``).
+    channel_names
+        The modalities in the order the model took them.
+    brain_mask
+        bool ``(z, y, x)``: the mask used (given or derived).
+    spacing
+        ``(dz, dy, dx)`` in mm of the input.
+    label_values
+        Label value of each probability channel.
+    model_sha256
+        Weights hash from the card.
+    uncertainty, members
+        Optional, for ensembles (issue 12): ``(z, y, x)`` uncertainty map and member names.
+    extras
+        Further optional outputs of other model kinds (e.g. mutual information), by name.
+    """
+
+    labels: np.ndarray
+    probabilities: np.ndarray
+    volumes_ml: dict
+    model: str = ""
+    channel_names: tuple = DEFAULT_CHANNELS
+    brain_mask: np.ndarray | None = None
+    spacing: tuple = ()
+    label_values: tuple = LABEL_VALUES
+    model_sha256: str = ""
+    seconds: float = 0.0
+    uncertainty: np.ndarray | None = None
+    members: tuple = ()
+    extras: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# input checks and preprocessing (shared with training)
+def _check_spacing(spacing) -> tuple[float, float, float]:
+    try:
+        sp = tuple(float(s) for s in np.ravel(spacing)) if spacing is not None else ()
+    except (TypeError, ValueError):
+        sp = ()
+    if len(sp) != 3 or not all(np.isfinite(s) and s > 0 for s in sp):
+        raise ValueError(f"spacing must be three positive numbers (dz, dy, dx) in mm, got {spacing}")
+    return sp
+
+
+def validate_channels(channels, spacing, channel_names: Sequence[str] = DEFAULT_CHANNELS,
+                      brain_mask=None) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray | None]:
+    """Check ``(C, z, y, x)`` channels, spacing and an optional mask; return float32, spacing, bool mask.
+
+    ``channels`` may also be a list of ``C`` arrays ``(z, y, x)`` (one per modality), which must
+    all have the same shape.
+    """
+    names = list(channel_names)
+    if isinstance(channels, (list, tuple)):
+        arrs = [np.asarray(c) for c in channels]
+        shapes = {a.shape for a in arrs}
+        if len(shapes) > 1:
+            raise ValueError("the modalities have different shapes "
+                             f"({', '.join(f'{n}: {a.shape}' for n, a in zip(names + ['?'] * len(arrs), arrs))}); "
+                             "resample them onto one grid first")
+        arr = np.stack(arrs) if arrs else np.zeros((0,))
+    else:
+        arr = np.asarray(channels)
+    if arr.size == 0:
+        raise ValueError("the image is empty")
+    if arr.ndim == 3 and len(names) == 1:
+        arr = arr[None]
+    if arr.ndim == 3 and arr.shape[0] == len(names):
+        raise ValueError(f"got {arr.shape}: {len(names)} 2D images? lesion segmentation needs 3D volumes "
+                         f"(C, z, y, x) of the modalities {', '.join(names)}")
+    if arr.ndim == 3:
+        raise ValueError(f"got one 3D volume {arr.shape}, but the model needs {len(names)} modalities "
+                         f"({', '.join(names)}) stacked as (C, z, y, x)")
+    if arr.ndim == 2 or (arr.ndim == 4 and min(arr.shape[1:]) == 1):
+        raise ValueError(f"a 2D image {arr.shape} is not enough: lesion segmentation needs 3D volumes "
+                         "(C, z, y, x)")
+    if arr.ndim != 4:
+        raise ValueError(f"expected channels (C, z, y, x), got a {arr.ndim}-D array {arr.shape}")
+    if arr.shape[0] != len(names):
+        raise ValueError(f"the model needs {len(names)} modalities ({', '.join(names)}), got {arr.shape[0]}"
+                         + (" (a modality is missing)" if arr.shape[0] < len(names) else ""))
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool) or np.iscomplexobj(arr):
+        raise ValueError(f"the image must be real-valued numbers, got {arr.dtype}")
+    arr = arr.astype(np.float32, copy=False)
+    bad = [n for n, c in zip(names, arr) if not np.all(np.isfinite(c))]
+    if bad:
+        raise ValueError(f"the {' and '.join(bad)} image contains NaN or Inf values")
+    if min(arr.shape[1:]) < 4:
+        raise ValueError(f"the volume {arr.shape[1:]} is too small (need at least 4 voxels per axis)")
+    sp = _check_spacing(spacing)
+    mask = None
+    if brain_mask is not None:
+        mask = np.asarray(brain_mask)
+        if mask.shape != arr.shape[1:]:
+            raise ValueError(f"the brain mask {mask.shape} does not match the images {arr.shape[1:]}")
+        if not (np.issubdtype(mask.dtype, np.number) or mask.dtype == bool):
+            raise ValueError(f"the brain mask must be numbers or booleans, got {mask.dtype}")
+        if np.issubdtype(mask.dtype, np.floating) and not np.all(np.isfinite(mask)):
+            raise ValueError("the brain mask contains NaN or Inf values")
+        mask = mask > 0
+        if not mask.any():
+            raise ValueError("the brain mask is empty")
+    return arr, sp, mask
+
+
+def _background_value(channel: np.ndarray) -> float | None:
+    """The constant that fills most of a volume's outer faces, or None if there is none."""
+    faces = np.concatenate([channel[0].ravel(), channel[-1].ravel(), channel[:, 0].ravel(),
+                            channel[:, -1].ravel(), channel[:, :, 0].ravel(), channel[:, :, -1].ravel()])
+    vals, counts = np.unique(faces, return_counts=True)
+    i = int(np.argmax(counts))
+    return float(vals[i]) if counts[i] >= 0.5 * faces.size else None
+
+
+def derive_brain_mask(channels: np.ndarray) -> np.ndarray:
+    """Brain mask from skull-stripped channels ``(C, z, y, x)``; see the module docstring (step 2)."""
+    from scipy import ndimage as ndi
+
+    from ..imaging.labels import largest_component
+
+    arr = np.asarray(channels, dtype=np.float32)
+    mask = np.zeros(arr.shape[1:], bool)
+    found = False
+    for c in arr:
+        bg = _background_value(c)
+        if bg is not None:
+            mask |= c != bg
+            found = True
+    if not found:
+        from skimage.filters import threshold_otsu
+
+        mean = arr.mean(axis=0)
+        mask = largest_component(mean > threshold_otsu(mean))
+        mask = ndi.binary_fill_holes(mask)
+    if not mask.any():
+        raise ValueError("no brain found: every channel is constant (give a brain mask)")
+    return mask
+
+
+def normalise_channels(channels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Zero mean, unit variance per channel inside ``mask``; 0 outside. Returns float32 (a copy)."""
+    out = np.zeros(channels.shape, np.float32)
+    for i, c in enumerate(channels):
+        v = c[mask]
+        sd = float(v.std())
+        out[i][mask] = (v - float(v.mean())) / (sd if sd > 0 else 1.0)
+    return out
+
+
+def _resample(arr: np.ndarray, shape: tuple[int, ...], order: int) -> np.ndarray:
+    """Resample ``(C, z, y, x)`` to ``shape`` keeping the field of view (voxel edges align)."""
+    import torch
+    import torch.nn.functional as F
+
+    if tuple(arr.shape[1:]) == tuple(shape):
+        return arr
+    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None]
+    mode = "trilinear" if order else "nearest-exact"
+    kw = {"align_corners": False} if order else {}
+    return F.interpolate(t, size=tuple(shape), mode=mode, **kw)[0].numpy()
+
+
+def lesion_volumes(labels: np.ndarray, spacing) -> dict[str, float]:
+    """Lesion volumes in mL from BraTS labels ``(z, y, x)``.
+
+    Keys: ``necrotic_core_mL`` (label 1), ``oedema_mL`` (2), ``enhancing_mL`` (4),
+    ``tumour_core_mL`` (1, 3 and 4; 3 = non-enhancing core of older BraTS labels),
+    ``whole_tumour_mL`` (everything > 0).
+    """
+    lab = np.asarray(labels)
+    if lab.ndim != 3:
+        raise ValueError(f"labels must be (z, y, x), got shape {lab.shape}")
+    if not (np.issubdtype(lab.dtype, np.integer) or lab.dtype == bool):
+        if not np.all(np.isfinite(lab)) or np.any(lab != np.round(lab)):
+            raise ValueError(f"labels must be integers, got {lab.dtype} with non-integer values")
+    unknown = sorted(set(np.unique(lab).tolist()) - {0, 1, 2, 3, 4})
+    if unknown:
+        raise ValueError(f"labels contain unknown values {unknown[:5]}; BraTS labels are 0 background, "
+                         "1 necrotic core, 2 oedema, 4 enhancing (3 non-enhancing core)")
+    vox = M.voxel_volume_ml(_check_spacing(spacing))
+    counts = np.bincount(lab.astype(np.int64).ravel(), minlength=5)
+    return {
+        "necrotic_core_mL": float(counts[1] * vox),
+        "oedema_mL": float(counts[2] * vox),
+        "enhancing_mL": float(counts[4] * vox),
+        "tumour_core_mL": float((counts[1] + counts[3] + counts[4]) * vox),
+        "whole_tumour_mL": float(counts[1:].sum() * vox),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# dense inference
+def dense_probabilities(net, image: np.ndarray, mask: np.ndarray | None, output_block: int = DEFAULT_OUTPUT_BLOCK,
+                        cancelled: Callable[[], bool] | None = None, skip_empty: bool = True,
+                        ) -> Generator[tuple[int, int, str], None, np.ndarray]:
+    """Class posteriors ``(K, z, y, x)`` float32 of a normalised ``(C, z, y, x)`` image by tiling.
+
+    A generator yielding ``(segments_done, segments_total, message)``. Blocks whose output region
+    has no voxel of ``mask`` are not run (background 1) when ``skip_empty``.
+    """
+    import torch
+
+    C, Z, Y, X = image.shape
+    dims = (Z, Y, X)
+    # A subsampled pathway predicts one value per f^3 block, repeated: what a voxel gets depends on
+    # its place on that lattice. Blocks are multiples of every factor and start at multiples of
+    # the block, so the lattice is fixed to the volume and any block size gives the same posteriors;
+    # the last block overhangs the volume (zero padding) instead of shifting back.
+    step = [int(np.lcm.reduce([f[a] for f in net.factors])) if net.factors else 1 for a in range(3)]
+    want = [min(output_block, d) for d in dims]
+    blocks = tuple(max(st, -(-w // st) * st) for w, st in zip(want, step))
+    geo = net.geometry(blocks)
+    if tuple(g.out for g in geo) != net.output_size(tuple(g.segment for g in geo)):
+        raise RuntimeError(f"output block {blocks} is not what its segment predicts")
+    starts = [list(range(0, d, b)) for d, b in zip(dims, blocks)]
+    lo = [g.out_start for g in geo]
+    hi = [g.segment - g.out_start - g.out + (st[-1] + b - d) for g, st, b, d in zip(geo, starts, blocks, dims)]
+    padded = np.pad(image, [(0, 0)] + [(a, b) for a, b in zip(lo, hi)])
+    K = int(net.n_classes)
+    probs = np.zeros((K, Z, Y, X), np.float32)
+    probs[0] = 1.0
+    todo = []
+    for z0 in starts[0]:
+        for y0 in starts[1]:
+            for x0 in starts[2]:
+                region = (slice(z0, z0 + blocks[0]), slice(y0, y0 + blocks[1]), slice(x0, x0 + blocks[2]))
+                if skip_empty and mask is not None and not mask[region].any():
+                    continue
+                todo.append((z0, y0, x0))
+    dev = next(net.parameters()).device
+    total = len(todo)
+    yield 0, total, f"{total} segments"
+    with torch.inference_mode():
+        for i, (z0, y0, x0) in enumerate(todo):
+            if cancelled is not None and cancelled():
+                raise InterruptedError("cancelled")
+            seg = padded[:, z0:z0 + geo[0].segment, y0:y0 + geo[1].segment, x0:x0 + geo[2].segment]
+            x = torch.from_numpy(np.ascontiguousarray(seg))[None].to(dev)
+            p = torch.softmax(net(x), dim=1)[0].float().cpu().numpy()
+            n = [min(b, d - s0) for b, d, s0 in zip(blocks, dims, (z0, y0, x0))]
+            probs[:, z0:z0 + n[0], y0:y0 + n[1], x0:x0 + n[2]] = p[:, :n[0], :n[1], :n[2]]
+            yield i + 1, total, f"segment {i + 1}/{total}"
+    return probs
+
+
+def _load(model, device: str):
+    from .. import zoo
+
+    if hasattr(model, "forward"):
+        return model
+    if model is None:
+        model = zoo.default_model(TASK)
+    if str(model) == "emma":
+        raise ValueError("model 'emma' (the ensemble) is not available in this version")
+    return zoo.load(model, device=device)
+
+
+def segment_lesions_steps(
+    channels,
+    spacing,
+    model=None,
+    brain_mask=None,
+    device: str = "auto",
+    output_block: int = DEFAULT_OUTPUT_BLOCK,
+    cancelled: Callable[[], bool] | None = None,
+) -> Generator[tuple[int, int, str], None, LesionResult]:
+    """Segment lesions, yielding ``(segments_done, segments_total, message)``; returns the result.
+
+    Same arguments as :func:`segment_lesions`.
+    """
+    net = _load(model, device)
+    card = getattr(net, "card", {}) or {}
+    inp = card.get("input", {})
+    names = tuple(inp.get("channels", DEFAULT_CHANNELS))
+    arr, sp, mask = validate_channels(channels, spacing, names, brain_mask)
+    if getattr(net, "in_channels", len(names)) != len(names):
+        raise ValueError(f"the model takes {net.in_channels} channels but its card lists {len(names)}")
+    if output_block < 1:
+        raise ValueError(f"output_block must be >= 1, got {output_block}")
+    t0 = time.time()
+    yield 0, 1, "preparing"
+    if mask is None:
+        mask = derive_brain_mask(arr)
+    shape = arr.shape[1:]
+    target = inp.get("spacing_mm")
+    work, wmask = arr, mask
+    if target is not None:
+        tsp = _check_spacing(target)
+        if not np.allclose(tsp, sp, rtol=1e-3, atol=1e-4):
+            new_shape = tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, sp, tsp))
+            work = _resample(arr, new_shape, order=1)
+            wmask = _resample(mask[None].astype(np.float32), new_shape, order=0)[0] > 0.5
+    if not wmask.any():
+        raise ValueError("the brain mask is empty after resampling to the model's spacing")
+    image = normalise_channels(work, wmask)
+    probs = yield from dense_probabilities(net, image, wmask, output_block, cancelled)
+    if probs.shape[1:] != shape:
+        probs = _resample(probs, shape, order=1)
+        probs /= np.maximum(probs.sum(axis=0, keepdims=True), 1e-8)
+    values = tuple(int(v) for v in card.get("label_values", LABEL_VALUES))
+    if len(values) != probs.shape[0]:
+        raise ValueError(f"the model gives {probs.shape[0]} classes but its card lists label values {values}")
+    probs[:, ~mask] = 0.0
+    probs[0, ~mask] = 1.0
+    labels = np.asarray(values, np.uint8)[np.argmax(probs, axis=0)]
+    labels[~mask] = 0
+    return LesionResult(
+        labels=labels, probabilities=probs.astype(np.float32, copy=False),
+        volumes_ml=lesion_volumes(labels, sp), model=str(getattr(net, "zoo_name", card.get("name", ""))),
+        channel_names=names, brain_mask=mask, spacing=sp, label_values=values,
+        model_sha256=str(card.get("sha256", "")), seconds=time.time() - t0,
+    )
+
+
+def segment_lesions(
+    channels,
+    spacing,
+    model=None,
+    brain_mask=None,
+    progress: Progress | None = None,
+    device: str = "auto",
+    output_block: int = DEFAULT_OUTPUT_BLOCK,
+) -> LesionResult:
+    """Segment a brain tumour (necrotic core, oedema, enhancing) in co-registered MR modalities.
+
+    Parameters
+    ----------
+    channels
+        ``(C, z, y, x)`` array (or a list of ``C`` arrays ``(z, y, x)``) in the model card's
+        channel order (``zoo.card(name)["input"]["channels"]``, e.g. FLAIR, T1c), on one grid.
+    spacing
+        ``(dz, dy, dx)`` in mm.
+    model
+        Zoo name, checkpoint path, a loaded module, or None for the default lesion model.
+    brain_mask
+        Boolean ``(z, y, x)``; None derives it from the channels (see the module docstring).
+    progress
+        Called with ``(segments_done, segments_total, message)``.
+    device
+        ``"auto"`` (CUDA, MPS, else CPU), ``"cpu"``, ...
+    output_block
+        Output voxels per axis of one inference segment (larger: faster, more memory).
+    """
+    return drain(segment_lesions_steps(channels, spacing, model, brain_mask, device, output_block), progress)
+
+
+__all__ = ["LABEL_NAMES", "LABEL_VALUES", "LesionResult", "VOLUME_KEYS", "dense_probabilities",
+           "derive_brain_mask", "lesion_volumes", "normalise_channels", "segment_lesions",
+           "segment_lesions_steps", "validate_channels"]

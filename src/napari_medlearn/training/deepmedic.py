@@ -1,0 +1,442 @@
+"""Training DeepMedic on multi-modal brain MR (Kamnitsas et al., MedIA 2017).
+
+- **Preprocessing** exactly as at inference (:mod:`napari_medlearn.methods.lesions`): brain mask
+  (given or derived), resampling to the card's spacing, per-channel z-score inside the brain,
+  0 outside. Labels are mapped to class indices 0 background, 1 necrotic/non-enhancing core
+  (BraTS 1 and the older 3), 2 oedema, 3 enhancing (BraTS 4).
+- **Class-balanced sampling** of training segments (paper, Sec. 2.2): half of the segments are
+  centred on a tumour voxel, half on a background voxel inside the brain. A segment is the
+  network's input for an output block of ``out`` voxels per axis; with ``out = 9`` the normal
+  pathway sees the paper's 25^3 training segment, the subsampled pathway its wider context.
+- **Augmentation**: per channel intensity scale and shift (inside the brain) and left-right flips
+  (the reference's ``reflect_per_axis``), with probability 1/2.
+- **Loss**: voxel-wise cross-entropy over the output block; Adam with a step schedule and L2
+  weight decay (the reference config's RMSProp works too; Adam converges faster in short runs).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..imaging import measures as M
+
+#: BraTS label value -> class index (3, the non-enhancing core of BraTS 2013-2016, joins 1 as in BraTS 2017+)
+BRATS_TO_CLASS = np.array([0, 1, 2, 1, 3], dtype=np.uint8)
+
+
+@dataclass
+class LesionTrainingCase:
+    """One preprocessed subject: normalised channels, class indices, brain mask."""
+
+    image: np.ndarray      # (C, z, y, x) float32, z-scored in the brain, 0 outside
+    classes: np.ndarray    # (z, y, x) uint8 class indices 0..3
+    mask: np.ndarray       # (z, y, x) bool
+    name: str = ""
+
+
+def labels_to_classes(labels: np.ndarray) -> np.ndarray:
+    """BraTS labels {0, 1, 2, 3, 4} -> class indices {0, 1, 2, 3}."""
+    lab = np.asarray(labels)
+    if lab.size and (lab.min() < 0 or lab.max() > 4 or np.any(lab != np.round(lab))):
+        raise ValueError(f"labels must be BraTS values 0-4, got {np.unique(lab)[:6]}")
+    return BRATS_TO_CLASS[lab.astype(np.int64)]
+
+
+def prepare_case(channels: np.ndarray, labels: np.ndarray, spacing, brain_mask=None,
+                 target_spacing=None, channel_names: Sequence[str] = ("FLAIR", "T1c"),
+                 name: str = "") -> LesionTrainingCase:
+    """Preprocess one subject as :func:`~napari_medlearn.methods.lesions.segment_lesions` does."""
+    from ..methods.lesions import _check_spacing, _resample, derive_brain_mask, normalise_channels, validate_channels
+
+    arr, sp, mask = validate_channels(channels, spacing, channel_names, brain_mask)
+    if mask is None:
+        mask = derive_brain_mask(arr)
+    lab = np.asarray(labels)
+    if lab.shape != arr.shape[1:]:
+        raise ValueError(f"labels {lab.shape} do not match the images {arr.shape[1:]}")
+    if target_spacing is not None and not np.allclose(_check_spacing(target_spacing), sp, rtol=1e-3):
+        tsp = _check_spacing(target_spacing)
+        shape = tuple(max(1, int(round(n * s / t))) for n, s, t in zip(arr.shape[1:], sp, tsp))
+        arr = _resample(arr, shape, order=1)
+        mask = _resample(mask[None].astype(np.float32), shape, order=0)[0] > 0.5
+        lab = _resample(lab[None].astype(np.float32), shape, order=0)[0]
+    classes = labels_to_classes(np.rint(lab))
+    return LesionTrainingCase(normalise_channels(arr, mask), classes, mask, name)
+
+
+class SegmentSampler:
+    """Class-balanced training segments for a :class:`~napari_medlearn.nets.deepmedic.DeepMedic`.
+
+    Parameters
+    ----------
+    cases
+        Preprocessed subjects.
+    geometry
+        ``net.geometry(out)``: where the output block sits in the segment.
+    fg_fraction
+        Share of segments centred on tumour (the rest on brain background).
+    intensity_shift, intensity_scale
+        Standard deviations of the per-channel shift and (multiplicative) scale augmentation.
+    flip
+        Probability of a left-right (x) flip.
+    """
+
+    def __init__(self, cases: Sequence[LesionTrainingCase], geometry, fg_fraction: float = 0.5,
+                 intensity_shift: float = 0.1, intensity_scale: float = 0.1, flip: float = 0.5) -> None:
+        if not cases:
+            raise ValueError("no training cases")
+        self.geo = geometry
+        self.out = tuple(g.out for g in geometry)
+        self.lo = tuple(g.out_start for g in geometry)
+        self.hi = tuple(g.segment - g.out_start - g.out for g in geometry)
+        self.seg = tuple(g.segment for g in geometry)
+        self.fg_fraction = fg_fraction
+        self.shift, self.scale, self.flip = intensity_shift, intensity_scale, flip
+        # a flip of the segment is a flip of the world only when the context is symmetric
+        self.can_flip = self.lo[2] == self.hi[2]
+        self.images, self.classes, self.masks, self.fg, self.bg = [], [], [], [], []
+        for c in cases:
+            pads = [(a, b) for a, b in zip(self.lo, self.hi)]
+            self.images.append(np.pad(c.image, [(0, 0)] + pads))
+            self.classes.append(np.pad(c.classes, pads))
+            self.masks.append(np.pad(c.mask, pads))
+            self.fg.append(np.flatnonzero(c.classes > 0))
+            self.bg.append(np.flatnonzero(c.mask & (c.classes == 0)))
+        self.shapes = [c.classes.shape for c in cases]
+        self.n_channels = cases[0].image.shape[0]
+
+    def segment(self, rng: np.random.Generator, i: int, foreground: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        pool = self.fg[i] if foreground and self.fg[i].size else self.bg[i]
+        if pool.size == 0:
+            pool = np.flatnonzero(self.masks[i])
+        c = np.unravel_index(pool[rng.integers(pool.size)], self.shapes[i])
+        # output block [c - out//2, c - out//2 + out) in the original grid = segment start in the padded one
+        s = [int(ci) - o // 2 for ci, o in zip(c, self.out)]
+        s = [min(max(si, 0), max(n - o, 0)) for si, n, o in zip(s, self.shapes[i], self.out)]
+        x = self.images[i][:, s[0]:s[0] + self.seg[0], s[1]:s[1] + self.seg[1], s[2]:s[2] + self.seg[2]]
+        m = self.masks[i][s[0]:s[0] + self.seg[0], s[1]:s[1] + self.seg[1], s[2]:s[2] + self.seg[2]]
+        o = [si + lo for si, lo in zip(s, self.lo)]
+        y = self.classes[i][o[0]:o[0] + self.out[0], o[1]:o[1] + self.out[1], o[2]:o[2] + self.out[2]]
+        return x, y, m
+
+    def batch(self, rng: np.random.Generator, device, batch_size: int = 10, augment: bool = True):
+        """``(B, C, *segment)`` float32 inputs and ``(B, *out)`` long class targets."""
+        xs, ys = [], []
+        for b in range(batch_size):
+            i = int(rng.integers(len(self.images)))
+            x, y, m = self.segment(rng, i, foreground=b < round(batch_size * self.fg_fraction))
+            x = x.copy()
+            if augment:
+                sc = 1.0 + self.scale * rng.standard_normal(self.n_channels)
+                sh = self.shift * rng.standard_normal(self.n_channels)
+                x = np.where(m[None], x * sc[:, None, None, None].astype(np.float32)
+                             + sh[:, None, None, None].astype(np.float32), 0.0).astype(np.float32)
+                if self.can_flip and rng.random() < self.flip:
+                    x, y = x[..., ::-1], y[..., ::-1]
+            xs.append(np.ascontiguousarray(x))
+            ys.append(np.ascontiguousarray(y))
+        x = torch.from_numpy(np.stack(xs))
+        y = torch.from_numpy(np.stack(ys).astype(np.int64))
+        return x.to(device), y.to(device)
+
+
+def evaluate_lesion_cases(model, cases, progress: bool = False) -> dict[str, Any]:
+    """Segment each ``(channels, labels, spacing, brain_mask, name)`` case; BraTS region metrics.
+
+    Returns per-case rows (Dice and HD95 for whole tumour, tumour core, enhancing; volumes) and
+    the means, as written into model cards.
+    """
+    from ..methods.lesions import lesion_volumes, segment_lesions
+
+    rows = []
+    for channels, labels, spacing, mask, name in cases:
+        res = segment_lesions(channels, spacing, model=model, brain_mask=mask)
+        row = {"case": name, **M.brats_region_metrics(res.labels, labels, spacing)}
+        tv = lesion_volumes(np.asarray(labels).astype(np.uint8), spacing)
+        row["whole_tumour_mL_true"] = tv["whole_tumour_mL"]
+        row["whole_tumour_mL_pred"] = res.volumes_ml["whole_tumour_mL"]
+        row["seconds"] = round(res.seconds, 1)
+        rows.append(row)
+        if progress:
+            print(f"  {name}: Dice WT {row['dice_whole_tumour']:.3f} TC {row['dice_tumour_core']:.3f} "
+                  f"ET {row['dice_enhancing']:.3f}  HD95 WT {row['hd95_whole_tumour_mm']:.1f} mm", flush=True)
+    summary: dict[str, Any] = {"n_cases": len(rows)}
+    for k in rows[0] if rows else []:
+        if k.startswith(("dice_", "hd95_")):
+            summary[f"{k}_mean"] = float(np.nanmean([r[k] for r in rows]))
+    return {"summary": summary, "cases": rows}
+
+
+# ---------------------------------------------------------------------------------------------
+BRATS_CITATION = ("B. H. Menze et al., The Multimodal Brain Tumor Image Segmentation Benchmark (BRATS), "
+                  "IEEE TMI 34(10):1993-2024, 2015")
+BRATS_FILES = {"FLAIR": "Flair_subtrMeanDivStd.nii.gz", "T1c": "T1c_subtrMeanDivStd.nii.gz",
+               "labels": "OTMultiClass.nii.gz", "mask": "brainmask.nii.gz"}
+
+
+def find_brats_root(root: str | os.PathLike | None = None) -> Path:
+    """The folder of the DeepMedic BraTS example subjects: ``root``, ``$MEDLEARN_BRATS``, or
+    ``../shared/data/brats-deepmedic`` (beside the current directory or the source checkout)."""
+    candidates = []
+    if root is not None:
+        candidates.append(Path(root))
+    if os.environ.get("MEDLEARN_BRATS"):
+        candidates.append(Path(os.environ["MEDLEARN_BRATS"]))
+    repo = Path(__file__).resolve().parents[3]
+    candidates += [Path.cwd().parent / "shared/data/brats-deepmedic", repo.parent / "shared/data/brats-deepmedic"]
+    for c in candidates:
+        if c.is_dir() and any((d / BRATS_FILES["labels"]).exists() for d in c.iterdir() if d.is_dir()):
+            return c
+    raise FileNotFoundError("BraTS subjects not found: pass --data, or set MEDLEARN_BRATS to the folder "
+                            "holding brats_2013_patNNNN_1/")
+
+
+def list_brats_subjects(root: Path) -> list[str]:
+    return sorted(d.name for d in root.iterdir() if d.is_dir() and all((d / f).exists() for f in BRATS_FILES.values()))
+
+
+def load_brats_subject(root: Path, name: str):
+    """``(channels (2, z, y, x) FLAIR+T1c, labels uint8, spacing, brain mask, affine)`` of one subject."""
+    from ..imaging.io import read_nifti
+
+    d = Path(root) / name
+    vols = {k: read_nifti(d / f) for k, f in BRATS_FILES.items()}
+    channels = np.stack([vols["FLAIR"].data, vols["T1c"].data]).astype(np.float32)
+    labels = np.rint(vols["labels"].data).astype(np.uint8)
+    mask = vols["mask"].data > 0
+    return channels, labels, tuple(vols["FLAIR"].spacing), mask, vols["FLAIR"].affine
+
+
+def brats_licence(root: Path, names: Sequence[str]) -> str:
+    f = Path(root) / names[0] / "License_CC_BY_NC_SA_3.0.txt"
+    return f.read_text(errors="replace").strip() if f.is_file() else ""
+
+
+# ---------------------------------------------------------------------------------------------
+# presets
+LESION_LABELS = {"0": "background", "1": "necrotic / non-enhancing tumour core", "2": "oedema",
+                 "4": "enhancing tumour"}
+
+
+def deepmedic_args(width: float = 1.0, factors: Sequence[int] = (3,), fc: Sequence[int] = (150, 150),
+                   in_channels: int = 2) -> dict[str, Any]:
+    """DeepMedic arguments: the paper's feature maps (30..50, FC 150) scaled by ``width``."""
+    from ..nets.deepmedic import NORMAL_FMS
+
+    return {"in_channels": in_channels, "n_classes": 4,
+            "fms_normal": [max(2, int(round(f * width))) for f in NORMAL_FMS],
+            "subsample_factors": list(factors), "residual_layers": [4, 6, 8],
+            "fc_fms": [max(2, int(round(f * width))) for f in fc]}
+
+
+def lesion_input_spec(channels: Sequence[str] = ("FLAIR", "T1c"), spacing=(1.0, 1.0, 1.0)) -> dict[str, Any]:
+    return {
+        "axes": "(C, z, y, x) co-registered, skull-stripped modalities",
+        "channels": list(channels),
+        "spacing_mm": list(spacing),
+        "intensity": "per channel zero mean / unit variance inside the brain mask, 0 outside",
+        "brain_mask": "given, or every voxel where a channel differs from its constant background",
+    }
+
+
+def train_deepmedic(cases: Sequence[LesionTrainingCase], arch_args: dict, run_dir: Path, epochs: int,
+                    iters_per_epoch: int, batch_size: int = 10, out: int = 9, lr: float = 1e-3,
+                    seed: int = 0, device: str = "auto", progress: bool = True):
+    """Train a DeepMedic on preprocessed cases with the trainer loop (resumable); return model, cfg, hist."""
+    import torch.nn.functional as F
+
+    from ..nets.deepmedic import DeepMedic
+    from .trainer import TrainConfig, train
+
+    torch.manual_seed(seed)
+    model = DeepMedic(**arch_args)
+    sampler = SegmentSampler(cases, model.geometry(out))
+    cfg = TrainConfig(epochs=epochs, iters_per_epoch=iters_per_epoch, lr=lr, weight_decay=1e-4,
+                      lr_milestones=(int(epochs * 0.6), int(epochs * 0.85)), lr_gamma=0.3, seed=seed,
+                      device=device, extra={"batch_size": batch_size, "output_block": out,
+                                            "segment": list(sampler.seg), "fg_fraction": sampler.fg_fraction,
+                                            "optimizer": "Adam"})
+    hist = train(model, "deepmedic", arch_args, lambda rng, dev: sampler.batch(rng, dev, batch_size),
+                 F.cross_entropy, cfg, run_dir, progress=progress)
+    return model, cfg, hist
+
+
+def _attach_card(model, arch_args: dict, channels=("FLAIR", "T1c"), spacing=(1.0, 1.0, 1.0)) -> None:
+    from ..methods.lesions import LABEL_VALUES
+
+    model.card = {"input": lesion_input_spec(channels, spacing), "n_classes": 4, "label_values": list(LABEL_VALUES)}
+
+
+def _common_card(arch_args: dict, name: str, spacing=(1.0, 1.0, 1.0)) -> dict[str, Any]:
+    from ..methods.lesions import DEFAULT_OUTPUT_BLOCK, LABEL_VALUES, TASK
+    from ..nets.deepmedic import PAPER
+
+    return {"name": name, "task": TASK, "architecture": "deepmedic", "arch_args": arch_args, "paper": PAPER,
+            "n_classes": 4, "labels": LESION_LABELS, "label_values": list(LABEL_VALUES),
+            "input": lesion_input_spec(spacing=spacing), "inference": {"output_block": DEFAULT_OUTPUT_BLOCK,
+                                                        "segment": "output block + the pathways' context"}}
+
+
+def run_lesions_brats(run_dir: str | Path, ship: bool = False, epochs: int = 10, iters_per_epoch: int = 150,
+                      data: str | None = None, folds: int = 2, ship_fold: int = 0, width: float = 1.0,
+                      batch_size: int = 10, device: str = "auto", seed: int = 0, progress: bool = True,
+                      max_subjects: int | None = None) -> dict[str, Any]:
+    """DeepMedic on the four BraTS subjects of the DeepMedic examples, ``folds``-fold cross-validated.
+
+    Subjects are split in ``folds`` groups in name order; each fold trains on the others and is
+    evaluated on its own group, never trained on. The model of ``ship_fold`` is written (and
+    shipped); the card gives every fold's metrics and names the subjects the shipped model never saw.
+    """
+    import time
+
+    from .presets import _finish, training_record
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    root = find_brats_root(data)
+    subjects = list_brats_subjects(root)[:max_subjects] if max_subjects else list_brats_subjects(root)
+    if len(subjects) < 2:
+        raise ValueError(f"cross-validation needs at least 2 subjects, found {len(subjects)} in {root}")
+    folds = max(2, min(folds, len(subjects)))
+    groups = [subjects[i::folds] for i in range(folds)]
+    groups = [sorted(g) for g in groups]
+    arch_args = deepmedic_args(width)
+    order = [ship_fold] + [f for f in range(folds) if f != ship_fold]
+    fold_results, shipped = [], None
+    for f in order:
+        test = groups[f]
+        train_names = [s for s in subjects if s not in test]
+        cases = []
+        for s in train_names:
+            ch, lab, sp, mask, _ = load_brats_subject(root, s)
+            cases.append(prepare_case(ch, lab, sp, mask, name=s))
+        if progress:
+            print(f"fold {f}: training on {train_names}, testing on {test}", flush=True)
+        model, cfg, hist = train_deepmedic(cases, arch_args, run_dir / f"fold{f}", epochs, iters_per_epoch,
+                                           batch_size=batch_size, seed=seed + f, device=device, progress=progress)
+        del cases
+        _attach_card(model, arch_args)
+        eval_cases = []
+        for s in test:
+            ch, lab, sp, mask, _ = load_brats_subject(root, s)
+            eval_cases.append((ch, lab, sp, mask, s))
+        ev = evaluate_lesion_cases(model, eval_cases, progress=progress)
+        del eval_cases
+        fold_results.append({"fold": f, "train": train_names, "test": test, **ev,
+                             "training": training_record(cfg, hist, t0)})
+        if f == ship_fold:
+            shipped = (model, cfg, hist, train_names, test)
+    model, cfg, hist, train_names, test = shipped
+    all_rows = [r for fr in fold_results for r in fr["cases"]]
+    cv_summary = {"n_cases": len(all_rows)}
+    for k in ("dice_whole_tumour", "dice_tumour_core", "dice_enhancing", "hd95_whole_tumour_mm",
+              "hd95_tumour_core_mm", "hd95_enhancing_mm"):
+        cv_summary[f"{k}_mean"] = float(np.nanmean([r[k] for r in all_rows]))
+    shipped_summary = next(fr for fr in fold_results if fr["fold"] == ship_fold)["summary"]
+    name = "lesions-brats"
+    card = {
+        **_common_card(arch_args, name),
+        "priority": 10,
+        "description": "DeepMedic trained on real BraTS glioma scans (FLAIR + T1c, 2 of the 4 DeepMedic "
+                       "example subjects); the default lesion model. Research use only, not for diagnosis.",
+        "training": {
+            "data": f"BraTS 2015 subjects {', '.join(train_names)} (from the DeepMedic examples; intensity "
+                    "z-scored within the brain by their provider); BraTS label 3 (non-enhancing core) merged "
+                    "into 1 as in BraTS 2017+",
+            "never_seen": test,
+            "cross_validation": {"folds": [{"fold": fr["fold"], "train": fr["train"], "test": fr["test"]}
+                                           for fr in fold_results], "shipped_fold": ship_fold},
+            "command": "medlearn train lesions-brats --ship",
+            "loss": "voxel-wise cross-entropy over 9^3 output blocks",
+            "sampling": "50% of segments centred on tumour, 50% on brain background (class-balanced)",
+            "augmentation": {"intensity_scale_sd": 0.1, "intensity_shift_sd": 0.1, "flip_left_right": 0.5},
+            **training_record(cfg, hist, t0),
+        },
+        "evaluation": {
+            "data": f"{len(test)} BraTS subjects never trained on by the shipped model ({', '.join(test)}); "
+                    "full pipeline (segment_lesions with the provided brain masks); regions: whole tumour "
+                    "(labels > 0), tumour core (1, 3, 4), enhancing (4); HD95 by SimpleITK",
+            "summary": shipped_summary,
+            "cases": next(fr for fr in fold_results if fr["fold"] == ship_fold)["cases"],
+            "cross_validation_summary": cv_summary,
+            "folds": [{k: v for k, v in fr.items() if k != "training"} for fr in fold_results],
+        },
+        "licence": {
+            "weights": "CC BY-NC-SA 3.0 (trained on data under that licence): non-commercial, share alike, "
+                       "with the attribution below",
+            "training_data": "BraTS 2015 (braintumorsegmentation.org), as modified by Konstantinos Kamnitsas for "
+                             "the DeepMedic examples; Creative Commons Attribution-NonCommercial-ShareAlike 3.0 "
+                             "Switzerland, http://creativecommons.org/licenses/by-nc-sa/3.0/ch/deed.en",
+            "citation": BRATS_CITATION,
+            "attribution_text": brats_licence(root, subjects),
+        },
+        "intended_use": "research use only, not for diagnosis",
+    }
+    return _finish(model, "deepmedic", arch_args, card, run_dir, ship)
+
+
+def run_lesions_synthetic(run_dir: str | Path, ship: bool = False, epochs: int = 8, iters_per_epoch: int = 150,
+                          n_train: int = 12, n_eval: int = 4, width: float = 1.0, batch_size: int = 10,
+                          device: str = "auto", seed: int = 0, progress: bool = True, domain: str = "A",
+                          spacing_mm: float = 2.0) -> dict[str, Any]:
+    """DeepMedic on synthetic multi-modal lesion cases (``samples.brain_lesions``, domain ``domain``),
+    seeds ``seed..seed+n_train-1``; held-out cases of seeds 10000+ for the card."""
+    import time
+
+    from ..samples.brain_lesions import synthetic_lesion_case
+    from .presets import _finish, training_record
+
+    run_dir = Path(run_dir)
+    t0 = time.time()
+    arch_args = deepmedic_args(width)
+    cases = []
+    for s in range(seed, seed + n_train):
+        c = synthetic_lesion_case(seed=s, domain=domain, spacing_mm=spacing_mm)
+        cases.append(prepare_case(c.channels, c.labels, c.spacing, c.brain_mask,
+                                  channel_names=tuple(c.channel_names), name=f"seed {s}"))
+        if progress:
+            print(f"case {s - seed + 1}/{n_train}", flush=True)
+    model, cfg, hist = train_deepmedic(cases, arch_args, run_dir, epochs, iters_per_epoch, batch_size=batch_size,
+                                       seed=seed, device=device, progress=progress)
+    del cases
+    spacing = (float(spacing_mm),) * 3
+    _attach_card(model, arch_args, spacing=spacing)
+    eval_seeds = list(range(10000, 10000 + n_eval))
+    ev_cases = []
+    for s in eval_seeds:
+        c = synthetic_lesion_case(seed=s, domain=domain, spacing_mm=spacing_mm)
+        ev_cases.append((c.channels, c.labels, c.spacing, c.brain_mask, f"seed {s}"))
+    ev = evaluate_lesion_cases(model, ev_cases, progress=progress)
+    name = "lesions-synthetic"
+    card = {
+        **_common_card(arch_args, name, spacing),
+        "priority": 0,
+        "description": "DeepMedic trained on synthetic brain-lesion cases (MNI152 anatomy, simulated FLAIR/T1c "
+                       f"and tumours, scanner domain {domain!r}): a demo of the pipeline and the source-only "
+                       "model of domain adaptation, not a model for real scans.",
+        "training": {
+            "data": f"{n_train} synthetic cases, napari_medlearn.samples.brain_lesions.synthetic_lesion_case "
+                    f"seeds {seed}..{seed + n_train - 1}, domain {domain!r}, {spacing_mm:g} mm isotropic",
+            "command": "medlearn train lesions-synthetic --ship",
+            "loss": "voxel-wise cross-entropy over 9^3 output blocks",
+            "sampling": "50% of segments centred on lesion, 50% on brain background (class-balanced)",
+            "augmentation": {"intensity_scale_sd": 0.1, "intensity_shift_sd": 0.1, "flip_left_right": 0.5},
+            **training_record(cfg, hist, t0),
+        },
+        "evaluation": {
+            "data": f"{n_eval} synthetic cases of seeds {eval_seeds[0]}..{eval_seeds[-1]} (domain {domain!r}), "
+                    "never used in training; full pipeline (segment_lesions with the generator's brain masks)",
+            **ev,
+        },
+        "licence": {"weights": "BSD-3-Clause",
+                    "training_data": "synthetic (generated by this package from the MNI152 template in nilearn)"},
+        "intended_use": "demonstration and testing; research use only, not for diagnosis",
+    }
+    return _finish(model, "deepmedic", arch_args, card, run_dir, ship)

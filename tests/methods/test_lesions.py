@@ -1,0 +1,163 @@
+import numpy as np
+import pytest
+import torch
+
+from napari_medlearn import zoo
+from napari_medlearn.imaging.measures import brats_region_metrics
+from napari_medlearn.methods import LesionResult, lesion_volumes, segment_lesions, segment_lesions_steps
+from napari_medlearn.methods.lesions import dense_probabilities, derive_brain_mask, normalise_channels
+from napari_medlearn.nets.deepmedic import DeepMedic
+
+TINY = dict(in_channels=2, n_classes=4, fms_normal=[3, 3, 4, 4, 4, 4, 5, 5], subsample_factors=[3],
+            fc_fms=[6, 6])
+CARD = {"name": "tiny-lesions", "task": "brain-lesion-segmentation", "n_classes": 4, "label_values": [0, 1, 2, 4],
+        "input": {"channels": ["FLAIR", "T1c"], "spacing_mm": [2.0, 2.0, 2.0]}}
+
+
+@pytest.fixture(scope="module")
+def tiny_net():
+    torch.manual_seed(0)
+    net = DeepMedic(**TINY)
+    # move BN statistics off their defaults so outputs differ between classes and voxels
+    net.train()
+    with torch.no_grad():
+        for _ in range(3):
+            net(torch.randn(2, 2, *net.segment_size(5)))
+    net.eval()
+    net.card = dict(CARD)
+    return net
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory, tiny_net):
+    path = tmp_path_factory.mktemp("models") / "tiny-lesions.pt"
+    zoo.save_checkpoint(tiny_net, path, "deepmedic", TINY, card=CARD)
+    return path
+
+
+def _case(shape=(14, 18, 16), background=-3.0, seed=0):
+    rng = np.random.default_rng(seed)
+    ch = np.full((2,) + shape, background, np.float32)
+    mask = np.zeros(shape, bool)
+    mask[2:-2, 3:-3, 2:-3] = True
+    ch[:, mask] = rng.normal(1.0, 0.5, size=(2, int(mask.sum())))
+    return ch, mask
+
+
+def test_result_on_the_input_grid(tiny_net):
+    ch, mask = _case()
+    calls = []
+    res = segment_lesions(ch, (2.0, 2.0, 2.0), model=tiny_net, progress=lambda *a: calls.append(a))
+    assert isinstance(res, LesionResult)
+    assert res.labels.shape == ch.shape[1:] and res.labels.dtype == np.uint8
+    assert res.probabilities.shape == (4,) + ch.shape[1:] and res.probabilities.dtype == np.float32
+    assert set(np.unique(res.labels)) <= {0, 1, 2, 4}
+    np.testing.assert_allclose(res.probabilities.sum(0), 1.0, atol=1e-5)
+    # the derived mask is the non-background region; nothing is labelled outside it
+    assert np.array_equal(res.brain_mask, mask)
+    assert not res.labels[~mask].any() and np.all(res.probabilities[0][~mask] == 1)
+    assert res.channel_names == ("FLAIR", "T1c") and res.model == "tiny-lesions"
+    assert res.volumes_ml == lesion_volumes(res.labels, (2.0, 2.0, 2.0))
+    assert calls and calls[-1][0] == calls[-1][1]
+    assert res.uncertainty is None and res.members == ()
+
+
+def test_tiling_gives_the_same_posteriors_as_one_segment(tiny_net):
+    ch, mask = _case()
+    img = normalise_channels(ch, mask)
+
+    def run(block):
+        gen = dense_probabilities(tiny_net, img, mask, output_block=block, skip_empty=False)
+        while True:
+            try:
+                next(gen)
+            except StopIteration as stop:
+                return stop.value
+
+    whole = run(max(ch.shape[1:]))
+    tiled = run(5)
+    np.testing.assert_allclose(tiled, whole, atol=1e-5)
+
+
+def test_segments_without_brain_are_skipped(tiny_net):
+    ch, _ = _case(shape=(12, 30, 12))
+    mask = np.zeros(ch.shape[1:], bool)
+    mask[3:9, 2:8, 3:9] = True
+    steps = list(dense_probabilities(tiny_net, normalise_channels(ch, mask), mask, output_block=6))
+    assert steps[-1][1] < 2 * 5 * 2        # fewer than all blocks ran
+    full = list(dense_probabilities(tiny_net, normalise_channels(ch, mask), mask, output_block=6, skip_empty=False))
+    assert full[-1][1] > steps[-1][1]
+
+
+def test_other_spacing_is_resampled_and_back(tiny_checkpoint):
+    ch, mask = _case(shape=(10, 24, 22))
+    res = segment_lesions(ch, (3.0, 1.0, 1.5), model=str(tiny_checkpoint), brain_mask=mask, device="cpu")
+    assert res.labels.shape == ch.shape[1:]
+    assert res.spacing == (3.0, 1.0, 1.5)
+    np.testing.assert_allclose(res.probabilities.sum(0), 1.0, atol=1e-4)
+    assert not res.labels[~mask].any()
+
+
+def test_cancel(tiny_net):
+    ch, mask = _case()
+    gen = segment_lesions_steps(ch, (2, 2, 2), model=tiny_net, output_block=4, cancelled=lambda: True)
+    with pytest.raises(InterruptedError):
+        list(gen)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda c: [c[0], c[1][:-1]], "different shapes"),
+    (lambda c: c[:1], "needs 2 modalities.*missing"),
+    (lambda c: c[0], "one 3D volume"),
+    (lambda c: c[:, 5], "2D images"),
+    (lambda c: c[:, :, :1], "2D"),
+    (lambda c: np.where(np.arange(c.size).reshape(c.shape) == 7, np.nan, c), "FLAIR image contains NaN"),
+])
+def test_bad_input(tiny_net, make, match):
+    ch, _ = _case()
+    with pytest.raises(ValueError, match=match):
+        segment_lesions(make(ch), (2, 2, 2), model=tiny_net)
+
+
+def test_bad_spacing_and_mask(tiny_net):
+    ch, mask = _case()
+    with pytest.raises(ValueError, match="spacing"):
+        segment_lesions(ch, (2, 2), model=tiny_net)
+    with pytest.raises(ValueError, match="brain mask"):
+        segment_lesions(ch, (2, 2, 2), model=tiny_net, brain_mask=mask[:-1])
+    with pytest.raises(ValueError, match="empty"):
+        segment_lesions(ch, (2, 2, 2), model=tiny_net, brain_mask=np.zeros_like(mask))
+
+
+def test_derived_mask_with_noisy_background_uses_otsu():
+    rng = np.random.default_rng(1)
+    ch = rng.normal(0, 0.05, size=(2, 16, 16, 16)).astype(np.float32)
+    ch[:, 4:12, 4:12, 4:12] += 3.0
+    m = derive_brain_mask(ch)
+    assert m[4:12, 4:12, 4:12].all() and m.sum() == 8 ** 3
+
+
+def test_lesion_volumes_known_answer():
+    lab = np.zeros((4, 5, 6), np.uint8)
+    lab[0, 0, :2] = 1
+    lab[1, :, :] = 2
+    lab[2, 0, 0] = 4
+    lab[3, 0, 0] = 3
+    v = lesion_volumes(lab, (2.0, 1.0, 1.0))   # 2 uL voxels
+    assert v == pytest.approx({"necrotic_core_mL": 0.004, "oedema_mL": 0.06, "enhancing_mL": 0.002,
+                               "tumour_core_mL": 0.008, "whole_tumour_mL": 0.068})
+    with pytest.raises(ValueError, match="unknown values"):
+        lesion_volumes(lab + 5 * (lab == 2), (1, 1, 1))
+
+
+def test_brats_regions():
+    truth = np.zeros((10, 10, 10), np.uint8)
+    truth[2:8, 2:8, 2:8] = 2
+    truth[3:7, 3:7, 3:7] = 4
+    truth[4:6, 4:6, 4:6] = 1
+    pred = truth.copy()
+    pred[pred == 1] = 4                      # core right, necrosis called enhancing
+    m = brats_region_metrics(pred, truth, (1, 1, 1))
+    assert m["dice_whole_tumour"] == 1 and m["dice_tumour_core"] == 1
+    assert m["dice_enhancing"] == pytest.approx(2 * 56 / (64 + 56))
+    assert m["hd95_whole_tumour_mm"] == 0

@@ -1,0 +1,79 @@
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from napari_medlearn import zoo
+from napari_medlearn.cli import main
+from napari_medlearn.imaging import Volume
+from napari_medlearn.imaging.io import read_nifti, write_nifti
+from napari_medlearn.nets.deepmedic import DeepMedic
+
+TINY = dict(in_channels=2, n_classes=4, fms_normal=[3, 3, 4, 4, 4, 4, 5, 5], subsample_factors=[3], fc_fms=[6, 6])
+
+
+@pytest.fixture(scope="module")
+def tiny_lesion_model(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("models") / "tiny-lesions.pt"
+    zoo.save_checkpoint(DeepMedic(**TINY), path, "deepmedic", TINY, card={
+        "name": "tiny-lesions", "task": "brain-lesion-segmentation", "n_classes": 4,
+        "label_values": [0, 1, 2, 4], "input": {"channels": ["FLAIR", "T1c"], "spacing_mm": [2, 2, 2]}})
+    return str(path)
+
+
+@pytest.fixture()
+def modalities(tmp_path):
+    rng = np.random.default_rng(0)
+    shape = (12, 16, 14)
+    aff = np.array([[0, 0, -2.0, 90], [0, 2.0, 0, -120], [2.0, 0, 0, -70], [0, 0, 0, 1]])
+    mask = np.zeros(shape, bool)
+    mask[2:-2, 2:-2, 2:-2] = True
+    paths = {}
+    for name in ("flair", "t1c"):
+        data = np.where(mask, rng.normal(1, 0.3, shape), 0).astype(np.float32)
+        paths[name] = tmp_path / f"{name}.nii.gz"
+        write_nifti(Volume(data, aff, ("z", "y", "x"), {}), paths[name])
+    paths["mask"] = tmp_path / "mask.nii.gz"
+    write_nifti(Volume(mask.astype(np.uint8), aff, ("z", "y", "x"), {}), paths["mask"])
+    return paths, aff
+
+
+def test_segment_lesions_writes_labels_probabilities_and_volumes(modalities, tiny_lesion_model, tmp_path, capsys):
+    paths, aff = modalities
+    out = tmp_path / "out"
+    rc = main(["segment-lesions", "--flair", str(paths["flair"]), "--t1c", str(paths["t1c"]),
+               "--mask", str(paths["mask"]), "--out", str(out), "--model", tiny_lesion_model, "--quiet"])
+    assert rc == 0
+    lab = read_nifti(out / "labels.nii.gz")
+    np.testing.assert_allclose(lab.affine, aff, atol=1e-5)
+    assert lab.data.shape == (12, 16, 14) and set(np.unique(lab.data)) <= {0, 1, 2, 4}
+    for name in ("necrotic_core", "oedema", "enhancing"):
+        p = read_nifti(out / f"probability_{name}.nii.gz").data
+        assert p.shape == (12, 16, 14) and 0 <= p.min() and p.max() <= 1
+    rows = list(csv.DictReader(open(out / "volumes.csv")))
+    assert {"necrotic_core_mL", "oedema_mL", "enhancing_mL", "whole_tumour_mL"} <= set(rows[0])
+    assert "whole tumour" in capsys.readouterr().out
+    # outputs are never silently replaced
+    rc = main(["segment-lesions", "--flair", str(paths["flair"]), "--t1c", str(paths["t1c"]),
+               "--out", str(out), "--model", tiny_lesion_model, "--quiet"])
+    assert rc == 2 and "already exists" in capsys.readouterr().err
+
+
+def test_bad_input_gives_one_line_and_status_2(modalities, tiny_lesion_model, tmp_path, capsys):
+    paths, aff = modalities
+    other = tmp_path / "small.nii.gz"
+    write_nifti(Volume(np.ones((12, 16, 10), np.float32), aff, ("z", "y", "x"), {}), other)
+    flat = tmp_path / "flat.nii.gz"
+    write_nifti(Volume.from_spacing(np.ones((16, 14), np.float32), (2.0, 2.0)), flat)
+    nan = tmp_path / "nan.nii.gz"
+    d = read_nifti(paths["t1c"]).data.copy()
+    d[5, 5, 5] = np.nan
+    write_nifti(Volume(d, aff, ("z", "y", "x"), {}), nan)
+    for t1c, match in ((other, "different shapes"), (flat, "2-D"), (nan, "NaN"),
+                       (tmp_path / "missing.nii.gz", "no such file")):
+        rc = main(["segment-lesions", "--flair", str(paths["flair"]), "--t1c", str(t1c), "--out",
+                   str(tmp_path / "o"), "--model", tiny_lesion_model, "--quiet"])
+        err = capsys.readouterr().err
+        assert rc == 2 and match in err and len(err.strip().splitlines()) == 1, err
