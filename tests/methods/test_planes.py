@@ -167,6 +167,14 @@ def test_classify_frame_matches_the_video_path(tiny):
         methods.classify_frame(video, model=tiny)
 
 
+def test_live_mode_reuses_the_fused_model(net):
+    # classify_frame runs once per slider move: the fused chain is built once per loaded model
+    first = P._runner_for(net)
+    assert P._runner_for(net) is first
+    p, _, _ = methods.classify_frame(blob_video(1)[0], model=net)
+    assert P._runner_for(net) is first and p.shape == (len(first.class_names),)
+
+
 def test_no_model_says_how_to_get_one(monkeypatch):
     monkeypatch.setattr(zoo, "available", lambda task=None: [])
     with pytest.raises(zoo.ModelError, match="import_weights"):

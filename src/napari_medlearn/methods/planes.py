@@ -500,9 +500,25 @@ def classify_frame(frame: np.ndarray, model=None, saliency: bool = True, device:
     if arr.ndim not in (2, 3):
         raise ValueError(f"classify_frame takes one frame (H, W) or (H, W, 3), got a {arr.ndim}-D array")
     frames = validate_video(arr)
-    runner = _Runner(resolve_model(model, device=device))
+    runner = _runner_for(resolve_model(model, device=device))
     p, _, s, b = runner.run(frames, saliency, tuple(frames.shape[-2:]), box_threshold)
     return p[0], (s[0] if s is not None else None), b[0]
+
+
+_RUNNERS: "weakref.WeakKeyDictionary" = None   # part of the model cache: net -> its fused runner
+
+
+def _runner_for(net) -> _Runner:
+    """The fused runner of ``net``, built once per loaded model (live mode calls this per frame)."""
+    global _RUNNERS
+    import weakref
+
+    if _RUNNERS is None:
+        _RUNNERS = weakref.WeakKeyDictionary()
+    runner = _RUNNERS.get(net)
+    if runner is None or runner.device != next(net.parameters()).device:
+        runner = _RUNNERS[net] = _Runner(net)
+    return runner
 
 
 # ----- 3D -------------------------------------------------------------------------------------
