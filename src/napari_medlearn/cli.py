@@ -355,6 +355,77 @@ def cmd_detect_planes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_super_resolve(args: argparse.Namespace) -> int:
+    """One stack (or cine): learned through-plane SR; several stacks: fused in the first one's frame."""
+    from .imaging.io import write_nifti
+    from .imaging.volume import Volume
+    from .methods.sr import super_resolve, super_resolve_stacks
+
+    out = Path(args.out)
+    if not (out.name.endswith(".nii.gz") or out.name.endswith(".nii")):
+        raise CLIError(f"--out {out} must end in .nii or .nii.gz")
+    if out.exists() and not args.overwrite:
+        raise CLIError(f"{out} already exists (use --overwrite to replace it)")
+    vols = [_read_single_volume(p) for p in args.inputs]
+    progress = None if args.quiet else _progress_printer("super-resolving")
+    ref = vols[0]
+    if len(vols) == 1:
+        if ref.data.ndim not in (3, 4):
+            raise CLIError(f"{args.inputs[0]}: a {ref.data.ndim}-D image; super-resolution needs a stack "
+                           "(z, y, x) or a cine (t, z, y, x)")
+        result = super_resolve(ref.data, ref.spacing, args.factor, model=args.model, progress=progress,
+                               device=args.device, affine=ref.affine)
+    else:
+        for path, v in zip(args.inputs, vols):
+            if v.data.ndim != 3:
+                raise CLIError(f"{path}: a {v.data.ndim}-D image; fusion takes 3-D stacks (z, y, x)")
+        dz, dy, dx = ref.spacing
+        if args.spacing is not None:
+            spacing = tuple(args.spacing)
+        else:
+            try:
+                f = float(args.factor)
+            except (TypeError, ValueError):
+                raise CLIError(f"--factor must be an integer >= 2, got {args.factor!r}") from None
+            if not (f.is_integer() and f >= 2):
+                raise CLIError(f"--factor must be an integer >= 2, got {args.factor!r}")
+            spacing = (dz / f, dy, dx)
+        result = super_resolve_stacks([(v.data, v.affine) for v in vols], spacing, model=args.model,
+                                      progress=progress, device=args.device)
+    meta = {k: v for k, v in ref.meta.items() if k != "nifti_header"}
+    meta.update(description=f"super-resolved by {result.model_name}")
+    written = write_nifti(Volume(result.image, result.affine, ref.axes if len(vols) == 1 else ("z", "y", "x"), meta),
+                          out, overwrite=args.overwrite)
+    print(f"{written}: {result.image.shape} at {tuple(round(s, 4) for s in result.spacing)} mm "
+          f"({result.model_name}, {result.seconds:.2f} s)")
+    return 0
+
+
+def cmd_correct_mask(args: argparse.Namespace) -> int:
+    """Shape-prior correction of a cardiac label map; the output keeps the input's geometry."""
+    from .imaging.io import write_nifti
+    from .methods.acnn import correct_mask
+
+    out = Path(args.out)
+    if not (out.name.endswith(".nii.gz") or out.name.endswith(".nii")):
+        raise CLIError(f"--out {out} must end in .nii or .nii.gz")
+    if out.exists() and not args.overwrite:
+        raise CLIError(f"{out} already exists (use --overwrite to replace it)")
+    if Path(args.labels).resolve() == out.resolve():
+        raise CLIError("--out must differ from the input: the input file is never modified")
+    vol = _read_single_volume(args.labels)
+    if len(vol.spatial_axes) != 3:
+        raise CLIError(f"{args.labels}: a {vol.data.ndim}-D label map; the shape prior needs a short-axis stack "
+                       "(z, y, x) or a cine (t, z, y, x)")
+    res = correct_mask(vol.data, vol.spacing, model=args.model, device=args.device,
+                       progress=None if args.quiet else _progress_printer("correct-mask"))
+    write_nifti(vol.with_data(res.labels), out, overwrite=args.overwrite)
+    print(f"plausibility before {res.plausibility_before:.3f}  after {res.plausibility:.3f}  "
+          f"({res.n_changed} voxels changed, model {res.model_name})")
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_import_weights(args: argparse.Namespace) -> int:
     from . import zoo
 
@@ -452,6 +523,27 @@ def build_parser() -> argparse.ArgumentParser:
                                                               "category maps)")
     common(s)
     s.set_defaults(func=cmd_detect_planes)
+
+    s = sub.add_parser("super-resolve", help="through-plane super-resolution of thick-slice stacks (one stack, "
+                                             "a cine, or several stacks fused); geometry kept")
+    s.add_argument("inputs", nargs="+", help="NIfTI/DICOM stacks (z, y, x) thick along z, or one cine (t, z, y, x); "
+                                             "several stacks are fused in the first one's frame")
+    s.add_argument("--factor", type=float, default=4, help="through-plane factor, an integer >= 2 (default 4)")
+    s.add_argument("--out", required=True, help="output NIfTI file (.nii.gz); never overwritten without --overwrite")
+    s.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("DZ", "DY", "DX"),
+                   help="fusion: output spacing in mm (default: the first stack's, dz / factor)")
+    s.add_argument("--model", default=None, help="zoo name, checkpoint path, 'spline' / 'average' for the "
+                                                 "baselines (default: best shipped)")
+    common(s)
+    s.set_defaults(func=cmd_super_resolve)
+
+    s = sub.add_parser("correct-mask", help="check and correct a cardiac label map with the learned shape prior "
+                                            "(ACNN); prints the plausibility before and after")
+    s.add_argument("labels", help="label map (NIfTI or DICOM; z,y,x or t,z,y,x; 1 LV, 2 myocardium, 3 RV)")
+    s.add_argument("--out", required=True, help="output NIfTI file (.nii.gz)")
+    s.add_argument("--model", default=None, help="zoo name or checkpoint path (default: best shipped shape prior)")
+    common(s)
+    s.set_defaults(func=cmd_correct_mask)
 
     s = sub.add_parser("import-weights", help="convert officially published weights into a zoo model")
     s.add_argument("kind", help="which published weights, e.g. deep-cascade-d5c5")
