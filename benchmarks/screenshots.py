@@ -187,28 +187,38 @@ def _reconstruct(viewer, layer, acceleration: float, dynamic: bool | None = None
     return w
 
 
+def _grid_of_outputs(viewer):
+    """Every layer visible, side by side (cascade, error, zero-filled, k-space, mask, input)."""
+    for layer in viewer.layers:
+        layer.visible = True
+    viewer.grid.enabled = True
+    viewer.reset_view()
+
+
 def scenario_recon(viewer, out: Path):
     print("recon: File > Open Sample > MNI152 T1, MRI reconstruction, simulate R=4 on one slice")
     viewer.open_sample("napari-medlearn", "mni152_t1")
     vol = viewer.layers[-1]
     z = vol.data.shape[0] // 2
-    slice_layer = viewer.add_image(np.asarray(vol.data[z]), name=f"MNI152 T1 z={z}", scale=vol.scale[1:])
-    vol.visible = False
+    data, scale = np.asarray(vol.data[z]), vol.scale[1:]
+    viewer.layers.remove(vol)
+    slice_layer = viewer.add_image(data, name=f"MNI152 T1 z={z}", scale=scale)
     _reconstruct(viewer, slice_layer, 4.0)
-    viewer.grid.enabled = True
+    _grid_of_outputs(viewer)
     shoot(viewer, out / "recon_mni_r4.png")
     viewer.grid.enabled = False
     for layer in list(viewer.layers):
         viewer.layers.remove(layer)
     print("recon: cardiac cine sample, mid slice as a 2D+t series, R=8, frame-synchronous")
     viewer.open_sample("napari-medlearn", "cardiac_cine")
-    cine = viewer.layers[-1]
+    cine = next(layer for layer in viewer.layers if layer.ndim == 4 and not hasattr(layer, "selected_label"))
     zc = cine.data.shape[1] // 2
-    seq = viewer.add_image(np.asarray(cine.data[:, zc]), name=f"cine z={zc}", scale=cine.scale[[0, 2, 3]],
-                           metadata={"axes": ("t", "y", "x")})
-    cine.visible = False
+    data, scale = np.asarray(cine.data[:, zc]), cine.scale[[0, 2, 3]]
+    for layer in list(viewer.layers):
+        viewer.layers.remove(layer)
+    seq = viewer.add_image(data, name=f"cine z={zc}", scale=scale, metadata={"axes": ("t", "y", "x")})
     w = _reconstruct(viewer, seq, 8.0, dynamic=True)
-    viewer.grid.enabled = True
+    _grid_of_outputs(viewer)
     viewer.dims.set_point(0, 5 * seq.scale[0])
     settle(0.5)
     print(f"  frame 5 metrics: {w.frame_metrics()}")
@@ -351,6 +361,61 @@ def scenario_lesions(viewer, out: Path):
 
 
 SCENARIOS["lesions"] = scenario_lesions
+
+
+def scenario_sr(viewer, out: Path):
+    """A thick axial stack (x4, box profile) of the held-out BraTS subject written as NIfTI, opened
+    through the reader, Super-resolution with the best shipped model (SR beside cubic spline),
+    the SR volume written by ``medlearn super-resolve`` and reopened: all must overlap the source
+    exactly; looked at in the axial, coronal and sagittal planes."""
+    from napari_medlearn.cli import main as medlearn
+    from napari_medlearn.imaging import slices as S
+    from napari_medlearn.imaging.io import write_nifti
+    from napari_medlearn.imaging.volume import Volume
+    from napari_medlearn.training.sr import held_out_cases
+
+    cases = held_out_cases(4, modalities=("T1c",))
+    if not cases:
+        print("  skipped: the held-out BraTS subject is not in ../shared/data/brats-deepmedic")
+        return
+    v = cases[0][1]
+    tmp = Path(tempfile.mkdtemp(prefix="sr-shots-"))
+    thick, taff = S.thick_slices(v.image, v.affine, 4, "box")
+    src_path = tmp / "t1c_axial_4mm.nii.gz"
+    write_nifti(Volume(thick, taff, ("z", "y", "x")), src_path)
+    print(f"sr: {v.name} as a 4 mm axial stack {thick.shape} -> {src_path.name}, opened through the reader")
+    viewer.open(str(src_path), plugin="napari-medlearn")
+    src = viewer.layers[-1]
+    _, w = viewer.window.add_plugin_dock_widget("napari-medlearn", "Super-resolution")
+    w.image_picker.value = src
+    w.factor.setValue(4)
+    t0 = time.time()
+    w.run()
+    wait(lambda: not w.running)
+    print(f"  widget: {time.time() - t0:.1f} s, model {w.model_picker.model()}: {w.runner.status.text()}")
+    sr = viewer.layers[f"{src.name} [SR x4]"]
+    spline = viewer.layers[f"{src.name} [cubic spline x4]"]
+    spline.visible = True
+    out_path = tmp / "t1c_sr.nii.gz"
+    medlearn(["super-resolve", str(src_path), "--factor", "4", "--out", str(out_path), "--quiet"])
+    viewer.open(str(out_path), plugin="napari-medlearn")
+    written = viewer.layers[-1]
+    written.visible = False
+    for layer in (spline, sr, written):
+        ok = np.allclose(layer.extent.world, src.extent.world, atol=1e-4)
+        print(f"  {layer.name}: scale {tuple(np.round(layer.scale, 3))}, world extent "
+              f"{'== source' if ok else np.round(layer.extent.world, 2).tolist()}")
+    print(f"  written file == widget layer: {np.allclose(written.data, sr.data, atol=1e-4)}")
+    viewer.grid.enabled = True
+    for plane, order in (("axial", (0, 1, 2)), ("coronal", (1, 0, 2)), ("sagittal", (2, 0, 1))):
+        viewer.dims.order = order
+        viewer.reset_view()
+        shoot(viewer, out / f"sr_{plane}.png")
+    viewer.dims.order = (0, 1, 2)
+    viewer.grid.enabled = False
+
+
+SCENARIOS["sr"] = scenario_sr
 
 
 def main() -> None:
