@@ -304,7 +304,18 @@ def _run_lesions_synthetic(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]
     return run_lesions_synthetic(run_dir, **kwargs)
 
 
+def _run_acnn_shape_prior(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
+    from .acnn import run_acnn_shape_prior
+
+    return run_acnn_shape_prior(run_dir, **kwargs)
+
+
 PRESETS: dict[str, Preset] = {
+    "acnn-shape-prior": Preset(
+        "acnn-shape-prior", "acnn-shape-prior",
+        "ACNN label autoencoder (denoising) on ACDC expert masks: mask plausibility and correction (~45 min on 1 CPU thread)",
+        _run_acnn_shape_prior,
+    ),
     "cardiac-acdc": Preset(
         "cardiac-acdc", "cardiac-fcn-acdc",
         "Bai FCN on ACDC real cine MRI (default cardiac model; ~2 h on 2 CPU cores)",

@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+
+from acnn_helpers import ring_labels, tiny_acnn_checkpoint
+from napari_medlearn.imaging.labels import clean_labels
+from napari_medlearn.methods import MaskResult, correct_mask, plausibility
+from napari_medlearn.methods.acnn import prior_guided_cleanup
+
+SP = (8.0, 2.0, 2.0)
+
+
+@pytest.fixture(scope="module")
+def tiny_acnn(tmp_path_factory):
+    return tiny_acnn_checkpoint(tmp_path_factory.mktemp("acnn"))
+
+
+def test_result_is_on_the_input_grid_and_the_input_is_untouched(tiny_acnn):
+    lab = ring_labels(shape=(6, 50, 37), spacing=SP).astype(np.int16)
+    lab[2, 5:8, 5:8] = 3                         # an island
+    before = lab.copy()
+    res = correct_mask(lab, SP, model=str(tiny_acnn))
+    assert isinstance(res, MaskResult)
+    assert res.labels.shape == lab.shape and res.labels.dtype == lab.dtype
+    np.testing.assert_array_equal(lab, before)
+    np.testing.assert_array_equal(res.changed, res.labels != lab)
+    assert 0.0 <= res.plausibility <= 1.0 and 0.0 <= res.plausibility_before <= 1.0
+    assert res.model_name == "tiny-acnn" and len(res.model_sha256) == 64
+
+
+def test_without_prior_overrule_only_the_damage_can_change(tiny_acnn):
+    lab = ring_labels(shape=(6, 50, 40), spacing=SP)
+    damaged = lab.copy()
+    damaged[3, 22:25, 18:21] = 0                 # a hole in the LV cavity
+    damaged[2, 2:5, 2:5] = 1                     # an island
+    res = correct_mask(damaged, SP, model=str(tiny_acnn), threshold=0.0, smooth_mm=0.0)
+    assert (res.labels[3, 22:25, 18:21] == 1).all()          # the hole is filled
+    outside = np.ones(lab.shape, bool)
+    outside[3, 22:25, 18:21] = outside[2, 2:5, 2:5] = False
+    np.testing.assert_array_equal(res.labels[outside], damaged[outside])
+
+
+def test_cleanup_asks_the_prior_before_deleting_a_component():
+    lab = np.zeros((5, 20, 20), np.uint8)
+    lab[0:2, 5:15, 5:15] = 1                     # the main part
+    lab[3:5, 5:12, 5:12] = 1                     # cut off by a lost slice (z=2)
+    lab[3, 17:19, 17:19] = 1                     # a far island
+    lab[1, 9:11, 9:11] = 0                       # a hole
+    prob = np.zeros((4,) + lab.shape, np.float32)
+    prob[1, :, 4:16, 4:16] = 0.9                 # the prior's LV covers the main part and the cut-off part
+    out = prior_guided_cleanup(lab, prob)
+    assert (out[3:5, 5:12, 5:12] == 1).all()
+    assert (out[3, 17:19, 17:19] == 0).all()
+    assert (out[1, 9:11, 9:11] == 1).all()
+    ref = clean_labels(lab, values=(1,))         # plain morphology loses the cut-off part
+    assert (ref[3:5, 5:12, 5:12] == 0).all()
+
+
+def test_cine_is_corrected_frame_by_frame(tiny_acnn):
+    a = ring_labels(shape=(5, 40, 40), spacing=SP)
+    b = ring_labels(shape=(5, 40, 40), spacing=SP, r_lv=8.0)
+    b[2, 1:3, 1:3] = 2
+    res = correct_mask(np.stack([a, b]), SP, model=str(tiny_acnn))
+    one = correct_mask(b, SP, model=str(tiny_acnn))
+    np.testing.assert_array_equal(res.labels[1], one.labels)
+    assert len(res.frame_plausibility) == 2
+    assert res.frame_plausibility[1] == pytest.approx(one.plausibility)
+    p = plausibility(b, SP, model=str(tiny_acnn))
+    assert p == pytest.approx(one.plausibility_before)
+
+
+@pytest.mark.parametrize("labels, spacing, match", [
+    (np.zeros((4, 20, 20), np.float32), SP, "integers"),
+    (np.full((4, 20, 20), 7, np.uint8), SP, r"unknown label values \[7\]"),
+    (np.zeros((20, 20), np.uint8), (2.0, 2.0), "2D"),
+    (np.zeros((4, 20, 20), np.uint8), None, "spacing is missing"),
+    (np.zeros((4, 20, 20), np.uint8), (8.0, 0.0, 2.0), "positive"),
+    (np.zeros((4, 20, 20), np.uint8), (8.0, 2.0), "three"),
+])
+def test_bad_input_names_the_problem(tiny_acnn, labels, spacing, match):
+    with pytest.raises(ValueError, match=match):
+        correct_mask(labels, spacing, model=str(tiny_acnn))
+    with pytest.raises(ValueError, match=match):
+        plausibility(labels, spacing, model=str(tiny_acnn))
