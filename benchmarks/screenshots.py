@@ -401,10 +401,15 @@ def scenario_sr(viewer, out: Path):
     viewer.open(str(out_path), plugin="napari-medlearn")
     written = viewer.layers[-1]
     written.visible = False
+    def faces(layer):     # outer faces of the first and last voxels (napari's extent is voxel centres)
+        e = np.asarray(layer.extent.world, float)
+        return np.stack([e[0] - layer.scale / 2, e[1] + layer.scale / 2])
+
+    print(f"  source {src.name}: scale {tuple(float(s) for s in src.scale)}, faces {faces(src).round(2).tolist()}")
     for layer in (spline, sr, written):
-        ok = np.allclose(layer.extent.world, src.extent.world, atol=1e-4)
-        print(f"  {layer.name}: scale {tuple(np.round(layer.scale, 3))}, world extent "
-              f"{'== source' if ok else np.round(layer.extent.world, 2).tolist()}")
+        ok = np.allclose(faces(layer), faces(src), atol=1e-4)
+        print(f"  {layer.name}: scale {tuple(float(s) for s in layer.scale)}, field of view "
+              f"{'== source' if ok else faces(layer).round(2).tolist()}")
     print(f"  written file == widget layer: {np.allclose(written.data, sr.data, atol=1e-4)}")
     viewer.grid.enabled = True
     for plane, order in (("axial", (0, 1, 2)), ("coronal", (1, 0, 2)), ("sagittal", (2, 0, 1))):
