@@ -285,7 +285,6 @@ def _run_sononet_phantom(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
     return run_sononet_phantom(run_dir, **kwargs)
 
 
-
 def _run_sr_brain(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
     from .sr import run_sr_brain
 
