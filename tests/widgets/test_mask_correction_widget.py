@@ -1,0 +1,54 @@
+import numpy as np
+import pytest
+
+from acnn_helpers import ring_labels, tiny_acnn_checkpoint
+
+
+@pytest.fixture(scope="module")
+def tiny_acnn(tmp_path_factory):
+    return tiny_acnn_checkpoint(tmp_path_factory.mktemp("acnn-widget"))
+
+
+def test_proposal_beside_original_accept_and_reject(make_napari_viewer, qtbot, tiny_acnn, errors):
+    from napari_medlearn.widgets.acnn import MaskCorrectionWidget
+
+    viewer = make_napari_viewer()
+    lab = ring_labels(shape=(6, 40, 40), spacing=(8.0, 2.0, 2.0))
+    lab[3, 18:21, 16:19] = 0                     # a hole
+    original = viewer.add_labels(lab.copy(), name="mask", scale=(8.0, 2.0, 2.0), translate=(0, 5, 5))
+    w = MaskCorrectionWidget(viewer)
+    qtbot.addWidget(w)
+    w.model_picker.add_checkpoint(tiny_acnn)
+    w.labels_picker.value = original
+    w.run()
+    qtbot.waitUntil(lambda: not w.running, timeout=60000)
+    assert w.runner.status.text() == "done"
+    prop, changed = viewer.layers["mask [proposal]"], viewer.layers["mask [changed]"]
+    np.testing.assert_array_equal(original.data, lab)                  # the original is untouched
+    np.testing.assert_array_equal(changed.data.astype(bool), prop.data != lab)
+    assert tuple(prop.scale) == tuple(original.scale) and tuple(prop.translate) == tuple(original.translate)
+    assert "before" in w.plausibility_label.text() and "LV" in w.volumes_label.text()
+    assert w.accept_button.isEnabled()
+    accepted = w.accept()
+    assert accepted.name == "mask [corrected]" and "mask [proposal]" not in viewer.layers
+    assert "mask" in viewer.layers and (accepted.data[3, 18:21, 16:19] == 1).all()
+    w.run()
+    qtbot.waitUntil(lambda: not w.running, timeout=60000)
+    w.reject()
+    assert "mask [proposal]" not in viewer.layers and "mask [changed]" not in viewer.layers
+    assert not w.accept_button.isEnabled() and not errors
+
+
+def test_bad_labels_give_a_notification_and_no_layers(make_napari_viewer, qtbot, tiny_acnn, errors):
+    from napari_medlearn.widgets.acnn import MaskCorrectionWidget
+
+    viewer = make_napari_viewer()
+    layer = viewer.add_labels(np.full((4, 20, 20), 9, np.uint8), name="odd")
+    w = MaskCorrectionWidget(viewer)
+    qtbot.addWidget(w)
+    w.model_picker.add_checkpoint(tiny_acnn)
+    w.labels_picker.value = layer
+    w.run()
+    qtbot.waitUntil(lambda: not w.running, timeout=60000)
+    assert errors and "unknown label values [9]" in str(errors[-1])
+    assert [ly.name for ly in viewer.layers] == ["odd"]
