@@ -291,6 +291,12 @@ def _run_sr_brain(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
     return run_sr_brain(run_dir, **kwargs)
 
 
+def _run_sr_cardiac_phantom(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
+    from .sr import run_sr_cardiac_phantom
+
+    return run_sr_cardiac_phantom(run_dir, **kwargs)
+
+
 def _run_lesions_brats(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
     from .deepmedic import run_lesions_brats
 
@@ -345,6 +351,11 @@ PRESETS: dict[str, Preset] = {
         "Oktay et al. x4 through-plane SR, single-stack then axial+coronal fusion, on MNI152 + BraTS 1 mm brain MR "
         "(~25 min on 1 CPU thread)",
         _run_sr_brain,
+    ),
+    "sr-cardiac-phantom": Preset(
+        "sr-cardiac-phantom", "sr-cardiac-x4-phantom",
+        "Oktay et al. x4 through-plane SR on thin-slice cardiac cine phantoms (demo weights; ~10 min on 1 CPU thread)",
+        _run_sr_cardiac_phantom,
     ),
     "lesions-brats": Preset(
         "lesions-brats", "lesions-brats",
