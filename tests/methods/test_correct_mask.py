@@ -81,3 +81,9 @@ def test_bad_input_names_the_problem(tiny_acnn, labels, spacing, match):
         correct_mask(labels, spacing, model=str(tiny_acnn))
     with pytest.raises(ValueError, match=match):
         plausibility(labels, spacing, model=str(tiny_acnn))
+
+
+def test_the_prior_only_adds_structure_drawn_voxels_stay(tiny_acnn):
+    lab = ring_labels(shape=(6, 50, 40), spacing=SP)
+    res = correct_mask(lab, SP, model=str(tiny_acnn), threshold=0.5, smooth_mm=0.0)
+    np.testing.assert_array_equal(res.labels[lab > 0], lab[lab > 0])

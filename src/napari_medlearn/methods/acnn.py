@@ -12,11 +12,13 @@ decoder maps an implausible mask to a plausible one near it. For each frame:
 2. the autoencoder reconstructs them; its class probabilities come back to the input grid;
 3. **correction** keeps the input wherever the prior does not disagree strongly: the input is
    first smoothed by an in-plane majority vote (one-hot channels blurred by ``smooth_mm``, so
-   an isolated ragged voxel loses and a smooth boundary stays); the prior then overrules
-   voxels where its probability of the voxel's label is below ``threshold`` and of another
-   label above ``1 - threshold``, but only in regions thicker than a sliver (an in-plane 3x3
-   opening of that set), so a hole, a lost slice or a bite is refilled while the boundaries,
-   where the coarse prior is always a little off, are left as drawn; last, each structure keeps
+   an isolated ragged voxel loses and a smooth boundary stays); the prior then *adds*
+   structure where the input has background, its probability of background is below
+   ``threshold`` and of a structure above ``1 - threshold``, but only in regions thicker than a
+   sliver (an in-plane 3x3 opening of that set), so a hole, a lost slice or a bite is refilled
+   while the boundaries, where the coarse prior is always a little off, are left as drawn. The
+   prior never deletes drawn structure voxel by voxel (on clean masks that is where it was
+   wrong: basal and apical slices); deletion is by whole components: last, each structure keeps
    its largest 3D component and any other the prior supports (a part cut off by a lost slice),
    with in-plane holes filled (:func:`prior_guided_cleanup`). A clean expert mask comes back
    nearly unchanged;
@@ -199,10 +201,11 @@ def _frame(net, lab: np.ndarray, sp, n_classes: int, threshold: float, smooth_mm
         sigma = (0.0, smooth_mm / sp[1], smooth_mm / sp[2])
         support = np.stack([ndi.gaussian_filter((lab == k).astype(np.float32), sigma) for k in range(n_classes)])
         out = np.argmax(support, axis=0).astype(lab.dtype)
-    # the prior overrules the input where it strongly disagrees, in regions thicker than a sliver
+    # the prior adds structure where it is sure the input's background is wrong, in regions thicker
+    # than a sliver; removals are left to the component clean-up below
     p_input = np.take_along_axis(p, out[None].astype(np.intp), axis=0)[0]
     best = np.argmax(p, axis=0)
-    disagree = (p_input < threshold) & (np.max(p, axis=0) > 1 - threshold) & (best != out)
+    disagree = (p_input < threshold) & (np.max(p, axis=0) > 1 - threshold) & (best != out) & (out == 0)
     disagree = ndi.binary_opening(disagree, structure=np.ones((1, 3, 3), bool))
     out[disagree] = best[disagree].astype(lab.dtype)
     out = prior_guided_cleanup(out, p)
@@ -261,8 +264,8 @@ def correct_mask(labels, spacing, model=None, progress: Progress | None = None, 
     progress
         Called with ``(frames_done, frames_total, message)``.
     threshold, smooth_mm
-        The prior overrules a voxel where its probability of the voxel's label is below
-        ``threshold`` and of another label above ``1 - threshold``; ``smooth_mm`` is the
+        The prior fills a background voxel where its probability of background is below
+        ``threshold`` and of a structure above ``1 - threshold``; ``smooth_mm`` is the
         in-plane majority smoothing of the input (0: none). Defaults from the model card.
 
     Returns
