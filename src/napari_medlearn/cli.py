@@ -426,31 +426,6 @@ def cmd_correct_mask(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_correct_mask(args: argparse.Namespace) -> int:
-    """Shape-prior correction of a cardiac label map; the output keeps the input's geometry."""
-    from .imaging.io import write_nifti
-    from .methods.acnn import correct_mask
-
-    out = Path(args.out)
-    if not (out.name.endswith(".nii.gz") or out.name.endswith(".nii")):
-        raise CLIError(f"--out {out} must end in .nii or .nii.gz")
-    if out.exists() and not args.overwrite:
-        raise CLIError(f"{out} already exists (use --overwrite to replace it)")
-    if Path(args.labels).resolve() == out.resolve():
-        raise CLIError("--out must differ from the input: the input file is never modified")
-    vol = _read_single_volume(args.labels)
-    if len(vol.spatial_axes) != 3:
-        raise CLIError(f"{args.labels}: a {vol.data.ndim}-D label map; the shape prior needs a short-axis stack "
-                       "(z, y, x) or a cine (t, z, y, x)")
-    res = correct_mask(vol.data, vol.spacing, model=args.model, device=args.device,
-                       progress=None if args.quiet else _progress_printer("correct-mask"))
-    write_nifti(vol.with_data(res.labels), out, overwrite=args.overwrite)
-    print(f"plausibility before {res.plausibility_before:.3f}  after {res.plausibility:.3f}  "
-          f"({res.n_changed} voxels changed, model {res.model_name})")
-    print(f"wrote {out}")
-    return 0
-
-
 def cmd_import_weights(args: argparse.Namespace) -> int:
     from . import zoo
 
@@ -561,14 +536,6 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "baselines (default: best shipped)")
     common(s)
     s.set_defaults(func=cmd_super_resolve)
-
-    s = sub.add_parser("correct-mask", help="check and correct a cardiac label map with the learned shape prior "
-                                            "(ACNN); prints the plausibility before and after")
-    s.add_argument("labels", help="label map (NIfTI or DICOM; z,y,x or t,z,y,x; 1 LV, 2 myocardium, 3 RV)")
-    s.add_argument("--out", required=True, help="output NIfTI file (.nii.gz)")
-    s.add_argument("--model", default=None, help="zoo name or checkpoint path (default: best shipped shape prior)")
-    common(s)
-    s.set_defaults(func=cmd_correct_mask)
 
     s = sub.add_parser("correct-mask", help="check and correct a cardiac label map with the learned shape prior "
                                             "(ACNN); prints the plausibility before and after")

@@ -5,7 +5,6 @@ Nothing here imports napari or Qt.
 """
 
 from .acnn import MaskResult, correct_mask, correct_mask_steps, plausibility
-from .acnn import MaskResult, correct_mask, correct_mask_steps, plausibility
 from .cardiac import CardiacResult, cardiac_measures, segment_heart, segment_heart_steps
 from .recon import ReconResult, reconstruct, reconstruct_steps
 from .sr import (SRResult, super_resolve, super_resolve_stacks, super_resolve_stacks_steps,
@@ -20,5 +19,4 @@ __all__ = ["PlaneResult", "StandardPlane", "classify_frame", "detect_planes", "d
            "segment_lesions_steps",
            "SRResult", "super_resolve", "super_resolve_stacks", "super_resolve_stacks_steps",
            "super_resolve_steps"]
-__all__ += ["MaskResult", "correct_mask", "correct_mask_steps", "plausibility"]
 __all__ += ["MaskResult", "correct_mask", "correct_mask_steps", "plausibility"]

@@ -279,24 +279,6 @@ def _run_recon_2dt(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
     return run_recon_2dt(run_dir, **kwargs)
 
 
-def _run_sononet_phantom(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
-    from .sononet import run_sononet_phantom
-
-    return run_sononet_phantom(run_dir, **kwargs)
-
-
-def _run_sr_brain(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
-    from .sr import run_sr_brain
-
-    return run_sr_brain(run_dir, **kwargs)
-
-
-def _run_sr_cardiac_phantom(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
-    from .sr import run_sr_cardiac_phantom
-
-    return run_sr_cardiac_phantom(run_dir, **kwargs)
-
-
 def _run_lesions_brats(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
     from .deepmedic import run_lesions_brats
 
@@ -309,10 +291,28 @@ def _run_lesions_synthetic(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]
     return run_lesions_synthetic(run_dir, **kwargs)
 
 
+def _run_sononet_phantom(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
+    from .sononet import run_sononet_phantom
+
+    return run_sononet_phantom(run_dir, **kwargs)
+
+
 def _run_acnn_shape_prior(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
     from .acnn import run_acnn_shape_prior
 
     return run_acnn_shape_prior(run_dir, **kwargs)
+
+
+def _run_sr_brain(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
+    from .sr import run_sr_brain
+
+    return run_sr_brain(run_dir, **kwargs)
+
+
+def _run_sr_cardiac_phantom(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
+    from .sr import run_sr_cardiac_phantom
+
+    return run_sr_cardiac_phantom(run_dir, **kwargs)
 
 
 PRESETS: dict[str, Preset] = {
@@ -346,6 +346,16 @@ PRESETS: dict[str, Preset] = {
         "SonoNet-16 standard-plane detection on fetal phantom sweeps (demo weights; ~60 min on 1 CPU thread)",
         _run_sononet_phantom,
     ),
+    "lesions-brats": Preset(
+        "lesions-brats", "lesions-brats",
+        "DeepMedic on 4 real BraTS subjects, 2-fold cross-validated (default lesion model; ~45 min on 2 CPU cores)",
+        _run_lesions_brats,
+    ),
+    "lesions-synthetic": Preset(
+        "lesions-synthetic", "lesions-synthetic",
+        "DeepMedic on synthetic multi-modal lesion cases (demo / source-only weights; ~25 min on 2 CPU cores)",
+        _run_lesions_synthetic,
+    ),
     "sr-brain": Preset(
         "sr-brain", "sr-brain-x4",
         "Oktay et al. x4 through-plane SR, single-stack then axial+coronal fusion, on MNI152 + BraTS 1 mm brain MR "
@@ -356,16 +366,6 @@ PRESETS: dict[str, Preset] = {
         "sr-cardiac-phantom", "sr-cardiac-x4-phantom",
         "Oktay et al. x4 through-plane SR on thin-slice cardiac cine phantoms (demo weights; ~10 min on 1 CPU thread)",
         _run_sr_cardiac_phantom,
-    ),
-    "lesions-brats": Preset(
-        "lesions-brats", "lesions-brats",
-        "DeepMedic on 4 real BraTS subjects, 2-fold cross-validated (default lesion model; ~45 min on 2 CPU cores)",
-        _run_lesions_brats,
-    ),
-    "lesions-synthetic": Preset(
-        "lesions-synthetic", "lesions-synthetic",
-        "DeepMedic on synthetic multi-modal lesion cases (demo / source-only weights; ~25 min on 2 CPU cores)",
-        _run_lesions_synthetic,
     ),
 }
 
