@@ -373,6 +373,59 @@ def demo_sr(out: Path, device: str = "auto") -> list[str]:
 SECTIONS = SECTIONS + (("sr", demo_sr),)
 
 
+def demo_acnn(out: Path, device: str = "auto") -> list[str]:
+    """The shape prior on the sample cine's expert-like ED labels, damaged six ways."""
+    from . import zoo
+    from .imaging.io import write_nifti
+    from .imaging.labels import clean_labels
+    from .imaging.mask_corruption import CORRUPTIONS, corrupt
+    from .imaging.measures import dice_per_label
+    from .imaging.volume import Volume
+    from .methods import correct_mask
+    from .methods.acnn import TASK
+    from .samples.cardiac_phantom import cardiac_cine_phantom
+
+    lines = ["## Mask correction with the learned shape prior (ACNN, Oktay et al.)"]
+    if not zoo.available(TASK):
+        return lines + ["Skipped: no shape prior. Train one (`medlearn train acnn-shape-prior --ship`).", ""]
+    out.mkdir(parents=True, exist_ok=True)
+    ph = cardiac_cine_phantom(seed=2024)
+    truth, spacing = ph.labels[0], tuple(float(s) for s in ph.spacing[-3:])
+    dev = zoo.resolve_device(device).type
+
+    def mean_dice(a):
+        return float(np.mean(list(dice_per_label(a, truth).values())))
+
+    rows = []
+    rng = np.random.default_rng(0)
+    for kind in CORRUPTIONS:
+        bad = corrupt(truth, spacing, kind, rng)
+        res = correct_mask(bad, spacing, device=dev)
+        morph = clean_labels(bad, values=(1, 2, 3))
+        rows.append((kind, mean_dice(bad), mean_dice(morph), mean_dice(res.labels),
+                     res.plausibility_before, res.plausibility, int(res.changed.sum())))
+        if kind == "combined":
+            write_nifti(Volume.from_spacing(bad.astype(np.uint8), spacing, ("z", "y", "x")),
+                        out / "damaged.nii.gz", overwrite=True)
+            write_nifti(Volume.from_spacing(res.labels.astype(np.uint8), spacing, ("z", "y", "x")),
+                        out / "corrected.nii.gz", overwrite=True)
+    clean = correct_mask(truth, spacing, device=dev)
+    lines += [
+        f"Input: the ED labels of the cardiac phantom seed 2024 (truth), damaged by each corruption of "
+        f"`imaging.mask_corruption`, corrected by `{clean.model_name}` and by plain morphology (largest "
+        "component + hole filling). Mean Dice over LV, myocardium and RV against the truth:", "",
+        "| damage | damaged | morphology | shape prior | plausibility before -> after | voxels changed |",
+        "|---|---|---|---|---|---|",
+        *[f"| {k} | {a:.3f} | {m:.3f} | {c:.3f} | {pb:.2f} -> {pa:.2f} | {n} |" for k, a, m, c, pb, pa, n in rows],
+        "", f"The clean truth comes back with Dice {mean_dice(clean.labels):.3f} to itself "
+        f"(plausibility {clean.plausibility_before:.2f}). Outputs: `acnn/damaged.nii.gz`, `acnn/corrected.nii.gz` "
+        "(the combined damage).", "",
+    ]
+    return lines
+
+
+SECTIONS = SECTIONS + (("acnn", demo_acnn),)
+
 def run_demo(out: Path, device: str = "auto", overwrite: bool = False) -> Path:
     """Run every section into ``out``; return the report path."""
     out = Path(out)
