@@ -355,17 +355,23 @@ def cmd_detect_planes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _nifti_output(path: str, overwrite: bool) -> Path:
+    """``--out`` for a single NIfTI file: the right suffix, and never an existing file unasked."""
+    out = Path(path)
+    if not (out.name.endswith(".nii.gz") or out.name.endswith(".nii")):
+        raise CLIError(f"--out {out} must end in .nii or .nii.gz")
+    if out.exists() and not overwrite:
+        raise CLIError(f"{out} already exists (use --overwrite to replace it)")
+    return out
+
+
 def cmd_super_resolve(args: argparse.Namespace) -> int:
     """One stack (or cine): learned through-plane SR; several stacks: fused in the first one's frame."""
     from .imaging.io import write_nifti
     from .imaging.volume import Volume
     from .methods.sr import super_resolve, super_resolve_stacks
 
-    out = Path(args.out)
-    if not (out.name.endswith(".nii.gz") or out.name.endswith(".nii")):
-        raise CLIError(f"--out {out} must end in .nii or .nii.gz")
-    if out.exists() and not args.overwrite:
-        raise CLIError(f"{out} already exists (use --overwrite to replace it)")
+    out = _nifti_output(args.out, args.overwrite)
     vols = [_read_single_volume(p) for p in args.inputs]
     progress = None if args.quiet else _progress_printer("super-resolving")
     ref = vols[0]
@@ -406,11 +412,7 @@ def cmd_correct_mask(args: argparse.Namespace) -> int:
     from .imaging.io import write_nifti
     from .methods.acnn import correct_mask
 
-    out = Path(args.out)
-    if not (out.name.endswith(".nii.gz") or out.name.endswith(".nii")):
-        raise CLIError(f"--out {out} must end in .nii or .nii.gz")
-    if out.exists() and not args.overwrite:
-        raise CLIError(f"{out} already exists (use --overwrite to replace it)")
+    out = _nifti_output(args.out, args.overwrite)
     if Path(args.labels).resolve() == out.resolve():
         raise CLIError("--out must differ from the input: the input file is never modified")
     vol = _read_single_volume(args.labels)

@@ -215,6 +215,19 @@ def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Official published weights -> zoo models
+def read_npz(path: str | os.PathLike) -> dict[str, Any]:
+    """The arrays of a published ``.npz`` (no pickles), or a clear error naming the file."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except Exception as e:  # not a zip, truncated, pickled objects
+        raise ModelError(f"cannot read {path} as a NumPy .npz: {type(e).__name__}: {e}") from None
+
+
 DEEP_CASCADE_PAPER = (
     "J. Schlemper, J. Caballero, J. V. Hajnal, A. N. Price, D. Rueckert, A Deep Cascade of "
     "Convolutional Neural Networks for Dynamic MR Image Reconstruction, IEEE TMI 37(2):491-503, "
@@ -235,13 +248,7 @@ def _convert_deep_cascade_d5c5(path: Path) -> tuple[Any, str, dict[str, Any], di
 
     from .. import nets
 
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
-    except Exception as e:  # not a zip, truncated, pickled objects
-        raise ModelError(f"cannot read {path} as a NumPy .npz: {type(e).__name__}: {e}") from None
+    arrays = read_npz(path)
     arch_args = {"dims": 2, "n_cascades": 5, "n_layers": 5, "width": 64}
     model = nets.build("deep_cascade", **arch_args)
     expected = []

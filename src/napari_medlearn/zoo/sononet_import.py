@@ -51,15 +51,9 @@ def convert_sononet(path: Path, width: int, flip_filters: bool = False) -> tuple
     from torch import nn
 
     from .. import nets
-    from . import ModelError, sha256_of
+    from . import ModelError, read_npz, sha256_of
 
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
-    except Exception as e:  # not a zip, truncated, pickled objects
-        raise ModelError(f"cannot read {path} as a NumPy .npz: {type(e).__name__}: {e}") from None
+    arrays = read_npz(path)
     arch_args = {"width": width, "n_classes": len(nets.SONONET_CLASSES), "in_channels": 1,
                  "blocks": [2, 2, 3, 3, 3]}
     model = nets.SonoNet(**arch_args)
