@@ -226,7 +226,10 @@ def demo_planes(out: Path, device: str = "auto") -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     seed = 2024
     sw = fetal_sweep(seed=seed, n_frames=120)
-    res = detect_planes(sw.frames, device=device)
+    # the phantom is this package's own rendering: its demo model is the one trained on it (imported
+    # official weights, made for real scans, rank higher by default and recognise few phantom planes)
+    model = "sononet-phantom" if "sononet-phantom" in zoo.available(TASK) else None
+    res = detect_planes(sw.frames, model=model, device=device)
     write_plane_outputs(out, res, sw.frames, None, f"sample: fetal phantom sweep seed {seed}")
     np.save(out / "sweep.npy", sw.frames)
     names = list(res.class_names)
