@@ -173,22 +173,20 @@ def brats_slices(root: str | Path | None = None) -> list[tuple[str, np.ndarray]]
     background is 0 and scaled to a 99.8th percentile of 1. Empty when the folder is absent.
     """
     from ..imaging.io import read_nifti
+    from .deepmedic import BRATS_FILES, find_brats_root, list_brats_subjects
 
-    if root is None:
-        here = Path(__file__).resolve().parents[3]
-        for c in (Path.cwd().parent / "shared/data/brats-deepmedic", here.parent / "shared/data/brats-deepmedic"):
-            if c.is_dir():
-                root = c
-                break
-    if root is None or not Path(root).is_dir():
+    try:
+        root = find_brats_root(root)
+    except FileNotFoundError:
         return []
     out = []
-    for d in sorted(Path(root).glob("brats_*")):
-        mask = np.asarray(read_nifti(d / "brainmask.nii.gz").data) > 0
-        lab = np.asarray(read_nifti(d / "OTMultiClass.nii.gz").data)
+    for name in list_brats_subjects(root):
+        d = root / name
+        mask = np.asarray(read_nifti(d / BRATS_FILES["mask"]).data) > 0
+        lab = np.asarray(read_nifti(d / BRATS_FILES["labels"]).data)
         z = int(np.argmax((lab > 0).sum(axis=(1, 2)))) if lab.any() else mask.shape[0] // 2
-        for mod in ("Flair", "T1c"):
-            vol = np.asarray(read_nifti(d / f"{mod}_subtrMeanDivStd.nii.gz").data, np.float32)
+        for mod in ("FLAIR", "T1c"):
+            vol = np.asarray(read_nifti(d / BRATS_FILES[mod]).data, np.float32)
             s = np.where(mask[z], vol[z] - vol[z][mask[z]].min(), 0)
             out.append((f"BraTS {d.name} {mod} z={z}", _peak_normalised(s)))
     return out
