@@ -370,6 +370,23 @@ def demo_sr(out: Path, device: str = "auto") -> list[str]:
         + (", `sr/fused_axial_coronal.nii.gz`" if fused is not None else "") + ", `sr/sr.png`.", "",
         "![super-resolution](sr/sr.png)", "",
     ]
+    if "sr-cardiac-x4" in zoo.available(TASK_SINGLE):
+        from .training.sr import phantom_volumes
+
+        v = phantom_volumes([2024], 4, frames_per_phantom=1)[0]
+        thick, taff = S.thick_slices(v.image, v.affine, 4, "box")
+        sp = tuple(float(x) for x in np.linalg.norm(taff[:3, :3], axis=0))
+        rc = super_resolve(thick, sp, 4, model="sr-cardiac-x4", affine=taff, device=device)
+        write_nifti(Volume(thick, taff, ("z", "y", "x")), out / "cardiac_8mm.nii.gz", overwrite=True)
+        write_nifti(Volume(rc.image, rc.affine, ("z", "y", "x")), out / "cardiac_sr_x4.nii.gz", overwrite=True)
+        qs, qn = sr_quality(v.image, rc.baseline, v.mask), sr_quality(v.image, rc.image, v.mask)
+        lines += [
+            f"Cardiac: the sample cine phantom (seed 2024, end-diastole) with 2 mm slices thickened to 8 mm "
+            f"{thick.shape} and super-resolved x4 by `sr-cardiac-x4` (trained self-supervised on real ACDC "
+            f"short-axis scans) in {rc.seconds:.1f} s: PSNR against the 2 mm phantom {qn['psnr_db']:.2f} dB "
+            f"(SSIM {qn['ssim']:.3f}) vs cubic B-spline {qs['psnr_db']:.2f} dB ({qs['ssim']:.3f}). "
+            "Outputs: `sr/cardiac_8mm.nii.gz`, `sr/cardiac_sr_x4.nii.gz`.", "",
+        ]
     return lines
 
 

@@ -71,3 +71,20 @@ def test_bad_arguments(kwargs):
 def test_registered():
     assert ARCHITECTURES["sr_net"] is SRNet and ARCHITECTURES["sr_multi_input"] is MultiInputSRNet
     assert isinstance(build("sr_net", factor=3, width=2), SRNet)
+
+
+def test_planar_network_upsamples_each_x_plane_on_its_own():
+    torch.manual_seed(0)
+    net = SRNet(factor=3, width=6, planar=True)
+    torch.nn.init.normal_(net.out.weight, std=0.3)
+    x = torch.randn(1, 1, 4, 10, 5)
+    y = net(x)
+    assert y.shape == (1, 1, 12, 10, 5)
+    x2 = x.clone()
+    x2[..., 2] += 1.0
+    changed = (net(x2) - y).abs().amax(dim=(0, 1, 2, 3))
+    assert changed[2] > 0 and torch.all(changed[[0, 1, 3, 4]] == 0)
+    # the plain network mixes neighbouring x planes
+    full = SRNet(factor=3, width=6)
+    torch.nn.init.normal_(full.out.weight, std=0.3)
+    assert (full(x2) - full(x)).abs().amax(dim=(0, 1, 2, 3))[1] > 0

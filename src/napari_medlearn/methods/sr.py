@@ -188,7 +188,11 @@ def super_resolve_steps(stack, spacing, factor, model=None, device: str = "auto"
             raise ValueError(f"{name} upsamples by {net_f}; asked for a factor of {f} (choose a model trained "
                              f"for x{f}, or model='spline')")
         dev = next(net.parameters()).device
-    total = len(frames) * (1 + (0 if net is None else _n_tiles(*arr.shape[-2:])))
+    # a planar network (2D kernels in (z, y), trained SMORE-style) runs on the (z, y) planes and
+    # on the (z, x) planes; the two estimates are averaged
+    planar = net is not None and bool(getattr(net, "planar", False))
+    passes = 2 if planar else 1
+    total = len(frames) * (1 + (0 if net is None else passes * _n_tiles(*arr.shape[-2:])))
     done = 0
     t0 = time.perf_counter()
     yield done, total, "interpolating"
@@ -205,15 +209,19 @@ def super_resolve_steps(stack, spacing, factor, model=None, device: str = "auto"
             images.append(base)
             continue
         s = intensity_scale(frame)
-        gen = _run_tiled(net, (frame / s)[None], frame.shape[0] * f, dev, cancelled)
-        while True:
-            try:
-                next(gen)
-            except StopIteration as stop:
-                images.append(stop.value * s)
-                break
-            done += 1
-            yield done, total, f"frame {t + 1}/{len(frames)}: network"
+        estimates = []
+        for k in range(passes):
+            x = (frame / s)[None] if k == 0 else np.ascontiguousarray((frame / s).swapaxes(-1, -2))[None]
+            gen = _run_tiled(net, x, frame.shape[0] * f, dev, cancelled)
+            while True:
+                try:
+                    next(gen)
+                except StopIteration as stop:
+                    estimates.append(stop.value if k == 0 else stop.value.swapaxes(-1, -2))
+                    break
+                done += 1
+                yield done, total, f"frame {t + 1}/{len(frames)}: network"
+        images.append(np.mean(estimates, axis=0) * s)
     image = np.stack(images) if arr.ndim == 4 else images[0]
     baseline = np.stack(bases) if arr.ndim == 4 else bases[0]
     card = {} if net is None else _card_of(net)

@@ -12,6 +12,10 @@ Networks", MICCAI 2016, LNCS 9902:246-254.
     the **residual** over the interpolated stack (linear along z, the same slice-centre
     convention as :mod:`napari_medlearn.imaging.slices`). The output is ``(B, 1, N*f, Y, X)``.
     The last layer starts at zero, so an untrained network returns the interpolation.
+    ``planar=True`` makes every kernel span ``(z, y)`` only (width 1 along x): each x column-plane
+    is then upsampled on its own, as a 2D network on the planes through the slice direction. This is
+    the form trained self-supervised from in-plane resolution (SMORE, Zhao et al., IEEE TMI 2021),
+    where only one in-plane axis stands for the thin through-plane axis at training time.
 
 :class:`MultiInputSRNet` (Siamese multi-input)
     ``n_inputs`` stacks of the same anatomy, each already resampled (cubic B-spline, from its own
@@ -34,10 +38,11 @@ PAPER = ("O. Oktay et al., Multi-input Cardiac Image Super-Resolution Using Conv
          "Networks, MICCAI 2016, LNCS 9902:246-254")
 
 
-def _convs(n: int, c_in: int, width: int) -> list[nn.Module]:
+def _convs(n: int, c_in: int, width: int, planar: bool = False) -> list[nn.Module]:
+    k, pad = ((3, 3, 1), (1, 1, 0)) if planar else (3, 1)
     layers: list[nn.Module] = []
     for i in range(n):
-        layers += [nn.Conv3d(c_in if i == 0 else width, width, 3, padding=1), nn.PReLU(width)]
+        layers += [nn.Conv3d(c_in if i == 0 else width, width, k, padding=pad), nn.PReLU(width)]
     return layers
 
 
@@ -59,19 +64,23 @@ class SRNet(nn.Module):
     n_lr, n_hr
         Convolution layers before (low-resolution space) and after (high-resolution space) the
         transposed convolution.
+    planar
+        Kernels of width 1 along x: every ``(z, y)`` plane is upsampled independently.
     """
 
-    def __init__(self, factor: int = 4, width: int = 32, n_lr: int = 3, n_hr: int = 3) -> None:
+    def __init__(self, factor: int = 4, width: int = 32, n_lr: int = 3, n_hr: int = 3,
+                 planar: bool = False) -> None:
         super().__init__()
         self.factor = _check("factor", factor, 2)
         width, n_lr, n_hr = _check("width", width, 1), _check("n_lr", n_lr, 1), _check("n_hr", n_hr, 1)
-        f = self.factor
-        self.lr = nn.Sequential(*_convs(n_lr, 1, width))
-        self.up = nn.ConvTranspose3d(width, width, kernel_size=(2 * f - f % 2, 3, 3), stride=(f, 1, 1),
-                                     padding=(f // 2, 1, 1))
+        self.planar = bool(planar)
+        f, kx = self.factor, (1 if self.planar else 3)
+        self.lr = nn.Sequential(*_convs(n_lr, 1, width, self.planar))
+        self.up = nn.ConvTranspose3d(width, width, kernel_size=(2 * f - f % 2, 3, kx), stride=(f, 1, 1),
+                                     padding=(f // 2, 1, kx // 2))
         self.up_act = nn.PReLU(width)
-        self.hr = nn.Sequential(*_convs(n_hr - 1, width, width)) if n_hr > 1 else nn.Identity()
-        self.out = nn.Conv3d(width, 1, 3, padding=1)
+        self.hr = nn.Sequential(*_convs(n_hr - 1, width, width, self.planar)) if n_hr > 1 else nn.Identity()
+        self.out = nn.Conv3d(width, 1, (3, 3, kx), padding=(1, 1, kx // 2))
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 

@@ -315,6 +315,12 @@ def _run_sr_cardiac_phantom(run_dir: str | Path, **kwargs: Any) -> dict[str, Any
     return run_sr_cardiac_phantom(run_dir, **kwargs)
 
 
+def _run_sr_cardiac_acdc(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
+    from .sr import run_sr_cardiac_acdc
+
+    return run_sr_cardiac_acdc(run_dir, **kwargs)
+
+
 PRESETS: dict[str, Preset] = {
     "acnn-shape-prior": Preset(
         "acnn-shape-prior", "acnn-shape-prior",
@@ -361,6 +367,12 @@ PRESETS: dict[str, Preset] = {
         "Oktay et al. x4 through-plane SR, single-stack then axial+coronal fusion, on MNI152 + BraTS 1 mm brain MR "
         "(~25 min on 1 CPU thread)",
         _run_sr_brain,
+    ),
+    "sr-cardiac-acdc": Preset(
+        "sr-cardiac-acdc", "sr-cardiac-x4",
+        "Oktay et al. x4 SR for short-axis stacks, self-supervised (SMORE-style) from the in-plane resolution of "
+        "real ACDC cine MRI (~30 min on 1 CPU thread)",
+        _run_sr_cardiac_acdc,
     ),
     "sr-cardiac-phantom": Preset(
         "sr-cardiac-phantom", "sr-cardiac-x4-phantom",
