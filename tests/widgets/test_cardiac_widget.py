@@ -263,3 +263,33 @@ def test_runner_reports_cancel_when_the_method_stops_itself(qtbot):
     qtbot.waitUntil(lambda: not runner.running, timeout=TIMEOUT_MS)
     assert runner.status.text() == "cancelled" and results == []
     assert runner.run_button.isEnabled() and not runner.cancel_button.isEnabled()
+
+
+def test_measures_follow_a_corrected_copy_accepted_in_mask_correction(done, qtbot, tmp_path):
+    """Mask correction's Accept adds '<labels> [corrected]' (metadata corrected_from): the cardiac
+    table, curve, save and export then describe that layer; the original stays in the viewer."""
+    from acnn_helpers import tiny_acnn_checkpoint
+
+    from napari_medlearn.widgets.acnn import MaskCorrectionWidget
+
+    w = done
+    viewer = w.viewer
+    original = w.labels_layer
+    original.data_setitem((np.array([0]), np.array([5]), np.array([30]), np.array([30])), 3)
+    mc = MaskCorrectionWidget(viewer)
+    qtbot.addWidget(mc)
+    mc.model_picker.add_checkpoint(tiny_acnn_checkpoint(tmp_path))
+    mc.labels_picker.value = original
+    mc.run()
+    qtbot.waitUntil(lambda: not mc.running, timeout=TIMEOUT_MS)
+    accepted = mc.accept()
+    assert accepted.metadata["corrected_from"] == original.name
+    assert accepted.metadata["correction"]["changed_voxels"] >= 0
+    qtbot.waitUntil(lambda: w.labels_layer is accepted, timeout=5000)
+    assert original in viewer.layers
+    # an edit of the accepted layer moves the measures; the original's data is not what is measured
+    idx = np.nonzero(np.ones(accepted.data.shape[1:], dtype=bool))
+    accepted.data_setitem((np.zeros_like(idx[0]),) + idx, 1)
+    accepted.data_setitem((np.array([1]), np.array([5]), np.array([30]), np.array([30])), 2)
+    wait_for_lvedv(w, qtbot, frame_ml(w))
+    assert not (np.asarray(original.data)[0] == 1).all()

@@ -10,6 +10,7 @@ proposal into a new editable layer ``"<labels> [corrected]"`` (the original stay
 
 from __future__ import annotations
 
+import copy
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -109,9 +110,14 @@ class MaskCorrectionWidget(QWidget):
             self.proposal_layer.colormap = src.colormap
         except (AttributeError, TypeError, ValueError):  # pragma: no cover (older napari)
             pass
-        self.changed_layer = self.viewer.add_labels(result.changed.astype(np.uint8), name=f"{src.name} [changed]",
-                                                    opacity=0.9, **geometry)
-        self.changed_layer.contour = 1
+        from napari.utils.colormaps import DirectLabelColormap
+
+        # the changed voxels as a thick, saturated outline that no cardiac label colour resembles
+        self.changed_layer = self.viewer.add_labels(
+            result.changed.astype(np.uint8), name=f"{src.name} [changed]", opacity=1.0, blending="translucent",
+            colormap=DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: "#ffff00"}),
+            **geometry)
+        self.changed_layer.contour = 2
         self.plausibility_label.setText(
             f"plausibility: before {result.plausibility_before:.2f} \u2192 after {result.plausibility:.2f}  "
             f"({result.n_changed} voxels changed)")
@@ -137,8 +143,20 @@ class MaskCorrectionWidget(QWidget):
         data = np.asarray(self.proposal_layer.data).copy()   # includes any edits made to the proposal
         geometry = {k: getattr(self.proposal_layer, k) for k in ("scale", "translate", "rotate", "shear")}
         name = f"{self.source.name} [corrected]"
+        colormap = self.proposal_layer.colormap
         self._remove_proposal()
-        self.accepted_layer = self.viewer.add_labels(data, name=name, **geometry)
+        # the source's metadata (geometry, provenance) plus what the correction did; a cardiac
+        # widget measuring the source follows this layer (``corrected_from``)
+        meta = copy.deepcopy(dict(self.source.metadata))
+        meta.update(corrected_from=self.source.name, correction={
+            "model": self.result.model_name, "model_sha256": self.result.model_sha256,
+            "plausibility_before": self.result.plausibility_before, "plausibility": self.result.plausibility,
+            "changed_voxels": int(self.result.n_changed)})
+        self.accepted_layer = self.viewer.add_labels(data, name=name, metadata=meta, **geometry)
+        try:
+            self.accepted_layer.colormap = colormap
+        except (AttributeError, TypeError, ValueError):  # pragma: no cover (older napari)
+            pass
         self.plausibility_label.setText(self.plausibility_label.text() + "  \u2013 accepted")
         return self.accepted_layer
 

@@ -142,6 +142,7 @@ class CardiacWidget(QWidget):
         layout.addStretch(1)
         self.setMinimumWidth(300)
         napari_viewer.layers.events.removed.connect(self._on_layer_removed)
+        napari_viewer.layers.events.inserted.connect(self._on_layer_inserted)
 
     # ----- running ------------------------------------------------------------------------
     def run(self):
@@ -356,6 +357,28 @@ class CardiacWidget(QWidget):
         events.data.disconnect(self._on_labels_edited)
         events.set_data.disconnect(self._on_labels_refreshed)
         self._debounce.stop()
+
+    def follow_labels(self, layer) -> None:
+        """Measure ``layer`` from now on (the table, QC, curve, save and export describe it)."""
+        if layer is self.labels_layer:
+            return
+        self._disconnect_labels()
+        self.labels_layer = layer
+        events = layer.events
+        events.paint.connect(self._on_labels_edited)
+        events.data.connect(self._on_labels_edited)
+        events.set_data.connect(self._on_labels_refreshed)
+        self._set_has_result(True)
+        self.update_measures()
+
+    def _on_layer_inserted(self, event) -> None:
+        # a corrected copy of the labels this widget measures (mask correction's Accept): follow it
+        layer = event.value
+        if (self.labels_layer is not None and layer.__class__.__name__ == "Labels"
+                and layer.metadata.get("corrected_from") == self.labels_layer.name
+                and np.shape(layer.data) == np.shape(self.labels_layer.data)):
+            self.follow_labels(layer)
+            show_info(f"cardiac measures now follow {layer.name!r}")
 
     def _on_layer_removed(self, event) -> None:
         if event.value is self.probability_layer:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from napari.layers import Image
 from qtpy.QtCore import Qt, QTimer
-from qtpy.QtGui import QColor
+from qtpy.QtGui import QColor, QIcon, QPixmap
 from qtpy.QtWidgets import (
     QCheckBox,
     QFormLayout,
@@ -60,6 +60,12 @@ def _class_colours(names) -> dict[str, str]:
         out[name] = to_hex(cmap((2 * i) % 20 + (i // 10)))
         i += 1
     return out
+
+
+def _swatch(colour: str, size: int = 12) -> QIcon:
+    pix = QPixmap(size, size)
+    pix.fill(QColor(colour))
+    return QIcon(pix)
 
 
 class PlanesWidget(QWidget):
@@ -318,7 +324,9 @@ class PlanesWidget(QWidget):
             else:
                 item = QListWidgetItem(f"{name}: frame {frame} ({res.probabilities[frame, k]:.2f})")
                 item.setCheckState(Qt.Checked)
-                item.setForeground(QColor(colours[name]))
+                # the class colour (as in the score plot and the boxes) as a swatch; the text keeps
+                # the theme's colour so it stays readable on dark and light themes
+                item.setIcon(_swatch(colours[name]))
             item.setFlags(Qt.ItemIsEnabled | Qt.ItemIsSelectable)   # shows the check, not editable
             item.setData(Qt.UserRole, frame)
             item.setData(Qt.UserRole + 1, name)
