@@ -87,3 +87,56 @@ def test_the_prior_only_adds_structure_drawn_voxels_stay(tiny_acnn):
     lab = ring_labels(shape=(6, 50, 40), spacing=SP)
     res = correct_mask(lab, SP, model=str(tiny_acnn), threshold=0.5, smooth_mm=0.0)
     np.testing.assert_array_equal(res.labels[lab > 0], lab[lab > 0])
+
+
+def test_anatomy_faults_count_what_an_expert_mask_does_not_have():
+    from napari_medlearn.methods.acnn import anatomy_faults, fault_factor, lost_slices
+
+    lab = ring_labels(shape=(6, 48, 40))
+    assert anatomy_faults(lab) == {"islands": 0, "holes": 0, "lost_slices": 0, "exposed_lv": 0}
+    assert fault_factor(lab) == 1.0
+    bad = lab.copy()
+    bad[0, 2:5, 2:5] = 3                       # an island
+    bad[3, 22:25, 16:19] = 0                   # a hole in the LV cavity
+    assert anatomy_faults(bad)["islands"] == 1 and anatomy_faults(bad)["holes"] >= 1   # (cavity and ring)
+    lost = lab.copy()
+    lost[2] = 0
+    assert lost_slices(lost) == [2] and anatomy_faults(lost)["lost_slices"] == 1
+    bitten = lab.copy()
+    ring = bitten[3] == 2
+    bitten[3][ring & (np.arange(40)[None, :] < 14)] = 0          # the ring's left side gone
+    assert anatomy_faults(bitten)["exposed_lv"] == 1
+    assert fault_factor(bitten) < fault_factor(lab)
+
+
+def test_labels_outside_the_prior_box_lower_the_agreement():
+    from napari_medlearn.imaging.shape_grid import foreground_centre, grid_map, to_canonical
+    from napari_medlearn.methods.acnn import agreement, outside_box
+
+    lab = ring_labels(shape=(6, 48, 40))
+    sp = (8.0, 2.0, 2.0)
+    gmap = grid_map(lab.shape, sp, foreground_centre(lab, sp), (4, 8, 8), (8.0, 6.0, 6.0))
+    assert outside_box(lab, gmap, 4).sum() > 0          # a 48 mm box cannot hold the ring + RV
+    canon = to_canonical(lab, gmap, 4)
+    assert agreement(canon, canon, outside_box(lab, gmap, 4)) < agreement(canon, canon)
+    far = np.zeros((6, 48, 40), np.uint8)
+    far[2:4, 20:26, 18:24] = 1
+    g2 = grid_map(far.shape, sp, foreground_centre(far, sp), (4, 16, 16), (8.0, 6.0, 6.0))
+    assert outside_box(far, g2, 4).sum() == 0
+
+
+def test_the_gate_keeps_prior_additions_inside_the_heart_footprint(tiny_acnn):
+    """With a gate of 0 mm nothing can be added outside the drawn footprint's concavities; the
+    concavity map covers a bite and a hole but not the far field."""
+    from napari_medlearn.methods.acnn import concavities
+
+    lab = ring_labels(shape=(6, 48, 40))
+    bitten = lab.copy()
+    bite = (bitten[3] == 2) & (np.arange(40)[None, :] < 14) & (np.abs(np.arange(48) - 24)[:, None] < 3)
+    bitten[3][bite] = 0
+    cav = concavities(bitten, (8.0, 2.0, 2.0), 12.0)
+    assert cav[3][bite].any() and not cav[:, 0, 0].any() and not cav[0].any()
+    # a bite through the outer wall: the slices around it cover it
+    assert concavities(bitten, (8.0, 2.0, 2.0), 12.0, neighbours=True)[3][bite].all()
+    res = correct_mask(bitten, (8.0, 2.0, 2.0), model=tiny_acnn, threshold=0.5, gate_mm=12.0)
+    assert not (res.changed & ~concavities(bitten, (8.0, 2.0, 2.0), 12.0) & (bitten == 0)).any()

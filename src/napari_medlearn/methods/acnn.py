@@ -14,20 +14,26 @@ decoder maps an implausible mask to a plausible one near it. For each frame:
    first smoothed by an in-plane majority vote (one-hot channels blurred by ``smooth_mm``, so
    an isolated ragged voxel loses and a smooth boundary stays); the prior then *adds*
    structure where the input has background, its probability of background is below
-   ``threshold`` and of a structure above ``1 - threshold``, but only in regions thicker than a
-   sliver (an in-plane 3x3 opening of that set), so a hole, a lost slice or a bite is refilled
-   while the boundaries, where the coarse prior is always a little off, are left as drawn. The
-   prior never deletes drawn structure voxel by voxel (on clean masks that is where it was
-   wrong: basal and apical slices); deletion is by whole components: last, each structure keeps
-   its largest 3D component and any other the prior supports (a part cut off by a lost slice),
-   with in-plane holes filled (:func:`prior_guided_cleanup`). A clean expert mask comes back
-   nearly unchanged;
+   ``threshold`` and of a structure above ``1 - threshold``, in regions thicker than a sliver
+   (an in-plane 3x3 opening of that set) and only inside the heart's own in-plane footprint
+   closed by a disc of ``gate_mm`` and hole-filled (:func:`concavities`: where a hole or a
+   bite can be; beyond it, at the apex and base, the coarse prior's extra structure is more
+   often wrong than right). A **lost slice** (far less foreground than both neighbours,
+   :func:`lost_slices`) takes the prior's labels wherever the prior is surer than
+   ``refill_p``. The prior never deletes drawn structure voxel by voxel; deletion is by whole
+   components: last, each structure keeps its largest 3D component and any other the prior
+   supports (a part cut off by a lost slice), with in-plane holes filled
+   (:func:`prior_guided_cleanup`). A clean expert mask comes back nearly unchanged;
 4. **plausibility** is the agreement of the labels with their own reconstruction (mean soft
-   Dice over the structures present, on the canonical grid), mapped through the logistic
-   calibration in the card (its midpoint halfway between the median agreement of clean and of
-   damaged training masks), so about 0.9 is a typical expert mask and about 0.1 a typically
-   damaged one. A mask the prior cannot reconstruct is, by construction, far from every mask it
-   learnt.
+   Dice over the structures present, on the canonical grid; labelled voxels outside the
+   canonical box, which the prior cannot reconstruct, count as unmatched), mapped through the
+   logistic calibration in the card (its midpoint halfway between the median agreement of clean
+   and of damaged training masks), so about 0.9 is a typical expert mask and about 0.1 a
+   typically damaged one. A mask the prior cannot reconstruct is, by construction, far from
+   every mask it learnt. The learnt score is then tempered by explicit anatomy
+   (:func:`anatomy_faults`): each hole, lost slice or LV cavity open to the background halves
+   it, each extra component multiplies it by 0.8 (a coarse 64-d code sees a small bite or hole
+   only faintly; these checks see it exactly, and an expert mask has none of them).
 
 ``correct_mask_steps`` yields ``(frames_done, frames_total, message)`` and returns a
 :class:`MaskResult`; ``correct_mask`` drains it.
@@ -136,17 +142,39 @@ def _reconstruct(net, canon: np.ndarray) -> np.ndarray:
         return torch.softmax(logits, dim=1)[0].float().cpu().numpy()
 
 
-def agreement(canon: np.ndarray, prob: np.ndarray) -> float:
+def agreement(canon: np.ndarray, prob: np.ndarray, outside=None) -> float:
     """Mean soft Dice between a canonical one-hot map and its reconstruction, over the
-    foreground structures present in either (0 when there is no foreground at all)."""
+    foreground structures present in either (0 when there is no foreground at all).
+
+    ``outside[k]``: amount of structure ``k`` (in canonical voxels) lying outside the canonical
+    box; the prior reconstructs nothing there, so it counts as unmatched (an island far from the
+    heart lowers the agreement instead of going unseen)."""
     scores = []
     for k in range(1, canon.shape[0]):
         a, b = canon[k], prob[k]
-        den = a.sum() + b.sum()
-        if a.sum() < 0.5 and b.sum() < 0.5:
+        extra = 0.0 if outside is None else float(outside[k])
+        den = a.sum() + b.sum() + extra
+        if a.sum() + extra < 0.5 and b.sum() < 0.5:
             continue
         scores.append(2 * float((a * b).sum()) / max(float(den), 1e-6))
     return float(np.mean(scores)) if scores else 0.0
+
+
+def outside_box(labels: np.ndarray, gmap, n_classes: int) -> np.ndarray:
+    """Per class, the labelled voxels outside the canonical box of ``gmap``, in canonical voxels."""
+    out = np.zeros(n_classes)
+    idx = np.argwhere(labels > 0)
+    if len(idx) == 0:
+        return out
+    c = (idx - gmap.offset) @ np.linalg.inv(gmap.matrix).T
+    far = np.any((c < -0.5) | (c > np.asarray(gmap.grid) - 0.5), axis=1)
+    if not far.any():
+        return out
+    vals = labels[tuple(idx[far].T)]
+    per = abs(float(np.linalg.det(gmap.matrix)))          # input voxels per canonical voxel
+    for k in range(1, n_classes):
+        out[k] = float(np.sum(vals == k)) / per
+    return out
 
 
 def calibrate(agr: float, card: dict) -> float:
@@ -185,14 +213,88 @@ def prior_guided_cleanup(labels: np.ndarray, prob: np.ndarray, support: float = 
     return out
 
 
-def _frame(net, lab: np.ndarray, sp, n_classes: int, threshold: float, smooth_mm: float, fix: bool):
+def _disk(radius_mm: float, sp) -> np.ndarray:
+    ry, rx = max(1, int(round(radius_mm / sp[1]))), max(1, int(round(radius_mm / sp[2])))
+    yy, xx = np.ogrid[-ry:ry + 1, -rx:rx + 1]
+    return ((yy / ry) ** 2 + (xx / rx) ** 2 <= 1)[None]
+
+
+def concavities(labels: np.ndarray, sp, radius_mm: float, neighbours: bool = False) -> np.ndarray:
+    """The heart's in-plane footprint with its concavities and holes: the foreground closed by a
+    disc of ``radius_mm`` and hole-filled, slice by slice (where a bite or a hole can be); with
+    ``neighbours``, also wherever the footprints of the slices 1 (or 2) below and above overlap."""
+    disk = _disk(radius_mm, sp)
+    _, ry, rx = (d // 2 for d in disk.shape)
+    fg = np.pad(labels > 0, ((0, 0), (ry, ry), (rx, rx)))
+    closed = ndi.binary_closing(fg, structure=disk)[:, ry:fg.shape[1] - ry, rx:fg.shape[2] - rx]
+    fp = np.stack([ndi.binary_fill_holes(s) for s in closed])
+    if not neighbours:
+        return fp
+    # a bite through the outer wall is no concavity in its own slice, but both slices around it
+    # (1 or 2 away) still cover it
+    out = fp.copy()
+    for k in (1, 2):
+        if fp.shape[0] > 2 * k:
+            out[k:-k] |= fp[:-2 * k] & fp[2 * k:]
+    return out
+
+
+def lost_slices(labels: np.ndarray, ratio: float = 0.3) -> list[int]:
+    """Slices inside the heart with far less foreground than both neighbours (a lost slice)."""
+    area = (labels > 0).reshape(labels.shape[0], -1).sum(axis=1).astype(float)
+    return [z for z in range(1, labels.shape[0] - 1)
+            if min(area[z - 1], area[z + 1]) > 0 and area[z] < ratio * min(area[z - 1], area[z + 1])]
+
+
+def anatomy_faults(labels: np.ndarray) -> dict[str, int]:
+    """Counts of what an expert cardiac mask does not have, in a ``(z, y, x)`` frame:
+    ``islands`` (3D components of a structure beyond its largest), ``holes`` (background regions
+    enclosed in-plane by one structure), ``lost_slices`` (:func:`lost_slices`) and
+    ``exposed_lv`` (1 when, in a slice between the first and last heart slices, more than 10 % of
+    the LV cavity's border touches background instead of myocardium or RV)."""
+    islands = holes = 0
+    for v in (1, 2, 3):
+        m = labels == v
+        if not m.any():
+            continue
+        islands += max(0, ndi.label(m, structure=np.ones((3, 3, 3)))[1] - 1)
+        for z, sl in enumerate(m):
+            if sl.any():
+                enclosed = ndi.binary_fill_holes(sl) & (labels[z] == 0)
+                if enclosed.any():
+                    holes += ndi.label(enclosed)[1]
+    exposed = 0
+    zs = np.flatnonzero((labels > 0).reshape(labels.shape[0], -1).any(axis=1))
+    for z in zs[1:-1]:
+        lv = labels[z] == 1
+        if lv.any():
+            edge = ndi.binary_dilation(lv) & ~lv
+            if np.mean(labels[z][edge] == 0) > 0.1:
+                exposed = 1
+                break
+    return {"islands": int(islands), "holes": int(holes), "lost_slices": len(lost_slices(labels)),
+            "exposed_lv": exposed}
+
+
+#: plausibility factor per anatomical fault (islands: a far smaller one, since expert masks
+#: sometimes have a detached basal piece)
+FAULT_FACTOR = {"islands": 0.8, "holes": 0.5, "lost_slices": 0.5, "exposed_lv": 0.5}
+
+
+def fault_factor(labels: np.ndarray) -> float:
+    f = anatomy_faults(labels)
+    return float(np.prod([FAULT_FACTOR[k] ** v for k, v in f.items()]))
+
+
+def _frame(net, lab: np.ndarray, sp, n_classes: int, threshold: float, smooth_mm: float, fix: bool,
+           gate_mm: float = 0.0, refill_p: float = 0.0):
     """Plausibility (and, with ``fix``, the corrected labels and their plausibility) of one frame."""
     grid, gsp = _grid_of(net)
     gmap = grid_map(lab.shape, sp, foreground_centre(lab, sp), grid, gsp)
     canon = to_canonical(lab, gmap, n_classes)
     prob = _reconstruct(net, canon)
     card = getattr(net, "card", {}) or {}
-    before = calibrate(agreement(canon, prob), card)
+    before = calibrate(agreement(canon, prob, outside_box(lab, gmap, n_classes)), card) * fault_factor(lab)
     if not fix or not np.any(lab > 0):
         return before, lab, before
     p = from_canonical(prob, gmap)
@@ -207,15 +309,23 @@ def _frame(net, lab: np.ndarray, sp, n_classes: int, threshold: float, smooth_mm
     best = np.argmax(p, axis=0)
     disagree = (p_input < threshold) & (np.max(p, axis=0) > 1 - threshold) & (best != out) & (out == 0)
     disagree = ndi.binary_opening(disagree, structure=np.ones((1, 3, 3), bool))
+    if gate_mm > 0:     # only where a bite or a hole can be, not beyond the heart's own footprint
+        disagree &= concavities(lab, sp, gate_mm)
     out[disagree] = best[disagree].astype(lab.dtype)
+    if refill_p > 0:    # a lost slice: the prior's labels wherever it is at least this sure
+        for z in lost_slices(out):
+            sel = (out[z] == 0) & (best[z] > 0) & (np.max(p[:, z], axis=0) > refill_p)
+            out[z][sel] = best[z][sel].astype(lab.dtype)
     out = prior_guided_cleanup(out, p)
-    canon_out = to_canonical(out, gmap, n_classes)
-    after = calibrate(agreement(canon_out, _reconstruct(net, canon_out)), card)
+    gmap_out = grid_map(out.shape, sp, foreground_centre(out, sp), grid, gsp)
+    canon_out = to_canonical(out, gmap_out, n_classes)
+    after = calibrate(agreement(canon_out, _reconstruct(net, canon_out), outside_box(out, gmap_out, n_classes)),
+                      card) * fault_factor(out)
     return before, out, after
 
 
 def correct_mask_steps(labels, spacing, model=None, device: str = "cpu", threshold: float | None = None,
-                       smooth_mm: float | None = None,
+                       smooth_mm: float | None = None, gate_mm: float | None = None, refill_p: float | None = None,
                        cancelled: Callable[[], bool] | None = None) -> Generator[tuple[int, int, str], None, MaskResult]:
     """Correct a label map frame by frame, yielding ``(done, total, message)``; returns a :class:`MaskResult`."""
     arr, sp = validate_labels(labels, spacing, int(getattr(model, "n_classes", 4)))
@@ -226,6 +336,8 @@ def correct_mask_steps(labels, spacing, model=None, device: str = "cpu", thresho
     corr = card.get("correction", {})
     threshold = float(corr.get("threshold", DEFAULT_THRESHOLD) if threshold is None else threshold)
     smooth_mm = float(corr.get("smooth_mm", DEFAULT_SMOOTH_MM) if smooth_mm is None else smooth_mm)
+    gate_mm = float(corr.get("gate_mm", 0.0) if gate_mm is None else gate_mm)
+    refill_p = float(corr.get("lost_slice_min_probability", 0.0) if refill_p is None else refill_p)
     T = arr.shape[0]
     out = np.empty_like(arr)
     before, after = [], []
@@ -233,7 +345,7 @@ def correct_mask_steps(labels, spacing, model=None, device: str = "cpu", thresho
     for t in range(T):
         if cancelled is not None and cancelled():
             raise InterruptedError("cancelled")
-        b, out[t], a = _frame(net, arr[t], sp, n_classes, threshold, smooth_mm, True)
+        b, out[t], a = _frame(net, arr[t], sp, n_classes, threshold, smooth_mm, True, gate_mm, refill_p)
         before.append(b)
         after.append(a)
         yield t + 1, T, f"frame {t + 1}/{T}"
@@ -249,7 +361,8 @@ def correct_mask_steps(labels, spacing, model=None, device: str = "cpu", thresho
 
 
 def correct_mask(labels, spacing, model=None, progress: Progress | None = None, device: str = "cpu",
-                 threshold: float | None = None, smooth_mm: float | None = None) -> MaskResult:
+                 threshold: float | None = None, smooth_mm: float | None = None, gate_mm: float | None = None,
+                 refill_p: float | None = None) -> MaskResult:
     """Correct an implausible cardiac label map towards the learned shape prior.
 
     Parameters
@@ -267,6 +380,12 @@ def correct_mask(labels, spacing, model=None, progress: Progress | None = None, 
         The prior fills a background voxel where its probability of background is below
         ``threshold`` and of a structure above ``1 - threshold``; ``smooth_mm`` is the
         in-plane majority smoothing of the input (0: none). Defaults from the model card.
+    gate_mm
+        The prior adds structure only inside the heart's in-plane footprint closed by a disc of
+        this radius (its concavities and holes: where bites and holes are); 0 = anywhere.
+    refill_p
+        In a lost slice (far less foreground than both neighbours) the prior's labels are taken
+        wherever its probability exceeds this; 0 = off.
 
     Returns
     -------
@@ -276,7 +395,8 @@ def correct_mask(labels, spacing, model=None, progress: Progress | None = None, 
     """
     from .cardiac import drain
 
-    return drain(correct_mask_steps(labels, spacing, model, device, threshold, smooth_mm), progress)
+    return drain(correct_mask_steps(labels, spacing, model, device, threshold, smooth_mm, gate_mm, refill_p),
+                 progress)
 
 
 def plausibility(labels, spacing, model=None, device: str = "cpu") -> float:

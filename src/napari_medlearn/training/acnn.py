@@ -107,7 +107,7 @@ def mean_dice(pred: np.ndarray, truth: np.ndarray) -> float:
 
 def calibration(model, masks, rng: np.random.Generator) -> dict[str, float]:
     """Logistic calibration of the reconstruction agreement from clean and damaged masks."""
-    from ..methods.acnn import _reconstruct, agreement
+    from ..methods.acnn import _reconstruct, agreement, outside_box
 
     clean, damaged = [], []
     for lab, sp in masks:
@@ -115,7 +115,7 @@ def calibration(model, masks, rng: np.random.Generator) -> dict[str, float]:
                                          damaged)):
             gmap = grid_map(src.shape, sp, foreground_centre(src, sp), model.grid, CANONICAL_SPACING)
             canon = to_canonical(src, gmap, N_CLASSES)
-            out.append(agreement(canon, _reconstruct(model, canon)))
+            out.append(agreement(canon, _reconstruct(model, canon), outside_box(src, gmap, N_CLASSES)))
     c, d = float(np.median(clean)), float(np.median(damaged))
     return {"midpoint": (c + d) / 2, "scale": max((c - d) / 4, 1e-3), "clean_median_agreement": c,
             "damaged_median_agreement": d, "n_masks": len(masks)}
@@ -173,13 +173,20 @@ def summarise(rows: list[dict], clean_rows: list[dict]) -> dict[str, Any]:
     return out
 
 
-def tune_threshold(model, cases, thresholds=(0.05, 0.1, 0.2), min_self_dice: float = 0.98) -> tuple[float, dict]:
+#: correction settings besides the tuned threshold (methods.acnn.correct_mask)
+CORRECTION = {"smooth_mm": 0.8, "gate_mm": 12.0, "lost_slice_min_probability": 0.35}
+
+
+def tune_threshold(model, cases, thresholds=(0.1, 0.2, 0.3, 0.4, 0.5), min_self_dice: float = 0.98) -> tuple[float, dict]:
     """Pick the prior's overrule threshold on *training* masks: best mean corrected Dice while
     clean masks come back with mean Dice >= ``min_self_dice`` to themselves."""
     scores = {}
+    fixed = {"smooth_mm": CORRECTION["smooth_mm"], "gate_mm": CORRECTION["gate_mm"],
+             "refill_p": CORRECTION["lost_slice_min_probability"]}
     for th in thresholds:
-        s = evaluate_correction(model, cases, seed=777, threshold=th)["summary"]
+        s = evaluate_correction(model, cases, seed=777, threshold=th, **fixed)["summary"]
         scores[th] = {"dice_corrected_mean": s["all"]["dice_corrected_mean"],
+                      "share_correction_raises_dice": s["all"]["share_correction_raises_dice"],
                       "clean_dice_to_self_mean": s["clean_dice_to_self_mean"]}
     ok = [t for t in thresholds if scores[t]["clean_dice_to_self_mean"] >= min_self_dice] or [min(thresholds)]
     best = max(ok, key=lambda t: scores[t]["dice_corrected_mean"])
@@ -190,8 +197,11 @@ def run_acnn_shape_prior(run_dir: str | Path, ship: bool = False, epochs: int = 
                          data: str | None = None, n_val_per_group: int = 4, width: float = 1.0,
                          device: str = "auto", seed: int = 0, progress: bool = True,
                          max_patients: int | None = None, n_phantoms: int = 6, batch_size: int = 8,
-                         n_tune: int = 10, n_eval: int | None = None) -> dict[str, Any]:
-    """Train, calibrate, tune and evaluate the shape prior; write model + card (``ship``: into the zoo)."""
+                         n_tune: int = 10, n_eval: int | None = None, weights: str | None = None) -> dict[str, Any]:
+    """Train, calibrate, tune and evaluate the shape prior; write model + card (``ship``: into the zoo).
+
+    ``weights`` (a zoo name or checkpoint) skips the training and re-runs calibration, tuning and
+    evaluation on those weights (the card keeps their training record and says so)."""
     from monai.losses import DiceCELoss
 
     from ..nets import ACNNShapeModel
@@ -223,14 +233,26 @@ def run_acnn_shape_prior(run_dir: str | Path, ship: bool = False, epochs: int = 
     if progress:
         print(f"{n_real} ACDC label maps ({len(train_names)} patients) + {len(pool) - n_real} phantom label maps",
               flush=True)
-    arch_args = shape_args(width)
-    torch.manual_seed(seed)
-    model = ACNNShapeModel(**arch_args)
-    cfg = TrainConfig(epochs=epochs, iters_per_epoch=iters_per_epoch, lr=1e-3,
-                      lr_milestones=(int(epochs * 0.6), int(epochs * 0.85)), seed=seed, device=device)
-    dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
-    hist = train(model, "acnn_shape", arch_args, lambda rng, dev: pool.batch(rng, dev, batch_size),
-                 lambda out, y: dice_ce(out[0], y), cfg, run_dir, progress=progress)
+    if weights:
+        from .. import zoo
+
+        model = zoo.load(weights, device="cpu")
+        arch_args = dict(model.card["arch_args"])
+        record = dict(model.card.get("training", {}))
+        record = {k: record[k] for k in ("config", "loss_per_epoch", "wall_seconds", "train_loop_seconds",
+                                         "hardware", "reproducibility") if k in record}
+        record["weights_from"] = f"{weights} sha256 {model.card.get('sha256', '')}: calibration, tuning and " \
+                                 "evaluation re-run on these weights"
+    else:
+        arch_args = shape_args(width)
+        torch.manual_seed(seed)
+        model = ACNNShapeModel(**arch_args)
+        cfg = TrainConfig(epochs=epochs, iters_per_epoch=iters_per_epoch, lr=1e-3,
+                          lr_milestones=(int(epochs * 0.6), int(epochs * 0.85)), seed=seed, device=device)
+        dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
+        hist = train(model, "acnn_shape", arch_args, lambda rng, dev: pool.batch(rng, dev, batch_size),
+                     lambda out, y: dice_ce(out[0], y), cfg, run_dir, progress=progress)
+        record = training_record(cfg, hist, t0)
     model.cpu().eval()
     rng = np.random.default_rng(seed + 1)
     tune_idx = rng.choice(len(train_masks), size=min(n_tune, len(train_masks)), replace=False)
@@ -240,7 +262,7 @@ def run_acnn_shape_prior(run_dir: str | Path, ship: bool = False, epochs: int = 
     model.card = {"n_classes": N_CLASSES, "plausibility_calibration": cal,
                   "input": {"grid": list(CANONICAL_GRID), "grid_spacing_mm": list(CANONICAL_SPACING)}}
     threshold, tuning = tune_threshold(model, [(lab, sp, f"train {i}") for i, (lab, sp) in enumerate(tune_masks)])
-    model.card["correction"] = {"threshold": threshold, "smooth_mm": 0.8}
+    model.card["correction"] = {"threshold": threshold, **CORRECTION}
     if progress:
         print(f"calibration {cal}; threshold {threshold} ({tuning})", flush=True)
     cases = []
@@ -262,7 +284,7 @@ def run_acnn_shape_prior(run_dir: str | Path, ship: bool = False, epochs: int = 
                   "resampling": "one-hot channels trilinear to the canonical box centred on the median foreground "
                                 "position; probabilities trilinear back to the input grid"},
         "plausibility_calibration": cal,
-        "correction": {"threshold": threshold, "smooth_mm": 0.8, "threshold_tuning_on_training_masks": tuning},
+        "correction": {"threshold": threshold, **CORRECTION, "threshold_tuning_on_training_masks": tuning},
         "training": {
             "data": f"ACDC expert label maps of {len(train_names)} training patients (ED and ES, {n_real} maps), "
                     f"plus {len(pool) - n_real} label maps of cardiac phantoms (seeds 30000..{30000 + n_phantoms - 1})",
@@ -273,7 +295,7 @@ def run_acnn_shape_prior(run_dir: str | Path, ship: bool = False, epochs: int = 
             "augmentation": {"rotation_deg": 180, "flip": True, "scale": [0.85, 1.15],
                              "centre_shift_sd_mm": [4, 6, 6], "p_corrupt": pool.p_corrupt,
                              "corruptions": list(CORRUPTIONS)},
-            **training_record(cfg, hist, t0),
+            **record,
         },
         "evaluation": {
             "data": f"{len(cases)} expert label maps (ED and ES) of {len(cases) // 2} ACDC patients held out by the "
