@@ -211,7 +211,10 @@ def test_find_standard_plane_returns_its_best_view(net):
     coarse = methods.find_standard_plane(vol, target, model=net, spacing=(1.5, 1.0, 1.0), n_normals=4,
                                          n_angles=2, n_offsets=3, refine_rounds=0, keep=1)
     assert res.score >= coarse.score - 1e-6
-    assert coarse.evaluated == 4 * 2 * 3 + 1 and res.evaluated == coarse.evaluated + 12
+    # orientations x offsets are scored over tiles of the cross-section (tiles outside the volume
+    # skipped), the best rescored; each refinement round tries 12 moves
+    assert coarse.evaluated > 4
+    assert res.evaluated > coarse.evaluated and (res.evaluated - coarse.evaluated) % 12 == 0
     with pytest.raises(ValueError, match="unknown plane"):
         methods.find_standard_plane(vol, "Heart", model=net)
     with pytest.raises(ValueError, match="Background"):

@@ -22,7 +22,8 @@ def tiny_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("sononet-run")
     card = run_sononet_phantom(run, epochs=4, iters_per_epoch=50, n_train=8, n_eval=2, n_frames=40, width=6,
                                blocks=(1, 1, 1, 1, 1), input_size=(48, 64), render_shape=(96, 128),
-                               batch_size=16, lr=3e-3, device="cpu", progress=False)
+                               batch_size=16, lr=3e-3, volume_views_per_seed=24, n_eval_volumes=0,
+                               device="cpu", progress=False)
     return run, card
 
 
@@ -47,3 +48,33 @@ def test_card_and_checkpoint(tiny_run):
     sweep_frames = np.random.default_rng(0).random((3, 96, 128)).astype(np.float32)
     res = methods.detect_planes(sweep_frames, model=run / "model.pt")
     assert res.probabilities.shape == (3, 14) and res.saliency.shape == (3, 96, 128)
+
+
+def test_volume_views_are_labelled_by_pose():
+    """Views cut from the 3D phantom: the right size, every class they claim is a phantom plane,
+    and both planes and Background occur (the plane search needs both)."""
+    from napari_medlearn.samples.fetal_phantom import PHANTOM_PLANES, volume_views
+
+    views, labels = volume_views(5, 60, (40, 52), 1.6, volume_shape=(64, 80, 96), spacing_mm=2.0)
+    assert views.shape == (60, 40, 52) and views.dtype == np.float32 and np.isfinite(views).all()
+    names = {SONONET_CLASSES[i] for i in labels}
+    assert "Background" in names and names - {"Background"}, names
+    assert names <= set(PHANTOM_PLANES) | {"Background"}
+
+
+def test_plane_pose_errors_of_the_truth_are_zero():
+    from types import SimpleNamespace
+
+    from napari_medlearn.samples.fetal_phantom import fetal_volume
+    from napari_medlearn.training.sononet import plane_pose_errors
+
+    vol = fetal_volume(3, shape=(32, 40, 48), spacing_mm=4.0)
+    for name in ("4CH", "Femur"):
+        t = vol.planes[name]
+        same = SimpleNamespace(normal=np.cross(t.axes[0], t.axes[1]), centre=t.centre)
+        assert plane_pose_errors(same, vol, name) == pytest.approx((0.0, 0.0), abs=1e-6)
+    t = vol.planes["4CH"]
+    n = np.cross(t.axes[0], t.axes[1])
+    tilted = SimpleNamespace(normal=np.cos(0.5) * n + np.sin(0.5) * t.axes[0], centre=t.centre + 2 * n / 4.0)
+    ang, dist = plane_pose_errors(tilted, vol, "4CH")
+    assert ang == pytest.approx(np.degrees(0.5), abs=1e-4) and dist == pytest.approx(2.0, abs=1e-6)

@@ -631,10 +631,11 @@ def find_standard_plane(
     spacing: Sequence[float] | None = None,
     field_of_view_mm: float | None = None,
     n_normals: int = 16,
-    n_angles: int = 4,
-    n_offsets: int = 9,
+    n_angles: int = 1,
+    n_offsets: int | None = None,
+    offset_step_mm: float = 5.0,
     refine_rounds: int = 4,
-    keep: int = 3,
+    keep: int = 4,
     batch_size: int = 8,
     device: str = "auto",
     progress: Progress | None = None,
@@ -646,15 +647,21 @@ def find_standard_plane(
     covering ``field_of_view_mm`` (default: the card's ``input.field_of_view_mm``, the depth of
     the frames the model was trained on, else the volume's largest extent).
 
-    1. Coarse: ``n_normals`` normals on a hemisphere x ``n_angles`` in-plane rotations x
-       ``n_offsets`` offsets along the normal through the volume centre. Each is sampled as one
+    1. Coarse: ``n_normals`` normals on a hemisphere x ``n_angles`` in-plane rotations (1: the
+       rows point as close to the volume's first axis, the depth, as the plane allows) x
+       ``n_offsets`` offsets along the normal through the volume centre (default: every
+       ``offset_step_mm`` across the volume; a standard plane's score falls within a few mm
+       along its normal, while it stays high for tilts of 20-30 deg, so positions need the
+       finer sampling). Each is sampled as one
        *large* view covering the whole cross-section, and since SonoNet is fully convolutional
        one pass gives the class score of every sub-view of the input size: the category maps
        averaged over sliding windows of the input's map size, softmaxed over classes. The best
        window gives the candidate's score and its in-plane centre.
-    2. Refine: the ``keep`` best candidates are moved one parameter at a time (tilt of the
-       normal in two directions, rotation, shift along the normal and in the plane, +- a step),
-       scored as views of the input size; the best ``keep`` survive, the steps halve each round.
+    2. Refine: the ``keep`` best candidates that differ (more than 20 deg or 10 mm apart) are
+       rescored as views of the input size and each improved by a pattern search: one parameter
+       at a time (tilt of the normal in two directions, rotation, shift along the normal and in
+       the plane, +- a step); a candidate that improves keeps its steps, one that does not halves
+       them, until the tilt step is below 1 deg (at most ``3 * refine_rounds`` rounds).
 
     Parameters
     ----------
@@ -685,6 +692,11 @@ def find_standard_plane(
     sp = np.ones(3) if spacing is None else np.asarray(spacing, float).ravel()
     if sp.size != 3 or not np.all(np.isfinite(sp)) or np.any(sp <= 0):
         raise ValueError(f"spacing must be three positive numbers (dz, dy, dx) in mm, got {spacing}")
+    if n_offsets is None:
+        if not offset_step_mm > 0:
+            raise ValueError(f"offset_step_mm must be positive, got {offset_step_mm}")
+        ext = (np.array(vol.shape) - 1) * sp
+        n_offsets = max(1, int(math.ceil(0.8 * float(np.linalg.norm(ext)) / float(offset_step_mm))) + 1)
     for name, v, lo in (("n_normals", n_normals, 1), ("n_angles", n_angles, 1), ("n_offsets", n_offsets, 1),
                         ("refine_rounds", refine_rounds, 0), ("keep", keep, 1), ("batch_size", batch_size, 1)):
         if int(v) < lo:
@@ -709,27 +721,64 @@ def find_standard_plane(
     big = int(math.ceil(max(diag / pixel_mm, h, w) / mult) * mult)       # a square view over any section
     vt = torch.from_numpy(vol)[None, None].to(runner.device)
     n_coarse = int(n_normals) * int(n_angles) * int(n_offsets)
-    planned = n_coarse + int(refine_rounds) * int(keep) * 12
+    planned = n_coarse + int(keep) + int(refine_rounds) * int(keep) * 12
     evaluated = 0
 
     def tell(msg):
         if progress is not None:
-            progress(evaluated, planned, msg)
+            progress(evaluated, max(planned, evaluated), msg)
 
-    # ---- coarse: large views, every sub-view scored from the category maps -------------------
+    # ---- coarse: tiles a little larger than the input, every sub-view scored from the maps ----
+    # (a tile much larger than the input changes the per-image normalisation and the context the
+    # category maps see, and the window scores drift from the input-size scores)
     normals = _hemisphere(int(n_normals))
     angles = np.arange(int(n_angles)) * (2 * np.pi / int(n_angles))
     offsets = np.linspace(-0.4, 0.4, int(n_offsets)) * diag if int(n_offsets) > 1 else np.zeros(1)
-    coarse = [(n, float(a), float(d)) for n in normals for a in angles for d in offsets]
+
+    def reaches(n):      # offsets along this normal at which the plane still cuts the volume
+        half = 0.5 * float(np.abs(n) @ extent)
+        return [d for d in offsets if abs(d) <= half] or [0.0]
+
+    th_, tw_ = (int(math.ceil(1.4 * h / mult) * mult), int(math.ceil(1.4 * w / mult) * mult))
+    reach = big * pixel_mm / 2                          # half the largest cross-section, mm
+
+    def tile_offsets(tile_px, win_px):
+        span = max(0.0, 2 * reach - tile_px * pixel_mm)
+        m = max(1, int(math.ceil(span / max((tile_px - win_px) * pixel_mm, 1e-6))) + 1)
+        return np.linspace(-span / 2, span / 2, m) if m > 1 else np.zeros(1)
+
+    tr, tc = tile_offsets(th_, h), tile_offsets(tw_, w)
+    coarse = [(n, float(a), float(d)) for n in normals for a in angles for d in reaches(n)]
     wh, ww = h // mult, w // mult
     cands = []          # (score, centre_mm, normal, angle)
-    for i in range(0, len(coarse), int(batch_size)):
-        chunk = coarse[i:i + int(batch_size)]
-        frames = [_frame(n, a) for n, a, _ in chunk]
-        cen = np.stack([centre0 + d * n for n, _, d in chunk])
+    items = []
+    for n, a, d in coarse:
+        row, col = _frame(n, a)
+        base = centre0 + d * n
+        for dr in tr:
+            for dc in tc:
+                items.append((n, a, base + dr * row + dc * col, row, col))
+    # tiles mostly outside the volume are dropped before the network (a coarse look at their centre
+    # region: 9 x 9 samples)
+    keep_items = []
+    for i in range(0, len(items), 256):
+        chunk = items[i:i + 256]
         with torch.inference_mode():
-            views = sample_planes(vt, sp, cen, np.stack([f[0] for f in frames]), np.stack([f[1] for f in frames]),
-                                  (big, big), pixel_mm)
+            probe = sample_planes(vt, sp, np.stack([c for _, _, c, _, _ in chunk]),
+                                  np.stack([r for _, _, _, r, _ in chunk]), np.stack([c for *_, c in chunk]),
+                                  (9, 9), pixel_mm * th_ / 9)
+        inside = (probe[:, 0] != 0).flatten(1).float().mean(dim=1) >= 0.1
+        keep_items += [it for it, ok in zip(chunk, inside.tolist()) if ok]
+    items = keep_items or items[:1]
+    n_coarse = len(items)
+    planned = n_coarse + int(keep) + int(refine_rounds) * int(keep) * 12
+    for i in range(0, len(items), int(batch_size)):
+        chunk = items[i:i + int(batch_size)]
+        with torch.inference_mode():
+            views = sample_planes(vt, sp, np.stack([c for _, _, c, _, _ in chunk]),
+                                  np.stack([r for _, _, _, r, _ in chunk]), np.stack([c for *_, c in chunk]),
+                                  (th_, tw_), pixel_mm)
+            empty = (views[:, 0] == 0).flatten(1).float().mean(dim=1) > 0.9     # tiles outside the volume
             x = runner.prepare(views[:, 0].cpu().numpy(), resize=False)
             maps = run_chain(runner.chain, x)
             win = F.avg_pool2d(maps, (wh, ww), stride=1)                      # (B, K, nh, nw) window scores
@@ -737,16 +786,17 @@ def find_standard_plane(
             flat = post.flatten(1)
             best, where = flat.max(dim=1)
         nw_ = win.shape[-1]
-        cell = big / maps.shape[-1]                                          # view pixels per map cell
-        for j, (n, a, d) in enumerate(chunk):
+        cell_r, cell_c = th_ / maps.shape[-2], tw_ / maps.shape[-1]         # view pixels per map cell
+        for j, (n, a, cen, row, col) in enumerate(chunk):
+            if bool(empty[j]):
+                continue
             r, c = divmod(int(where[j]), nw_)
-            # window centre in view pixels -> mm from the view centre along row / column axes
-            dr = ((r + wh / 2) * cell - big / 2) * pixel_mm
-            dc = ((c + ww / 2) * cell - big / 2) * pixel_mm
-            row, col = frames[j]
-            cands.append((float(best[j]), cen[j] + dr * row + dc * col, n, a))
+            # window centre in view pixels -> mm from the tile centre along row / column axes
+            dr = ((r + wh / 2) * cell_r - th_ / 2) * pixel_mm
+            dc = ((c + ww / 2) * cell_c - tw_ / 2) * pixel_mm
+            cands.append((float(best[j]), cen + dr * row + dc * col, n, a))
         evaluated += len(chunk)
-        tell(f"coarse search: {evaluated}/{n_coarse} orientations and offsets")
+        tell(f"coarse search: {evaluated}/{n_coarse} views")
 
     def score_views(items):
         """Posterior of the target for views of the input size: items (centre_mm, normal, angle)."""
@@ -764,15 +814,29 @@ def find_standard_plane(
             tell("refining")
         return out
 
+    # diverse seeds: the best candidates, skipping any within 20 deg and 10 mm of a better one
     cands.sort(key=lambda item: -item[0])
-    seeds = [(c, n, a) for _, c, n, a in cands[: int(keep)]]
-    best = list(zip(score_views(seeds).tolist(), seeds))          # rescored as views of the input size
-    tilt = math.radians(60.0 / math.sqrt(int(n_normals)))
-    rot = np.pi / int(n_angles) / 2
-    step = float(offsets[1] - offsets[0]) / 2 if len(offsets) > 1 else 0.05 * diag
-    for _ in range(int(refine_rounds)):
-        trial = []
-        for _, (c, n, a) in best:
+    seeds: list = []
+    for _, c, n, a in cands:
+        if all(abs(float(n @ m)) < math.cos(math.radians(20.0)) or np.linalg.norm(c - cc) > 10.0
+               for cc, m, _ in seeds):
+            seeds.append((c, n, a))
+        if len(seeds) == int(keep):
+            break
+    best = sorted(zip(score_views(seeds).tolist(), seeds), key=lambda item: -item[0])   # as input-size views
+    # pattern search from every seed: move one parameter at a time (tilt of the normal in two
+    # directions, in-plane rotation, shift along the normal and in the plane); a seed that
+    # improves keeps its steps, one that does not halves them, until the tilt step is small
+    tilt0 = math.radians(60.0 / math.sqrt(int(n_normals)))
+    step0 = float(offsets[1] - offsets[0]) / 2 if len(offsets) > 1 else 0.05 * diag
+    state = [[sc, cand, tilt0, np.pi / int(n_angles) / 2, step0] for sc, cand in best]
+    rounds = 0
+    while rounds < int(refine_rounds) * 3 and any(st[2] > math.radians(1.0) for st in state):
+        rounds += 1
+        trial, owner = [], []
+        for si, (_, (c, n, a), tilt, rot, step) in enumerate(state):
+            if tilt <= math.radians(1.0):
+                continue
             row, col = _frame(n, a)
             for sgn in (-1.0, 1.0):
                 for axis in (row, col):                               # tilt the normal, keep the rows
@@ -783,11 +847,17 @@ def find_standard_plane(
                 trial.append((c + sgn * step * n, n, a))
                 trial.append((c + sgn * step * row, n, a))
                 trial.append((c + sgn * step * col, n, a))
-        s = score_views(trial)
-        pool = best + list(zip(s.tolist(), trial))
-        pool.sort(key=lambda item: -item[0])
-        best = pool[: int(keep)]
-        tilt, rot, step = tilt / 2, rot / 2, step / 2
+                owner += [si] * 6
+        scores = score_views(trial)
+        improved = set()
+        for sc, cand, si in zip(scores.tolist(), trial, owner):
+            if sc > state[si][0] + 1e-4:
+                state[si][0], state[si][1] = sc, cand
+                improved.add(si)
+        for si, st in enumerate(state):
+            if si not in improved:
+                st[2], st[3], st[4] = st[2] / 2, st[3] / 2, st[4] / 2
+    best = sorted([(st[0], st[1]) for st in state], key=lambda item: -item[0])
     _, (cen_mm, n, a) = best[0]
     row, col = _frame(n, a)
     n = np.cross(row, col)

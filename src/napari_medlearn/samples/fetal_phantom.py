@@ -880,12 +880,8 @@ def extract_plane(volume: np.ndarray, centre, axes, shape: tuple[int, int], step
     return ndi.map_coordinates(volume.astype(np.float32, copy=False), pts, order=order, cval=0.0).astype(np.float32)
 
 
-def fetal_volume(seed: int = 0, shape: tuple[int, int, int] = (128, 160, 192), spacing_mm: float = 1.0) -> FetalVolume:
-    """A 3D ultrasound-like volume of the phantom of ``seed`` (same fetus as ``fetal_sweep(seed)``).
-
-    Axis 0 is depth (world down); the fetal origin sits at the volume centre. Rendered with 3D
-    speckle, attenuation and shadowing along axis 0, depth gain and log compression (no fan).
-    """
+def _volume_setup(seed: int, shape, spacing_mm: float):
+    """The volume of ``fetal_volume`` and everything needed to pose views in it."""
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or min(shape) < 16 or spacing_mm <= 0:
         raise ValueError(f"shape must be 3 sizes >= 16 and spacing positive, got {shape}, {spacing_mm}")
@@ -916,8 +912,68 @@ def fetal_volume(seed: int = 0, shape: tuple[int, int, int] = (128, 160, 192), s
     def to_voxel_dir(d):
         return _unit([-d[2], d[1], d[0]])
 
+    return data, sp, fetus, mirror, standard, along, to_voxel_point, to_voxel_dir
+
+
+def fetal_volume(seed: int = 0, shape: tuple[int, int, int] = (128, 160, 192), spacing_mm: float = 1.0) -> FetalVolume:
+    """A 3D ultrasound-like volume of the phantom of ``seed`` (same fetus as ``fetal_sweep(seed)``).
+
+    Axis 0 is depth (world down); the fetal origin sits at the volume centre. Rendered with 3D
+    speckle, attenuation and shadowing along axis 0, depth gain and log compression (no fan).
+    """
+    data, sp, _, _, standard, _, to_voxel_point, to_voxel_dir = _volume_setup(seed, shape, spacing_mm)
     planes = {}
     for name, poses in standard.items():
         p = poses[0]
         planes[name] = PlanePose(to_voxel_point(p[0]), np.stack([to_voxel_dir(p[2]), to_voxel_dir(p[1])]))
     return FetalVolume(data, (sp, sp, sp), planes, int(seed))
+
+
+def _tilted(pose43: np.ndarray, angle_rad: float, rng) -> np.ndarray:
+    """``pose43`` (centre, u, v, n) rotated by ``angle_rad`` about a random in-plane axis."""
+    t = rng.uniform(0, 2 * np.pi)
+    axis = np.cos(t) * pose43[1] + np.sin(t) * pose43[2]
+    rot = Rotation.from_rotvec(_unit(axis) * angle_rad).as_matrix()
+    return np.vstack([pose43[0], (rot @ pose43[1:].T).T])
+
+
+def volume_views(seed: int, n_views: int, shape: tuple[int, int], pixel_mm: float,
+                 volume_shape: tuple[int, int, int] = (128, 160, 192), spacing_mm: float = 1.0,
+                 rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """2D views ``(n, H, W)`` of ``fetal_volume(seed)`` at many poses, with their plane labels.
+
+    What a plane search in a 3D volume looks at (:func:`napari_medlearn.methods.find_standard_plane`):
+    a third near a standard plane (tilt <= 8 deg, <= 3 mm off, in-plane shifts), a third
+    deliberately wrong cuts through the same anatomy (tilted 12-90 deg or 5-30 mm off), a third
+    random; each with a random in-plane rotation. Labels come from the same pose tolerance as
+    the sweeps' (:data:`PLANE_TOLERANCE`), so a view counts as a plane only where it is one.
+    """
+    rng = np.random.default_rng([seed, 7]) if rng is None else rng
+    data, sp, fetus, mirror, standard, along, to_vp, to_vd = _volume_setup(seed, volume_shape, spacing_mm)
+    entries = [(name, i) for name in PHANTOM_PLANES for i in range(len(standard[name]))]
+    H, W = (int(s) for s in shape)
+    views, labels = [], []
+    for k in range(int(n_views)):
+        kind = k % 3
+        if kind == 2:
+            pose = _random_pose(rng, fetus, mirror)
+        else:
+            name, i = entries[int(rng.integers(len(entries)))]
+            pose = standard[name][i].copy()
+            if kind == 0:
+                pose = _tilted(pose, np.radians(rng.uniform(0, 8)), rng)
+                pose[0] = pose[0] + rng.uniform(-3, 3) * pose[3]
+            elif rng.random() < 0.6:
+                pose = _tilted(pose, np.radians(rng.uniform(12, 90)), rng)
+            else:
+                pose[0] = pose[0] + rng.choice([-1, 1]) * rng.uniform(5, 30) * pose[3]
+            pose[0] = pose[0] + rng.uniform(-10, 10) * pose[1] + rng.uniform(-8, 8) * pose[2]
+        label, _ = _plane_label(pose, standard, along)
+        a = rng.uniform(0, 2 * np.pi)                     # the view's rows: any direction in the plane
+        u, v = pose[1], pose[2]
+        row = np.cos(a) * v + np.sin(a) * u
+        col = np.cross(pose[3], row)
+        axes = np.stack([to_vd(row), to_vd(col)])
+        views.append(extract_plane(data, to_vp(pose[0]), axes, (H, W), step=pixel_mm / sp))
+        labels.append(label)
+    return np.stack(views), np.asarray(labels, np.int64)

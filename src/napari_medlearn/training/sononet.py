@@ -159,13 +159,67 @@ def evaluate_sweeps(model, seeds: Sequence[int], n_frames: int = 120,
     }
 
 
-def run_sononet_phantom(run_dir: str | Path, ship: bool = False, epochs: int = 10, iters_per_epoch: int = 250,
+def plane_pose_errors(found, volume, plane: str) -> tuple[float, float]:
+    """Angle (deg) and distance (mm, along the true normal) of a found plane from the truth.
+
+    For a long bone (Femur) the plane only has to contain the bone: the angle is the bone's tilt
+    out of the found plane."""
+    truth = volume.planes[plane]
+    sp = np.asarray(volume.spacing, float)
+    n_true = np.cross(truth.axes[0], truth.axes[1])
+    n_true = n_true / np.linalg.norm(n_true)
+    n_found = np.asarray(found.normal, float) / np.linalg.norm(found.normal)
+    if plane == "Femur":
+        along = np.asarray(truth.axes[1], float)
+        ang = float(np.degrees(np.arcsin(min(1.0, abs(float(n_found @ along))))))
+        off = (np.asarray(found.centre) - truth.centre) * sp
+        dist = float(np.linalg.norm(off - (off @ along) * along))      # distance to the bone's axis
+    else:
+        ang = float(np.degrees(np.arccos(min(1.0, abs(float(n_found @ n_true))))))
+        dist = abs(float(((np.asarray(found.centre) - truth.centre) * sp) @ n_true))
+    return ang, dist
+
+
+def evaluate_plane_search(model, seeds: Sequence[int], planes: Sequence[str] | None = None,
+                          progress: bool = False, **search_kw) -> dict[str, Any]:
+    """:func:`napari_medlearn.methods.find_standard_plane` on phantom volumes of ``seeds``: per
+    plane, the angle and distance of the found plane from the true one; a plane counts as found
+    within 15 deg and 5 mm."""
+    from ..methods.planes import find_standard_plane
+    from ..samples.fetal_phantom import PHANTOM_PLANES, fetal_volume
+
+    planes = tuple(planes or PHANTOM_PLANES)
+    rows = []
+    for s in seeds:
+        vol = fetal_volume(int(s))
+        for name in planes:
+            r = find_standard_plane(vol.data, name, model=model, spacing=vol.spacing, device="cpu", **search_kw)
+            ang, dist = plane_pose_errors(r, vol, name)
+            rows.append({"seed": int(s), "plane": name, "score": float(r.score), "angle_deg": ang,
+                         "distance_mm": dist, "found": bool(ang <= 15.0 and dist <= 5.0)})
+            if progress:
+                print(f"  volume {s} {name}: score {r.score:.3f}, {ang:.1f} deg, {dist:.1f} mm", flush=True)
+    summary = {"n_searches": len(rows),
+               "median_angle_deg": float(np.median([r["angle_deg"] for r in rows])),
+               "median_distance_mm": float(np.median([r["distance_mm"] for r in rows])),
+               "found_fraction": float(np.mean([r["found"] for r in rows]))}
+    per_plane = {p: {"median_angle_deg": float(np.median([r["angle_deg"] for r in rows if r["plane"] == p])),
+                     "median_distance_mm": float(np.median([r["distance_mm"] for r in rows if r["plane"] == p])),
+                     "found_fraction": float(np.mean([r["found"] for r in rows if r["plane"] == p]))}
+                 for p in planes}
+    return {"summary": summary, "per_plane": per_plane, "searches": rows}
+
+
+def run_sononet_phantom(run_dir: str | Path, ship: bool = False, epochs: int = 24, iters_per_epoch: int = 250,
                         n_train: int = 40, n_eval: int = 10, n_frames: int = 120, width: int = 16,
                         input_size: Sequence[int] = DEMO_INPUT_SIZE, render_shape: Sequence[int] = (224, 288),
                         batch_size: int = 16, lr: float = 1e-3, blocks: Sequence[int] = (2, 2, 3, 3, 3),
+                        volume_views_per_seed: int = 240, n_eval_volumes: int = 1,
                         device: str = "auto", seed: int = 0, progress: bool = True) -> dict[str, Any]:
-    """SonoNet-``width`` on phantom sweeps of seeds ``seed..seed+n_train-1``; held-out sweeps of
-    seeds 10000+ for the card. Tests pass tiny widths, sizes and counts."""
+    """SonoNet-``width`` on phantom sweeps of seeds ``seed..seed+n_train-1`` plus views cut from
+    the 3D phantom volumes of the same seeds (``volume_views_per_seed`` each, for the 3D plane
+    search); held-out sweeps and volumes of seeds 10000+ for the card. Tests pass tiny widths,
+    sizes and counts."""
     from torch import nn
 
     from ..nets import SonoNet
@@ -176,8 +230,17 @@ def run_sononet_phantom(run_dir: str | Path, ship: bool = False, epochs: int = 1
     t0 = time.time()
     size = tuple(int(s) for s in input_size)
     pool = sweep_pool(range(seed, seed + n_train), size, n_frames, render_shape, progress)
+    n_sweep_frames = len(pool)
+    sweep_counts = pool.class_counts()
+    fov = float(np.mean(pool.depths_mm)) if pool.depths_mm else None
+    if volume_views_per_seed and fov:
+        from ..samples.fetal_phantom import volume_views
+
+        for s in range(seed, seed + n_train):
+            v, lab = volume_views(int(s), int(volume_views_per_seed), size, fov / size[0])
+            pool.add(v, lab)
     if progress:
-        print(f"{len(pool)} training frames: {pool.class_counts()}", flush=True)
+        print(f"{len(pool)} training frames ({n_sweep_frames} from sweeps): {pool.class_counts()}", flush=True)
     arch_args = {"width": int(width), "n_classes": len(SONONET_CLASSES), "in_channels": 1, "blocks": list(blocks)}
     torch.manual_seed(seed)
     model = SonoNet(**arch_args)
@@ -204,6 +267,8 @@ def run_sononet_phantom(run_dir: str | Path, ship: bool = False, epochs: int = 1
     if progress:
         print("evaluating on held-out sweeps", flush=True)
     ev = evaluate_sweeps(model, eval_seeds, n_frames, render_shape, progress)
+    search = (evaluate_plane_search(model, range(10000, 10000 + int(n_eval_volumes)), progress=progress)
+              if n_eval_volumes else None)
     card = {
         "name": name,
         "task": TASK,
@@ -217,7 +282,11 @@ def run_sononet_phantom(run_dir: str | Path, ship: bool = False, epochs: int = 1
         "training": {
             "data": f"{n_train} phantom sweeps of {n_frames} frames, napari_medlearn.samples.fetal_phantom."
                     f"fetal_sweep seeds {seed}..{seed + n_train - 1} rendered at {tuple(render_shape)} "
-                    f"({len(pool)} frames: {pool.class_counts()})",
+                    f"({n_sweep_frames} frames: {sweep_counts})"
+                    + (f"; plus {volume_views_per_seed} views per seed cut from fetal_volume of the same seeds "
+                       f"(samples.fetal_phantom.volume_views: near each standard plane, tilted or shifted off it, "
+                       f"random; any in-plane rotation; {fov / size[0]:.3f} mm pixels), all frames: "
+                       f"{pool.class_counts()}" if volume_views_per_seed and fov else ""),
             "command": "medlearn train sononet-phantom --ship",
             "loss": "cross-entropy on the globally averaged category maps (image-level labels only)",
             "sampling": f"Background with probability {pool.background_fraction}, else a uniformly drawn plane class",
@@ -230,6 +299,12 @@ def run_sononet_phantom(run_dir: str | Path, ship: bool = False, epochs: int = 1
             "data": f"{n_eval} phantom sweeps of seeds {eval_seeds[0]}..{eval_seeds[-1]} ({n_frames} frames each), "
                     "never trained on; every frame through methods.detect_planes",
             **ev,
+            **({"plane_search_3d": {
+                "data": f"fetal_volume seeds 10000..{10000 + int(n_eval_volumes) - 1} (never trained on), every "
+                        "phantom plane searched with methods.find_standard_plane (defaults); angle between found and "
+                        "true plane (Femur: the bone's tilt out of the found plane) and distance along the true "
+                        "normal; found = within 15 deg and 5 mm",
+                **search}} if search else {}),
         },
         "licence": {"weights": "BSD-3-Clause", "training_data": "synthetic (generated by this package)"},
         "intended_use": "demonstration and testing; research use only, not for diagnosis",
