@@ -21,3 +21,18 @@ def tiny_cardiac_checkpoint(folder: Path, seed: int = 0) -> Path:
         "name": "tiny-cardiac", "task": "cardiac-segmentation", "n_classes": 4,
         "input": {"in_plane_spacing_mm": 3.0}})
     return path
+
+
+def have_acdc() -> bool:
+    """True when the ACDC data is found (``../shared/data/acdc`` or ``$MEDLEARN_ACDC``)."""
+    from napari_medlearn.training.acdc import find_acdc_root
+
+    try:
+        find_acdc_root()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+#: skip marker for tests that read the real ACDC data
+needs_acdc = __import__("pytest").mark.skipif(not have_acdc(), reason="ACDC data (../shared/data/acdc) not present")

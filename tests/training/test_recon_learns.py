@@ -22,6 +22,7 @@ from napari_medlearn.training.recon import (
     run_recon_2dt,
 )
 from napari_medlearn.training.trainer import TrainConfig, train
+from helpers import needs_acdc
 
 SIZE = 112       # the whole brain at 2 mm (zoom 0.5) on a small canvas
 
@@ -75,17 +76,9 @@ def test_cine_pool_gives_per_frame_masks():
     assert len({tuple(r.tolist()) for r in lines}) > 1
 
 
-def _have_acdc() -> bool:
-    from napari_medlearn.training.acdc import find_acdc_root
-
-    try:
-        find_acdc_root()
-    except FileNotFoundError:
-        return False
-    return True
 
 
-@pytest.mark.skipif(not _have_acdc(), reason="ACDC sample data (../shared/data/acdc) not present")
+@needs_acdc
 def test_recon_2d_preset_runs_and_writes_its_card(tmp_path):
     card = run_recon_2d(tmp_path, size=48, crop=32, width=2, n_cascades=1, n_layers=2, epochs=1,
                         iters_per_epoch=2, batch_size=2, n_eval=1, progress=False, device="cpu",

@@ -9,6 +9,7 @@ from napari_medlearn.imaging import slices as S
 from napari_medlearn.imaging.volume import affine_from_spacing
 from napari_medlearn.nets.sr import SRNet
 from napari_medlearn.training.sr import BrainVolume, SRPatchPool, central_mse, coronal_stack
+from helpers import needs_acdc
 
 
 def _volume(shape=(24, 20, 20), seed=0):
@@ -78,17 +79,9 @@ def test_in_plane_pairs_thicken_one_in_plane_axis_with_the_box_profile():
     torch.testing.assert_close(x, y.reshape(5, 1, 4, 4, 20, 3).mean(3), rtol=1e-5, atol=1e-6)
 
 
-def _have_acdc() -> bool:
-    from napari_medlearn.training.acdc import find_acdc_root
-
-    try:
-        find_acdc_root()
-    except FileNotFoundError:
-        return False
-    return True
 
 
-@pytest.mark.skipif(not _have_acdc(), reason="ACDC sample data (../shared/data/acdc) not present")
+@needs_acdc
 def test_cardiac_self_supervised_recipe_learns(tmp_path):
     """A tiny sr-cardiac-acdc run: the loss falls and, on held-out ACDC patients, the restored
     in-plane axis is closer to the truth than the untrained network's linear interpolation."""
