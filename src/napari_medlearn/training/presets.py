@@ -321,11 +321,23 @@ def _run_sr_cardiac_acdc(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
     return run_sr_cardiac_acdc(run_dir, **kwargs)
 
 
+def _run_acnn_seg(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
+    from .acnn_seg import run_acnn_seg
+
+    return run_acnn_seg(run_dir, **kwargs)
+
+
 PRESETS: dict[str, Preset] = {
     "acnn-shape-prior": Preset(
         "acnn-shape-prior", "acnn-shape-prior",
         "ACNN label autoencoder (denoising) on ACDC expert masks: mask plausibility and correction (~45 min on 1 CPU thread)",
         _run_acnn_shape_prior,
+    ),
+    "acnn-seg": Preset(
+        "acnn-seg", "cardiac-fcn-acnn",
+        "ACNN-Seg: cardiac-fcn-acdc fine-tuned on ACDC stacks with the shape-code loss, and its plain twin "
+        "(~1 h on 2 CPU cores)",
+        _run_acnn_seg,
     ),
     "cardiac-acdc": Preset(
         "cardiac-acdc", "cardiac-fcn-acdc",
