@@ -846,13 +846,15 @@ class FetalVolume:
 
     ``data`` ``(z, y, x)`` float32 in [0, 1]; ``spacing`` (mm, isotropic); ``planes`` class ->
     :class:`PlanePose` of the true standard plane in voxel indices (centre, row and column axes;
-    row axis = image down); ``seed``.
+    row axis = image down); ``all_planes`` class -> every true pose of that plane (two femurs);
+    ``seed``.
     """
 
     data: np.ndarray
     spacing: tuple
     planes: dict
     seed: int
+    all_planes: dict = field(default_factory=dict)
 
     def extract(self, pose: PlanePose, shape: tuple[int, int], step: float = 1.0) -> np.ndarray:
         """The 2D view at ``pose`` (see :func:`extract_plane`)."""
@@ -922,11 +924,10 @@ def fetal_volume(seed: int = 0, shape: tuple[int, int, int] = (128, 160, 192), s
     speckle, attenuation and shadowing along axis 0, depth gain and log compression (no fan).
     """
     data, sp, _, _, standard, _, to_voxel_point, to_voxel_dir = _volume_setup(seed, shape, spacing_mm)
-    planes = {}
-    for name, poses in standard.items():
-        p = poses[0]
-        planes[name] = PlanePose(to_voxel_point(p[0]), np.stack([to_voxel_dir(p[2]), to_voxel_dir(p[1])]))
-    return FetalVolume(data, (sp, sp, sp), planes, int(seed))
+    all_planes = {name: [PlanePose(to_voxel_point(p[0]), np.stack([to_voxel_dir(p[2]), to_voxel_dir(p[1])]))
+                         for p in poses] for name, poses in standard.items()}
+    planes = {name: poses[0] for name, poses in all_planes.items()}
+    return FetalVolume(data, (sp, sp, sp), planes, int(seed), all_planes)
 
 
 def _tilted(pose43: np.ndarray, angle_rad: float, rng) -> np.ndarray:

@@ -160,12 +160,17 @@ def evaluate_sweeps(model, seeds: Sequence[int], n_frames: int = 120,
 
 
 def plane_pose_errors(found, volume, plane: str) -> tuple[float, float]:
-    """Angle (deg) and distance (mm, along the true normal) of a found plane from the truth.
+    """Angle (deg) and distance (mm, along the true normal) of a found plane from the truth (the
+    nearest of the plane's true poses when there are several, e.g. two femurs).
 
     For a long bone (Femur) the plane only has to contain the bone: the angle is the bone's tilt
     out of the found plane."""
-    truth = volume.planes[plane]
-    sp = np.asarray(volume.spacing, float)
+    truths = getattr(volume, "all_planes", {}).get(plane) or [volume.planes[plane]]
+    errs = [_pose_error(found, t, np.asarray(volume.spacing, float), plane) for t in truths]
+    return min(errs, key=lambda e: e[0] / 15.0 + e[1] / 5.0)
+
+
+def _pose_error(found, truth, sp, plane: str) -> tuple[float, float]:
     n_true = np.cross(truth.axes[0], truth.axes[1])
     n_true = n_true / np.linalg.norm(n_true)
     n_found = np.asarray(found.normal, float) / np.linalg.norm(found.normal)
