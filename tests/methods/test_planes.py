@@ -8,7 +8,7 @@ from torch import nn
 
 from napari_medlearn import methods, zoo
 from napari_medlearn.methods import planes as P
-from napari_medlearn.nets import SONONET_CLASSES, SonoNet
+from napari_medlearn.nets import SONONET_CLASSES
 
 from sononet_helpers import TINY_SIZE, blob_video, tiny_sononet_checkpoint
 

@@ -2,7 +2,6 @@
 the same B-spline resampling as the method, and a tiny run that learns beyond interpolation."""
 
 import numpy as np
-import pytest
 import torch
 
 from napari_medlearn.imaging import slices as S

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from napari_medlearn import zoo
-from napari_medlearn.imaging.volume import Volume, affine_from_spacing
+from napari_medlearn.imaging.volume import Volume
 from napari_medlearn.methods import sr as M
 from napari_medlearn.nets.sr import MultiInputSRNet, SRNet
 from napari_medlearn.widgets.sr import FUSE, SuperResolutionWidget

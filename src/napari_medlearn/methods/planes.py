@@ -505,7 +505,7 @@ def classify_frame(frame: np.ndarray, model=None, saliency: bool = True, device:
     return p[0], (s[0] if s is not None else None), b[0]
 
 
-_RUNNERS: "weakref.WeakKeyDictionary" = None   # part of the model cache: net -> its fused runner
+_RUNNERS: Any = None   # a weakref.WeakKeyDictionary made on first use: net -> its fused runner
 
 
 def _runner_for(net) -> _Runner:

@@ -32,7 +32,7 @@ import torch
 from ..imaging import measures as M
 from ..imaging.labels import clean_labels
 from ..imaging.mask_corruption import CORRUPTIONS, corrupt
-from ..imaging.shape_grid import (CANONICAL_GRID, CANONICAL_SPACING, foreground_centre, grid_map, onehot,
+from ..imaging.shape_grid import (CANONICAL_GRID, CANONICAL_SPACING, foreground_centre, grid_map,
                                   to_canonical)
 
 OKTAY_PAPER = ("O. Oktay et al., Anatomically Constrained Neural Networks (ACNNs): Application to Cardiac "

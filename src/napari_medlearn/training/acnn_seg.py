@@ -228,7 +228,6 @@ def run_acnn_seg(run_dir: str | Path, ship: bool = False, which: str = "both", l
     if which not in ("acnn", "plain", "both", "evaluate"):
         raise ValueError(f"which must be acnn, plain, both or evaluate, got {which!r}")
     run_dir = Path(run_dir)
-    t0 = time.time()
     root = find_acdc_root(data)
     patients = list_patients(root)
     if max_patients:

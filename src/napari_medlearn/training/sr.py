@@ -223,11 +223,6 @@ def evaluate_sr(single, fused, cases, f: int, profile: str = "box") -> dict[str,
 
 def figure(single, fused, case: BrainVolume, f: int, path: Path) -> None:
     """Sagittal and coronal reformats of the held-out case: truth, spline, single SR, fused."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from ..methods.sr import super_resolve, super_resolve_stacks
 
     ax, ax_aff = S.thick_slices(case.image, case.affine, f, "box", axis=0)
@@ -237,12 +232,23 @@ def figure(single, fused, case: BrainVolume, f: int, path: Path) -> None:
     panels = [("truth (1 mm)", case.image), (f"cubic B-spline x{f}", r1.baseline), ("single-stack SR", r1.image),
               ("axial+coronal fused", r2.image)]
     xm = case.image.shape[2] // 2
-    fig, axes = plt.subplots(1, 4, figsize=(12, 3.6))
-    for a, (title, img) in zip(axes, panels):
-        a.imshow(img[::-1, :, xm], cmap="gray", vmin=0, vmax=1.0, aspect=1.0)
-        a.set_title(title, fontsize=9)
+    save_panels([(t, img[::-1, :, xm]) for t, img in panels], path, (12, 3.6), 1.0,
+                f"{case.name}: sagittal reformat of an axial x{f} box-profile stack (held out)")
+
+
+def save_panels(panels, path: Path, figsize, aspect: float, title: str, interpolation: str = "antialiased") -> None:
+    """One row of grey 2D images ``[(title, image), ...]`` (0..1) saved as a PNG figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=figsize)
+    for a, (name, img) in zip(np.atleast_1d(axes), panels):
+        a.imshow(img, cmap="gray", vmin=0, vmax=1.0, aspect=aspect, interpolation=interpolation)
+        a.set_title(name, fontsize=9)
         a.axis("off")
-    fig.suptitle(f"{case.name}: sagittal reformat of an axial x{f} box-profile stack (held out)", fontsize=9)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -267,7 +273,6 @@ def run_sr_brain(run_dir: str | Path, ship: bool = False, factor: int = 4, epoch
         raise ValueError(f"which must be single, fused or both, got {which!r}")
     run_dir = Path(run_dir)
     f = int(factor)
-    t0 = time.time()
     vols = training_volumes(f, data, max_subjects, mni)
     if not vols:
         raise ValueError("no training volumes (MNI152 off and no BraTS folder)")
@@ -587,11 +592,6 @@ def evaluate_in_plane(net, frames, f: int, profile: str = "box") -> dict[str, An
 def cardiac_figure(net, frame, spacing, f: int, path: Path) -> None:
     """A held-out real short-axis stack super-resolved x``f``: a long-axis reformat through the
     heart (the acquired stack, cubic B-spline, SR) at the true aspect ratio."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from ..methods.sr import super_resolve
 
     name, img, lab, sp = frame
@@ -600,16 +600,8 @@ def cardiac_figure(net, frame, spacing, f: int, path: Path) -> None:
     xm = (bx.start + bx.stop) // 2
     panels = [(f"acquired ({sp[0]:.0f} mm slices)", np.repeat(img, f, axis=0)),
               (f"cubic B-spline x{f}", r.baseline), (f"SR x{f} (self-supervised)", r.image)]
-    fig, axes = plt.subplots(1, 3, figsize=(10, 4.2))
-    for a, (title, vol) in zip(axes, panels):
-        a.imshow(vol[::-1, by, xm], cmap="gray", vmin=0, vmax=1.0, aspect=r.spacing[0] / r.spacing[1],
-                 interpolation="nearest")
-        a.set_title(title, fontsize=9)
-        a.axis("off")
-    fig.suptitle(f"ACDC {name} (held out): vertical long-axis reformat of the short-axis stack", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_panels([(t, vol[::-1, by, xm]) for t, vol in panels], path, (10, 4.2), r.spacing[0] / r.spacing[1],
+                f"ACDC {name} (held out): vertical long-axis reformat of the short-axis stack", "nearest")
 
 
 def run_sr_cardiac_acdc(run_dir: str | Path, ship: bool = False, factor: int = 4, epochs: int = 16,
@@ -646,7 +638,7 @@ def run_sr_cardiac_acdc(run_dir: str | Path, ship: bool = False, factor: int = 4
     t1 = time.time()
     hist = train(net, "sr_net", args, lambda r, dev: pool.batch(r, dev, batch_size), planar_mse(f),
                  cfg, run_dir, progress=progress)
-    del pool
+    pool = None     # the patches are not needed for the evaluation
     net.eval()
     if progress:
         print(f"evaluating on {len(val_names)} held-out patients", flush=True)
