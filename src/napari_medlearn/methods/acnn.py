@@ -246,23 +246,36 @@ def lost_slices(labels: np.ndarray, ratio: float = 0.3) -> list[int]:
             if min(area[z - 1], area[z + 1]) > 0 and area[z] < ratio * min(area[z - 1], area[z + 1])]
 
 
+def islands_and_holes(labels: np.ndarray) -> tuple[int, int, int, int]:
+    """``(islands, holes, island_voxels, hole_voxels)`` of a ``(z, y, x)`` cardiac label map:
+    3D components of a structure beyond its largest, and in-plane regions of background
+    enclosed by one structure (counted per enclosing structure)."""
+    islands = holes = island_vox = hole_vox = 0
+    for v in (1, 2, 3):
+        m = labels == v
+        if not m.any():
+            continue
+        comp, n = ndi.label(m, structure=np.ones((3, 3, 3)))
+        if n > 1:
+            sizes = np.bincount(comp.ravel())[1:]
+            islands += n - 1
+            island_vox += int(sizes.sum() - sizes.max())
+        for z, sl in enumerate(m):
+            if sl.any():
+                enclosed = ndi.binary_fill_holes(sl) & (labels[z] == 0)
+                if enclosed.any():
+                    holes += ndi.label(enclosed)[1]
+                    hole_vox += int(enclosed.sum())
+    return islands, holes, island_vox, hole_vox
+
+
 def anatomy_faults(labels: np.ndarray) -> dict[str, int]:
     """Counts of what an expert cardiac mask does not have, in a ``(z, y, x)`` frame:
     ``islands`` (3D components of a structure beyond its largest), ``holes`` (background regions
     enclosed in-plane by one structure), ``lost_slices`` (:func:`lost_slices`) and
     ``exposed_lv`` (1 when, in a slice between the first and last heart slices, more than 10 % of
     the LV cavity's border touches background instead of myocardium or RV)."""
-    islands = holes = 0
-    for v in (1, 2, 3):
-        m = labels == v
-        if not m.any():
-            continue
-        islands += max(0, ndi.label(m, structure=np.ones((3, 3, 3)))[1] - 1)
-        for z, sl in enumerate(m):
-            if sl.any():
-                enclosed = ndi.binary_fill_holes(sl) & (labels[z] == 0)
-                if enclosed.any():
-                    holes += ndi.label(enclosed)[1]
+    islands, holes, _, _ = islands_and_holes(labels)
     exposed = 0
     zs = np.flatnonzero((labels > 0).reshape(labels.shape[0], -1).any(axis=1))
     for z in zs[1:-1]:

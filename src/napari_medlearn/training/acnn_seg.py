@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage as ndi
 
 from ..imaging.shape_grid import grid_map
 
@@ -62,18 +61,13 @@ class StackPool:
         return len(self.images)
 
     def _crop(self, rng, i: int, size: int):
+        from .cardiac import crop_square
+
         img, lab = self.images[i], self.labels[i]
         _, h, w = img.shape
         fg = np.argwhere(lab > 0)
         cy, cx = (fg[:, 1:].mean(axis=0) if len(fg) else np.array([h / 2, w / 2])) + rng.normal(0, self.crop / 12, 2)
-        y0, x0 = int(round(cy - size / 2)), int(round(cx - size / 2))
-        oi = np.zeros((img.shape[0], size, size), np.float32)
-        ol = np.zeros((img.shape[0], size, size), np.float32)
-        ys, xs, ye, xe = max(0, y0), max(0, x0), min(h, y0 + size), min(w, x0 + size)
-        if ye > ys and xe > xs:
-            oi[:, ys - y0:ye - y0, xs - x0:xe - x0] = img[:, ys:ye, xs:xe]
-            ol[:, ys - y0:ye - y0, xs - x0:xe - x0] = lab[:, ys:ye, xs:xe]
-        return oi, ol
+        return crop_square(img, cy, cx, size, np.float32), crop_square(lab, cy, cx, size, np.float32)
 
     def batch(self, rng: np.random.Generator, device, grid=(12, 48, 48), grid_spacing=(10.0, 3.0, 3.0)):
         """``x (Z, 1, crop, crop)`` and ``{"labels": (Z, 1, crop, crop) long, "grid": (1, D, H, W, 3)}``
@@ -139,29 +133,11 @@ class ShapeRegularisedLoss:
 
 
 def topology_faults(labels: np.ndarray) -> dict[str, Any]:
-    """Islands and holes of a ``(z, y, x)`` label map, per structure (LV cavity, myocardium, RV).
+    """Islands and holes of a ``(z, y, x)`` label map (:func:`methods.acnn.islands_and_holes`)
+    with their voxel counts; ``any`` is True when either occurs."""
+    from ..methods.acnn import islands_and_holes
 
-    ``islands``: 3D components of a structure beyond its largest; ``holes``: in-plane regions of
-    background enclosed by one structure (a hole in the cavity, a gap inside the ring). Sizes
-    are voxel counts; ``any`` is True when either occurs."""
-    islands = holes = 0
-    island_vox = hole_vox = 0
-    for v in (1, 2, 3):
-        m = labels == v
-        if not m.any():
-            continue
-        comp, n = ndi.label(m, structure=np.ones((3, 3, 3)))
-        if n > 1:
-            sizes = np.bincount(comp.ravel())[1:]
-            islands += n - 1
-            island_vox += int(sizes.sum() - sizes.max())
-        for z, sl in enumerate(m):
-            if not sl.any():
-                continue
-            enclosed = ndi.binary_fill_holes(sl) & (labels[z] == 0)
-            if enclosed.any():
-                holes += ndi.label(enclosed)[1]
-                hole_vox += int(enclosed.sum())
+    islands, holes, island_vox, hole_vox = islands_and_holes(labels)
     return {"islands": islands, "holes": holes, "island_voxels": island_vox, "hole_voxels": hole_vox,
             "any": bool(islands or holes)}
 

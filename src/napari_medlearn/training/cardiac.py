@@ -23,6 +23,18 @@ def resample_in_plane(vol: np.ndarray, in_plane: tuple[float, float], target: fl
     return ndi.zoom(vol, zoom, order=order, grid_mode=True, mode="grid-constant" if order else "nearest")
 
 
+def crop_square(a: np.ndarray, cy: float, cx: float, size: int, dtype) -> np.ndarray:
+    """A ``size`` x ``size`` window of the last two axes of ``a`` centred at ``(cy, cx)``,
+    zero-padded where it leaves the array."""
+    h, w = a.shape[-2:]
+    y0, x0 = int(round(cy - size / 2)), int(round(cx - size / 2))
+    out = np.zeros(a.shape[:-2] + (size, size), dtype)
+    ys, xs, ye, xe = max(0, y0), max(0, x0), min(h, y0 + size), min(w, x0 + size)
+    if ye > ys and xe > xs:
+        out[..., ys - y0:ye - y0, xs - x0:xe - x0] = a[..., ys:ye, xs:xe]
+    return out
+
+
 class SlicePool:
     """Normalised, resampled 2D slices with labels, held in memory, sampled as crops."""
 
@@ -52,15 +64,7 @@ class SlicePool:
             cy, cx = fg.mean(axis=0) + rng.normal(0, size / 10, size=2)
         else:
             cy, cx = rng.uniform(0, h), rng.uniform(0, w)
-        y0, x0 = int(round(cy - size / 2)), int(round(cx - size / 2))
-        out_i = np.zeros((size, size), np.float32)
-        out_l = np.zeros((size, size), np.uint8)
-        ys, xs = max(0, y0), max(0, x0)
-        ye, xe = min(h, y0 + size), min(w, x0 + size)
-        if ye > ys and xe > xs:
-            out_i[ys - y0:ye - y0, xs - x0:xe - x0] = img[ys:ye, xs:xe]
-            out_l[ys - y0:ye - y0, xs - x0:xe - x0] = lab[ys:ye, xs:xe]
-        return out_i, out_l
+        return crop_square(img, cy, cx, size, np.float32), crop_square(lab, cy, cx, size, np.uint8)
 
     def batch(self, rng: np.random.Generator, device, batch_size: int = 8, augment: bool = True):
         """A batch ``(B, 1, crop, crop)`` float32 images and ``(B, 1, crop, crop)`` long labels."""

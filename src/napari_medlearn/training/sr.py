@@ -394,13 +394,31 @@ def phantom_volumes(seeds, f: int, slice_thickness: float = 2.0, matrix: int = 1
     return out
 
 
+def evaluate_phantoms(net, seeds, f: int, key: str) -> tuple[list[dict], dict[str, float]]:
+    """Through-plane truth: the first frame of thin-slice phantoms of ``seeds`` thickened ``f`` x
+    (box) and super-resolved by ``net``; PSNR/SSIM of cubic spline and of ``net`` (columns
+    ``*_spline`` / ``*_{key}``) per case and their means with ``{key}_minus_spline_db``."""
+    from ..methods.sr import sr_quality, super_resolve
+
+    rows = []
+    for v in phantom_volumes(seeds, f, frames_per_phantom=1):
+        thick, taff = S.thick_slices(v.image, v.affine, f, "box")
+        sp = tuple(float(s) for s in np.linalg.norm(taff[:3, :3], axis=0))
+        r = super_resolve(thick, sp, f, model=net, affine=taff)
+        q0, q1 = sr_quality(v.image, r.baseline, v.mask), sr_quality(v.image, r.image, v.mask)
+        rows.append({"case": v.name, "psnr_spline": q0["psnr_db"], "ssim_spline": q0["ssim"],
+                     f"psnr_{key}": q1["psnr_db"], f"ssim_{key}": q1["ssim"]})
+    summary = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "case"}
+    summary[f"{key}_minus_spline_db"] = summary[f"psnr_{key}"] - summary["psnr_spline"]
+    return rows, summary
+
+
 def run_sr_cardiac_phantom(run_dir: str | Path, ship: bool = False, factor: int = 4, epochs: int = 6,
                            iters_per_epoch: int = 60, batch_size: int = 4, patch: int = 32, width: int = 24,
                            n_train: int = 24, n_eval: int = 4, device: str = "auto", seed: int = 0,
                            progress: bool = True, data: str | None = None) -> dict[str, Any]:
     """Single-stack SR x``factor`` on thin-slice (2 mm) cardiac cine phantoms thickened with a box
     profile (2 mm -> 8 mm at x4); held-out phantoms of seeds 10000+ for the card (demo weights)."""
-    from ..methods.sr import sr_quality, super_resolve
     from ..nets import SRNet
     from .presets import _finish, training_record
     from .trainer import TrainConfig, train
@@ -422,16 +440,7 @@ def run_sr_cardiac_phantom(run_dir: str | Path, ship: bool = False, factor: int 
     hist = train(net, "sr_net", args, lambda r, dev: pool.batch(r, dev, batch_size), central_mse(f, False),
                  cfg, run_dir, progress=progress)
     net.eval()
-    rows = []
-    for v in phantom_volumes(range(10000, 10000 + n_eval), f, frames_per_phantom=1):
-        thick, taff = S.thick_slices(v.image, v.affine, f, "box")
-        sp = tuple(float(s) for s in np.linalg.norm(taff[:3, :3], axis=0))
-        r = super_resolve(thick, sp, f, model=net, affine=taff)
-        q0, q1 = sr_quality(v.image, r.baseline, v.mask), sr_quality(v.image, r.image, v.mask)
-        rows.append({"case": v.name, "psnr_spline": q0["psnr_db"], "ssim_spline": q0["ssim"],
-                     "psnr_single": q1["psnr_db"], "ssim_single": q1["ssim"]})
-    summary = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "case"}
-    summary["single_minus_spline_db"] = summary["psnr_single"] - summary["psnr_spline"]
+    rows, summary = evaluate_phantoms(net, range(10000, 10000 + n_eval), f, "single")
     name = f"sr-cardiac-x{f}-phantom"
     card = {
         "name": name, "task": TASK_SINGLE, "priority": 0,
@@ -589,7 +598,7 @@ def evaluate_in_plane(net, frames, f: int, profile: str = "box") -> dict[str, An
     return {"summary": summary, "cases": rows}
 
 
-def cardiac_figure(net, frame, spacing, f: int, path: Path) -> None:
+def cardiac_figure(net, frame, f: int, path: Path) -> None:
     """A held-out real short-axis stack super-resolved x``f``: a long-axis reformat through the
     heart (the acquired stack, cubic B-spline, SR) at the true aspect ratio."""
     from ..methods.sr import super_resolve
@@ -645,20 +654,9 @@ def run_sr_cardiac_acdc(run_dir: str | Path, ship: bool = False, factor: int = 4
     val = acdc_frames(root, val_names)
     ev = evaluate_in_plane(net, val, f)
     # through-plane truth exists only for phantoms: thin (2 mm) noise-free phantoms, thickened x f
-    from ..methods.sr import sr_quality, super_resolve
-
-    prow = []
-    for v in phantom_volumes(range(10000, 10004), f, frames_per_phantom=1):
-        thick, taff = S.thick_slices(v.image, v.affine, f, "box")
-        sp = tuple(float(s) for s in np.linalg.norm(taff[:3, :3], axis=0))
-        r = super_resolve(thick, sp, f, model=net, affine=taff)
-        q0, q1 = sr_quality(v.image, r.baseline, v.mask), sr_quality(v.image, r.image, v.mask)
-        prow.append({"case": v.name, "psnr_spline": q0["psnr_db"], "psnr_sr": q1["psnr_db"],
-                     "ssim_spline": q0["ssim"], "ssim_sr": q1["ssim"]})
-    phantom = {k: float(np.mean([r[k] for r in prow])) for k in prow[0] if k != "case"}
-    phantom["sr_minus_spline_db"] = phantom["psnr_sr"] - phantom["psnr_spline"]
+    _, phantom = evaluate_phantoms(net, range(10000, 10004), f, "sr")
     figpath = run_dir / f"sr-cardiac-x{f}_heldout.png"
-    cardiac_figure(net, val[0], val[0][3], f, figpath)
+    cardiac_figure(net, val[0], f, figpath)
     name = f"sr-cardiac-x{f}"
     card = {
         "name": name, "task": TASK_SINGLE, "priority": 5,

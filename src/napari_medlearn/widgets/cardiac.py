@@ -181,7 +181,6 @@ class CardiacWidget(QWidget):
         """Add the labels and probability layers over ``source`` and fill table and curve."""
         from napari.utils.colormaps import DirectLabelColormap
 
-        self._disconnect_labels()
         # keep names, not the result: its probabilities are four maps the size of the cine
         self.model_name, self.model_sha256 = result.model_name, result.model_sha256
         self.spacing = tuple(float(s) for s in spacing)
@@ -195,17 +194,11 @@ class CardiacWidget(QWidget):
             foreground, name=f"{source.name} [cardiac probability]", colormap="inferno",
             contrast_limits=(0.0, 1.0), blending="additive", opacity=0.7, visible=False,
             metadata=copy.deepcopy(meta), **geometry)
-        self.labels_layer = self.viewer.add_labels(
+        self.follow_labels(self.viewer.add_labels(
             result.labels, name=f"{source.name} [cardiac]", metadata=meta, opacity=0.5,
             colormap=DirectLabelColormap(color_dict=LABEL_COLORS),
             features={"index": list(CARDIAC_LABELS), "structure": list(CARDIAC_LABELS.values())},
-            **geometry)
-        events = self.labels_layer.events
-        events.paint.connect(self._on_labels_edited)
-        events.data.connect(self._on_labels_edited)
-        events.set_data.connect(self._on_labels_refreshed)
-        self._set_has_result(True)
-        self.update_measures()
+            **geometry))
 
     def update_measures(self, event=None) -> dict:
         """Measure the labels layer's current data; refresh table, QC flags and curve."""
