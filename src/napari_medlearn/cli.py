@@ -446,7 +446,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         kwargs["epochs"] = args.epochs
     if args.data is not None:
         kwargs["data"] = args.data
+    if args.only_folds is not None:
+        if args.preset != "lesions-brats":
+            raise CLIError(f"--only-folds is for the cross-validated lesions-brats preset, not {args.preset!r}")
+        kwargs["only_folds"] = args.only_folds
     card = run_preset(args.preset, args.run_dir, **kwargs)
+    if "folds_done" in card:
+        print(f"folds trained and evaluated so far: {card['folds_done']} of {card['folds']}; "
+              "run again without --only-folds once all are done to write the model")
+        return 0
     print(json.dumps(card.get("evaluation", {}).get("summary", {}), indent=2))
     print(f"model {card['name']} sha256 {card['sha256']}")
     return 0
@@ -559,6 +567,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ship", action="store_true", help="also install the result into the package's zoo")
     s.add_argument("--epochs", type=int, default=None)
     s.add_argument("--data", default=None, help="data folder for presets trained on real data (e.g. ACDC)")
+    s.add_argument("--only-folds", type=int, nargs="+", default=None, metavar="K",
+                   help="cross-validated presets: train and evaluate only these folds (run folds in parallel)")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_train)
 

@@ -22,6 +22,10 @@ Pipeline, the same in training (``training/deepmedic.py``) and here:
    skipped (background). Progress is reported per segment.
 6. **Labels**: the argmax class mapped to the BraTS values (0 background, 1 necrotic/non-enhancing
    core, 2 oedema, 4 enhancing), zero outside the brain mask.
+7. **Component clean-up** (when the card's ``postprocess.min_component_fraction`` is set, or the
+   ``min_component_fraction`` argument): whole-tumour connected components smaller than that
+   fraction of the largest one are set to background (:func:`remove_small_lesions`). The
+   probabilities are left as the network gave them.
 
 ``segment_lesions_steps`` yields ``(done, total, message)`` and returns a :class:`LesionResult`;
 ``segment_lesions`` drains it. ``lesion_volumes`` recomputes volumes from (hand-edited) labels.
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Generator, Sequence
 
 import numpy as np
@@ -310,6 +315,88 @@ def dense_probabilities(net, image: np.ndarray, mask: np.ndarray | None, output_
     return probs
 
 
+def sliding_window_probabilities(net, image: np.ndarray, mask: np.ndarray | None, roi: int | Sequence[int] = 64,
+                                 overlap: float = 0.25, cancelled: Callable[[], bool] | None = None,
+                                 ) -> Generator[tuple[int, int, str], None, np.ndarray]:
+    """Class posteriors ``(K, z, y, x)`` of a normalised image by a same-size network (U-Net, FCN).
+
+    MONAI's ``sliding_window_inference`` (Gaussian-weighted overlapping windows of ``roi``
+    voxels, softmax per window) on the brain's bounding box plus half a window of context;
+    outside it the posterior is background. A generator yielding ``(windows_done, total, message)``
+    (the windows run in a worker thread that reports each one).
+    """
+    import queue
+    import threading
+
+    import torch
+    from monai.data.utils import dense_patch_slices
+    from monai.inferers import sliding_window_inference
+    from monai.inferers.utils import _get_scan_interval
+
+    C, Z, Y, X = image.shape
+    div = int(getattr(net, "divisor", 1))
+    roi = [int(r) for r in (roi if isinstance(roi, (list, tuple)) else (roi,) * 3)]
+    roi = [max(div, -(-min(r, max(d, div)) // div) * div) for r, d in zip(roi, (Z, Y, X))]
+    if mask is not None and mask.any():
+        idx = np.argwhere(mask)
+        lo = [max(0, int(v) - r // 2) for v, r in zip(idx.min(0), roi)]
+        hi = [min(d, int(v) + 1 + r // 2) for v, r, d in zip(idx.max(0), roi, (Z, Y, X))]
+    else:
+        lo, hi = [0, 0, 0], [Z, Y, X]
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    sub = image[(slice(None),) + box]
+    size = [max(n, r) for n, r in zip(sub.shape[1:], roi)]
+    total = len(dense_patch_slices(size, roi, _get_scan_interval(size, roi, 3, (overlap,) * 3)))
+    dev = next(net.parameters()).device
+    reports: queue.Queue = queue.Queue()
+    out: dict[str, Any] = {}
+
+    def predictor(x):
+        if cancelled is not None and cancelled():
+            raise InterruptedError("cancelled")
+        p = torch.softmax(net(x), dim=1)
+        reports.put(1)
+        return p
+
+    def run():
+        try:
+            with torch.inference_mode():
+                t = torch.from_numpy(np.ascontiguousarray(sub))[None].to(dev)
+                out["p"] = sliding_window_inference(t, roi, 1, predictor, overlap=overlap, mode="gaussian")
+        except BaseException as e:  # re-raised in the caller's thread
+            out["error"] = e
+        finally:
+            reports.put(None)
+
+    worker = threading.Thread(target=run, daemon=True)
+    yield 0, total, f"{total} windows"
+    worker.start()
+    done = 0
+    while reports.get() is not None:
+        done += 1
+        yield min(done, total), total, f"window {done}/{total}"
+    worker.join()
+    if "error" in out:
+        raise out["error"]
+    K = int(net.n_classes)
+    probs = np.zeros((K, Z, Y, X), np.float32)
+    probs[0] = 1.0
+    probs[(slice(None),) + box] = out["p"][0].float().cpu().numpy()
+    return probs
+
+
+def member_probabilities(net, image: np.ndarray, mask: np.ndarray | None, output_block: int = DEFAULT_OUTPUT_BLOCK,
+                         cancelled: Callable[[], bool] | None = None):
+    """Posteriors of one network of any lesion architecture: DeepMedic by its dense segment
+    tiling (:func:`dense_probabilities`), same-size networks by sliding windows of the card's
+    ``inference.roi`` (:func:`sliding_window_probabilities`). A progress generator."""
+    if hasattr(net, "geometry"):
+        return (yield from dense_probabilities(net, image, mask, output_block, cancelled))
+    inf = (getattr(net, "card", {}) or {}).get("inference", {})
+    return (yield from sliding_window_probabilities(net, image, mask, inf.get("roi", 64),
+                                                    float(inf.get("overlap", 0.25)), cancelled))
+
+
 def _load(model, device: str):
     from .. import zoo
 
@@ -317,37 +404,33 @@ def _load(model, device: str):
         return model
     if model is None:
         model = zoo.default_model(TASK)
-    if str(model) == "emma":
-        raise ValueError("model 'emma' (the ensemble) is not available in this version")
     return zoo.load(model, device=device)
 
 
-def segment_lesions_steps(
-    channels,
-    spacing,
-    model=None,
-    brain_mask=None,
-    device: str = "auto",
-    output_block: int = DEFAULT_OUTPUT_BLOCK,
-    cancelled: Callable[[], bool] | None = None,
-) -> Generator[tuple[int, int, str], None, LesionResult]:
-    """Segment lesions, yielding ``(segments_done, segments_total, message)``; returns the result.
+def ensemble_members(model) -> tuple[list, dict[str, Any]] | None:
+    """``(members, ensemble card)`` when ``model`` names an ensemble ("emma", another ensemble
+    card, or a list of models), else None."""
+    from .. import zoo
 
-    Same arguments as :func:`segment_lesions`.
-    """
-    net = _load(model, device)
+    if isinstance(model, (list, tuple)):
+        if len(model) < 2:
+            raise ValueError(f"an ensemble needs at least 2 members, got {len(model)}")
+        return list(model), {"name": "ensemble", "members": [str(getattr(m, "zoo_name", m)) for m in model]}
+    if isinstance(model, (str, Path)) and not hasattr(model, "forward"):
+        try:
+            c = zoo.card(str(model))
+        except zoo.ModelError:
+            return None
+        if c.get("kind") == "ensemble":
+            return list(c["members"]), c
+    return None
+
+
+def _member_steps(net, arr: np.ndarray, sp, mask: np.ndarray, output_block: int,
+                  cancelled: Callable[[], bool] | None, label: str = ""):
+    """One network's posteriors on the input grid (resampling, normalisation, inference)."""
     card = getattr(net, "card", {}) or {}
     inp = card.get("input", {})
-    names = tuple(inp.get("channels", DEFAULT_CHANNELS))
-    arr, sp, mask = validate_channels(channels, spacing, names, brain_mask)
-    if getattr(net, "in_channels", len(names)) != len(names):
-        raise ValueError(f"the model takes {net.in_channels} channels but its card lists {len(names)}")
-    if output_block < 1:
-        raise ValueError(f"output_block must be >= 1, got {output_block}")
-    t0 = time.time()
-    yield 0, 1, "preparing"
-    if mask is None:
-        mask = derive_brain_mask(arr)
     shape = arr.shape[1:]
     target = inp.get("spacing_mm")
     work, wmask = arr, mask
@@ -360,22 +443,134 @@ def segment_lesions_steps(
     if not wmask.any():
         raise ValueError("the brain mask is empty after resampling to the model's spacing")
     image = normalise_channels(work, wmask)
-    probs = yield from dense_probabilities(net, image, wmask, output_block, cancelled)
+    steps = member_probabilities(net, image, wmask, output_block, cancelled)
+    try:
+        while True:
+            done, total, msg = next(steps)
+            yield done, total, f"{label}{msg}"
+    except StopIteration as stop:
+        probs = stop.value
     if probs.shape[1:] != shape:
         probs = _resample(probs, shape, order=1)
         probs /= np.maximum(probs.sum(axis=0, keepdims=True), 1e-8)
-    values = tuple(int(v) for v in card.get("label_values", LABEL_VALUES))
-    if len(values) != probs.shape[0]:
-        raise ValueError(f"the model gives {probs.shape[0]} classes but its card lists label values {values}")
     probs[:, ~mask] = 0.0
     probs[0, ~mask] = 1.0
-    labels = np.asarray(values, np.uint8)[np.argmax(probs, axis=0)]
-    labels[~mask] = 0
+    return probs
+
+
+def ensemble_uncertainty(member_probs: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """Uncertainty maps of an ensemble from its members' posteriors ``(K, z, y, x)`` each.
+
+    ``entropy``: entropy of the mean posterior, ``mutual_information``: that minus the members'
+    mean entropy (their disagreement), both divided by ``log K`` so they lie in [0, 1];
+    ``variance``: the members' variance of the posterior, summed over classes (0 when they agree).
+    """
+    P = np.stack([np.asarray(p, np.float32) for p in member_probs])
+    K = P.shape[1]
+    mean = P.mean(axis=0)
+
+    def entropy(p):
+        return -(p * np.log(np.clip(p, 1e-12, 1.0))).sum(axis=-4)
+
+    h = entropy(mean)
+    mi = np.maximum(h - entropy(P).mean(axis=0), 0.0)
+    norm = np.float32(np.log(K))
+    return {"entropy": (h / norm).astype(np.float32), "mutual_information": (mi / norm).astype(np.float32),
+            "variance": P.var(axis=0).sum(axis=0).astype(np.float32)}
+
+
+def remove_small_lesions(labels: np.ndarray, min_fraction: float) -> np.ndarray:
+    """Labels with the whole-tumour components (labels > 0, full 3D connectivity) smaller than
+    ``min_fraction`` of the largest component set to 0; a new array (the input is not changed).
+
+    ``min_fraction`` 0 keeps everything, 1 keeps only the largest component (and any of equal size).
+    """
+    from scipy import ndimage as ndi
+
+    if not 0.0 <= float(min_fraction) <= 1.0:
+        raise ValueError(f"min_fraction must be in [0, 1], got {min_fraction}")
+    lab = np.array(labels, copy=True)
+    if min_fraction <= 0 or not lab.any():
+        return lab
+    comp, n = ndi.label(lab > 0, structure=np.ones((3, 3, 3), bool))
+    if n <= 1:
+        return lab
+    sizes = np.bincount(comp.ravel(), minlength=n + 1)[1:]
+    small = np.flatnonzero(sizes < float(min_fraction) * sizes.max()) + 1
+    lab[np.isin(comp, small)] = 0
+    return lab
+
+
+def segment_lesions_steps(
+    channels,
+    spacing,
+    model=None,
+    brain_mask=None,
+    device: str = "auto",
+    output_block: int = DEFAULT_OUTPUT_BLOCK,
+    cancelled: Callable[[], bool] | None = None,
+    min_component_fraction: float | None = None,
+) -> Generator[tuple[int, int, str], None, LesionResult]:
+    """Segment lesions, yielding ``(segments_done, segments_total, message)``; returns the result.
+
+    Same arguments as :func:`segment_lesions`.
+    """
+    ens = ensemble_members(model)
+    nets = [_load(m, device) for m in ens[0]] if ens else [_load(model, device)]
+    cards = [getattr(n, "card", {}) or {} for n in nets]
+    names_of = [str(getattr(n, "zoo_name", c.get("name", ""))) for n, c in zip(nets, cards)]
+    chan_sets = {tuple(c.get("input", {}).get("channels", DEFAULT_CHANNELS)) for c in cards}
+    value_sets = {tuple(int(v) for v in c.get("label_values", LABEL_VALUES)) for c in cards}
+    if len(chan_sets) > 1:
+        raise ValueError("the ensemble's members take different modalities: "
+                         + "; ".join(f"{n}: {', '.join(c.get('input', {}).get('channels', DEFAULT_CHANNELS))}"
+                                     for n, c in zip(names_of, cards)))
+    if len(value_sets) > 1:
+        raise ValueError("the ensemble's members have different label sets: "
+                         + "; ".join(f"{n}: {list(c.get('label_values', LABEL_VALUES))}" for n, c in zip(names_of, cards)))
+    names = chan_sets.pop()
+    values = value_sets.pop()
+    arr, sp, mask = validate_channels(channels, spacing, names, brain_mask)
+    for n, nm in zip(nets, names_of):
+        if getattr(n, "in_channels", len(names)) != len(names):
+            raise ValueError(f"model {nm} takes {n.in_channels} channels but its card lists {len(names)}")
+        if int(getattr(n, "n_classes", len(values))) != len(values):
+            raise ValueError(f"model {nm} gives {n.n_classes} classes but its card lists label values {values}")
+    if output_block < 1:
+        raise ValueError(f"output_block must be >= 1, got {output_block}")
+    t0 = time.time()
+    yield 0, 1, "preparing"
+    if mask is None:
+        mask = derive_brain_mask(arr)
+    member_probs = []
+    for i, (net, nm) in enumerate(zip(nets, names_of)):
+        label = f"{nm} ({i + 1}/{len(nets)}): " if ens else ""
+        member_probs.append((yield from _member_steps(net, arr, sp, mask, output_block, cancelled, label)))
+    card = ens[1] if ens else cards[0]
+    if min_component_fraction is None:
+        min_component_fraction = (card.get("postprocess") or {}).get("min_component_fraction")
+
+    def to_labels(p):
+        lab = np.asarray(values, np.uint8)[np.argmax(p, axis=0)]
+        lab[~mask] = 0
+        return remove_small_lesions(lab, float(min_component_fraction)) if min_component_fraction else lab
+
+    probs = member_probs[0] if not ens else np.mean(member_probs, axis=0, dtype=np.float32)
+    labels = to_labels(probs)
+    uncertainty, extras = None, {}
+    if ens:
+        maps = ensemble_uncertainty(member_probs)
+        uncertainty = maps.pop("entropy")
+        member_labels = {nm: to_labels(p) for nm, p in zip(names_of, member_probs)}
+        extras = {**maps, "member_labels": member_labels,
+                  "member_volumes_ml": {nm: lesion_volumes(lab, sp) for nm, lab in member_labels.items()}}
     return LesionResult(
         labels=labels, probabilities=probs.astype(np.float32, copy=False),
-        volumes_ml=lesion_volumes(labels, sp), model=str(getattr(net, "zoo_name", card.get("name", ""))),
+        volumes_ml=lesion_volumes(labels, sp),
+        model=str(card.get("name", "")) if ens else names_of[0],
         channel_names=names, brain_mask=mask, spacing=sp, label_values=values,
-        model_sha256=str(card.get("sha256", "")), seconds=time.time() - t0,
+        model_sha256="" if ens else str(cards[0].get("sha256", "")), seconds=time.time() - t0,
+        uncertainty=uncertainty, members=tuple(names_of) if ens else (), extras=extras,
     )
 
 
@@ -387,6 +582,7 @@ def segment_lesions(
     progress: Progress | None = None,
     device: str = "auto",
     output_block: int = DEFAULT_OUTPUT_BLOCK,
+    min_component_fraction: float | None = None,
 ) -> LesionResult:
     """Segment a brain tumour (necrotic core, oedema, enhancing) in co-registered MR modalities.
 
@@ -398,7 +594,9 @@ def segment_lesions(
     spacing
         ``(dz, dy, dx)`` in mm.
     model
-        Zoo name, checkpoint path, a loaded module, or None for the default lesion model.
+        Zoo name, checkpoint path, a loaded module, or None for the default lesion model; an
+        ensemble: ``"emma"`` (or another ensemble card) or a list of models, whose posteriors
+        are averaged (``.uncertainty``, ``.members`` and the members' labels in ``.extras``).
     brain_mask
         Boolean ``(z, y, x)``; None derives it from the channels (see the module docstring).
     progress
@@ -407,10 +605,15 @@ def segment_lesions(
         ``"auto"`` (CUDA, MPS, else CPU), ``"cpu"``, ...
     output_block
         Output voxels per axis of one inference segment (larger: faster, more memory).
+    min_component_fraction
+        Drop whole-tumour components smaller than this fraction of the largest
+        (:func:`remove_small_lesions`); None takes the card's ``postprocess`` setting, 0 keeps all.
     """
-    return drain(segment_lesions_steps(channels, spacing, model, brain_mask, device, output_block), progress)
+    return drain(segment_lesions_steps(channels, spacing, model, brain_mask, device, output_block,
+                                       min_component_fraction=min_component_fraction), progress)
 
 
 __all__ = ["LABEL_NAMES", "LABEL_VALUES", "LesionResult", "VOLUME_KEYS", "dense_probabilities",
-           "derive_brain_mask", "lesion_volumes", "normalise_channels", "segment_lesions",
+           "derive_brain_mask", "ensemble_members", "ensemble_uncertainty", "lesion_volumes",
+           "member_probabilities", "sliding_window_probabilities", "normalise_channels", "remove_small_lesions", "segment_lesions",
            "segment_lesions_steps", "validate_channels"]

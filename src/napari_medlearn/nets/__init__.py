@@ -16,6 +16,7 @@ from .deepmedic import DeepMedic
 from .fcn import BaiFCN
 from .sononet import SONONET_CLASSES, SonoNet
 from .sr import MultiInputSRNet, SRNet
+from .unet3d import FCN3D, UNet3D
 
 #: architecture name (as written in model cards) -> constructor
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
@@ -23,9 +24,11 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "bai_fcn": BaiFCN,
     "deep_cascade": DeepCascade,
     "deepmedic": DeepMedic,
+    "fcn3d": FCN3D,
     "sononet": SonoNet,
     "sr_net": SRNet,
     "sr_multi_input": MultiInputSRNet,
+    "unet3d": UNet3D,
 }
 
 
@@ -38,4 +41,4 @@ def build(arch: str, **kwargs: Any) -> nn.Module:
     return ctor(**kwargs)
 
 
-__all__ = ["ACNNShapeModel", "ARCHITECTURES", "BaiFCN", "DeepCascade", "SONONET_CLASSES", "SonoNet", "SRNet", "MultiInputSRNet", "build"]
+__all__ = ["ACNNShapeModel", "ARCHITECTURES", "BaiFCN", "DeepCascade", "FCN3D", "UNet3D", "SONONET_CLASSES", "SonoNet", "SRNet", "MultiInputSRNet", "build"]

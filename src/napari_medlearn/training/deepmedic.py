@@ -146,31 +146,58 @@ class SegmentSampler:
         return x.to(device), y.to(device)
 
 
-def evaluate_lesion_cases(model, cases, progress: bool = False) -> dict[str, Any]:
+#: whole-tumour component clean-up rules compared in the BraTS preset (fraction of the largest component)
+COMPONENT_FRACTIONS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+def evaluate_lesion_cases(model, cases, progress: bool = False, save_dir: Path | None = None,
+                          fractions: Sequence[float] = ()) -> dict[str, Any]:
     """Segment each ``(channels, labels, spacing, brain_mask, name)`` case; BraTS region metrics.
 
     Returns per-case rows (Dice and HD95 for whole tumour, tumour core, enhancing; volumes) and
-    the means, as written into model cards.
+    the means, as written into model cards. The rows are of the model's own output (its card's
+    clean-up, if any). With ``fractions``, each row also has ``clean`` metrics of the raw labels
+    (no clean-up) after :func:`~napari_medlearn.methods.lesions.remove_small_lesions` at each
+    fraction. ``save_dir`` keeps each case's raw labels (``pred_<name>.npz``).
     """
-    from ..methods.lesions import lesion_volumes, segment_lesions
+    from ..methods.lesions import lesion_volumes, remove_small_lesions, segment_lesions
 
     rows = []
     for channels, labels, spacing, mask, name in cases:
-        res = segment_lesions(channels, spacing, model=model, brain_mask=mask)
+        res = segment_lesions(channels, spacing, model=model, brain_mask=mask,
+                              min_component_fraction=0.0 if fractions else None)
         row = {"case": name, **M.brats_region_metrics(res.labels, labels, spacing)}
         tv = lesion_volumes(np.asarray(labels).astype(np.uint8), spacing)
         row["whole_tumour_mL_true"] = tv["whole_tumour_mL"]
         row["whole_tumour_mL_pred"] = res.volumes_ml["whole_tumour_mL"]
         row["seconds"] = round(res.seconds, 1)
+        if fractions:
+            row["clean"] = {f"{f:g}": M.brats_region_metrics(remove_small_lesions(res.labels, f), labels, spacing)
+                            for f in fractions}
+        if save_dir is not None:
+            Path(save_dir).mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(Path(save_dir) / f"pred_{name}.npz", labels=res.labels)
         rows.append(row)
         if progress:
             print(f"  {name}: Dice WT {row['dice_whole_tumour']:.3f} TC {row['dice_tumour_core']:.3f} "
                   f"ET {row['dice_enhancing']:.3f}  HD95 WT {row['hd95_whole_tumour_mm']:.1f} mm", flush=True)
+    return {"summary": summarise_rows(rows), "cases": rows}
+
+
+def summarise_rows(rows: Sequence[dict]) -> dict[str, Any]:
+    """Means of the Dice / HD95 entries of per-case rows."""
     summary: dict[str, Any] = {"n_cases": len(rows)}
     for k in rows[0] if rows else []:
         if k.startswith(("dice_", "hd95_")):
             summary[f"{k}_mean"] = float(np.nanmean([r[k] for r in rows]))
-    return {"summary": summary, "cases": rows}
+    return summary
+
+
+def choose_component_fraction(rows: Sequence[dict]) -> float:
+    """The clean-up fraction with the best mean whole-tumour Dice over ``rows`` (ties: the smaller)."""
+    keys = list(rows[0]["clean"])
+    means = [np.mean([r["clean"][k]["dice_whole_tumour"] for r in rows]) for k in keys]
+    return float(keys[int(np.argmax(np.round(means, 6)))])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,15 +283,27 @@ def train_deepmedic(cases: Sequence[LesionTrainingCase], arch_args: dict, run_di
 
     torch.manual_seed(seed)
     model = DeepMedic(**arch_args)
-    sampler = SegmentSampler(cases, model.geometry(out))
+    geo = model.geometry(out)
+    # no cases: a finished run is only reloaded (the loop draws no batch)
+    sampler = SegmentSampler(cases, geo) if cases else None
     cfg = TrainConfig(epochs=epochs, iters_per_epoch=iters_per_epoch, lr=lr, weight_decay=1e-4,
                       lr_milestones=(int(epochs * 0.6), int(epochs * 0.85)), lr_gamma=0.3, seed=seed,
                       device=device, extra={"batch_size": batch_size, "output_block": out,
-                                            "segment": list(sampler.seg), "fg_fraction": sampler.fg_fraction,
+                                            "segment": [g.segment for g in geo], "fg_fraction": 0.5,
                                             "optimizer": "Adam"})
     hist = train(model, "deepmedic", arch_args, lambda rng, dev: sampler.batch(rng, dev, batch_size),
                  F.cross_entropy, cfg, run_dir, progress=progress)
     return model, cfg, hist
+
+
+def _resume_deepmedic(arch_args: dict, run_dir: Path, epochs: int, iters_per_epoch: int, batch_size: int,
+                      seed: int, device: str):
+    """A fold already trained to ``epochs`` (its ``last.pt``), without loading its training data."""
+    ckpt = torch.load(Path(run_dir) / "last.pt", map_location="cpu", weights_only=True)
+    if int(ckpt["epoch"]) + 1 < epochs:
+        raise RuntimeError(f"{run_dir} holds an unfinished run (epoch {int(ckpt['epoch']) + 1} of {epochs})")
+    return train_deepmedic([], arch_args, run_dir, epochs, iters_per_epoch, batch_size=batch_size, seed=seed,
+                           device=device, progress=False)
 
 
 def _attach_card(model, arch_args: dict, channels=("FLAIR", "T1c"), spacing=(1.0, 1.0, 1.0)) -> None:
@@ -283,16 +322,24 @@ def _common_card(arch_args: dict, name: str, spacing=(1.0, 1.0, 1.0)) -> dict[st
                                                         "segment": "output block + the pathways' context"}}
 
 
-def run_lesions_brats(run_dir: str | Path, ship: bool = False, epochs: int = 10, iters_per_epoch: int = 150,
-                      data: str | None = None, folds: int = 2, ship_fold: int = 0, width: float = 1.0,
+def run_lesions_brats(run_dir: str | Path, ship: bool = False, epochs: int = 20, iters_per_epoch: int = 150,
+                      data: str | None = None, folds: int = 4, ship_fold: int = 0, width: float = 1.0,
                       batch_size: int = 10, device: str = "auto", seed: int = 0, progress: bool = True,
-                      max_subjects: int | None = None) -> dict[str, Any]:
-    """DeepMedic on the four BraTS subjects of the DeepMedic examples, ``folds``-fold cross-validated.
+                      max_subjects: int | None = None, only_folds: Sequence[int] | None = None) -> dict[str, Any]:
+    """DeepMedic on the four BraTS subjects of the DeepMedic examples, ``folds``-fold cross-validated
+    (4: leave one subject out).
 
     Subjects are split in ``folds`` groups in name order; each fold trains on the others and is
-    evaluated on its own group, never trained on. The model of ``ship_fold`` is written (and
-    shipped); the card gives every fold's metrics and names the subjects the shipped model never saw.
+    evaluated on its own group, never trained on. Each fold lives in ``run_dir/fold<k>`` (checkpoint
+    per epoch, resumable; its evaluation cached in ``evaluation.json``), so folds can run in
+    separate processes (``only_folds``) and a last call without it assembles the card.
+
+    The whole-tumour component clean-up (:func:`~napari_medlearn.methods.lesions.remove_small_lesions`)
+    is chosen without the labels of the subject it is applied to: for each fold, the fraction
+    (of :data:`COMPONENT_FRACTIONS`) that is best on the *other* folds' held-out subjects; the
+    shipped model's card carries the fraction chosen without its own test subjects.
     """
+    import json
     import time
 
     from .presets import _finish, training_record
@@ -305,47 +352,69 @@ def run_lesions_brats(run_dir: str | Path, ship: bool = False, epochs: int = 10,
     if len(subjects) < 2:
         raise ValueError(f"cross-validation needs at least 2 subjects, found {len(subjects)} in {root}")
     folds = max(2, min(folds, len(subjects)))
-    groups = [subjects[i::folds] for i in range(folds)]
-    groups = [sorted(g) for g in groups]
+    groups = [sorted(subjects[i::folds]) for i in range(folds)]
     arch_args = deepmedic_args(width)
     order = [ship_fold] + [f for f in range(folds) if f != ship_fold]
-    fold_results, shipped = [], None
+    if only_folds is not None:
+        order = [f for f in order if f in set(int(k) for k in only_folds)]
+    fold_results, shipped = {}, None
     for f in order:
         test = groups[f]
         train_names = [s for s in subjects if s not in test]
+        fdir = run_dir / f"fold{f}"
+        cached = fdir / "evaluation.json"
         cases = []
-        for s in train_names:
-            ch, lab, sp, mask, _ = load_brats_subject(root, s)
-            cases.append(prepare_case(ch, lab, sp, mask, name=s))
-        if progress:
-            print(f"fold {f}: training on {train_names}, testing on {test}", flush=True)
-        model, cfg, hist = train_deepmedic(cases, arch_args, run_dir / f"fold{f}", epochs, iters_per_epoch,
-                                           batch_size=batch_size, seed=seed + f, device=device, progress=progress)
+        if not cached.exists():
+            for s in train_names:
+                ch, lab, sp, mask, _ = load_brats_subject(root, s)
+                cases.append(prepare_case(ch, lab, sp, mask, name=s))
+            if progress:
+                print(f"fold {f}: training on {train_names}, testing on {test}", flush=True)
+        model, cfg, hist = train_deepmedic(cases, arch_args, fdir, epochs, iters_per_epoch, batch_size=batch_size,
+                                           seed=seed + f, device=device, progress=progress) if cases else \
+            _resume_deepmedic(arch_args, fdir, epochs, iters_per_epoch, batch_size, seed + f, device)
         del cases
         _attach_card(model, arch_args)
-        eval_cases = []
-        for s in test:
-            ch, lab, sp, mask, _ = load_brats_subject(root, s)
-            eval_cases.append((ch, lab, sp, mask, s))
-        ev = evaluate_lesion_cases(model, eval_cases, progress=progress)
-        del eval_cases
-        fold_results.append({"fold": f, "train": train_names, "test": test, **ev,
-                             "training": training_record(cfg, hist, t0)})
+        if cached.exists():
+            ev = json.loads(cached.read_text())
+        else:
+            eval_cases = [(*load_brats_subject(root, s)[:4], s) for s in test]
+            ev = evaluate_lesion_cases(model, eval_cases, progress=progress, save_dir=fdir,
+                                       fractions=COMPONENT_FRACTIONS)
+            del eval_cases
+            cached.write_text(json.dumps({**ev, "training": training_record(cfg, hist, t0)}, indent=1))
+            ev = json.loads(cached.read_text())
+        fold_results[f] = {"fold": f, "train": train_names, "test": test, **ev}
         if f == ship_fold:
             shipped = (model, cfg, hist, train_names, test)
+    if len(fold_results) < folds or shipped is None:
+        return {"folds_done": sorted(fold_results), "folds": folds}
+    # clean-up chosen per fold on the other folds' held-out subjects (never on the fold's own)
+    for f, fr in fold_results.items():
+        others = [r for g, o in fold_results.items() if g != f for r in o["cases"]]
+        frac = choose_component_fraction(others)
+        fr["component_fraction"] = frac
+        fr["cases_clean"] = [{"case": r["case"], **r["clean"][f"{frac:g}"]} for r in fr["cases"]]
+        fr["summary_clean"] = summarise_rows(fr["cases_clean"])
     model, cfg, hist, train_names, test = shipped
-    all_rows = [r for fr in fold_results for r in fr["cases"]]
-    cv_summary = {"n_cases": len(all_rows)}
-    for k in ("dice_whole_tumour", "dice_tumour_core", "dice_enhancing", "hd95_whole_tumour_mm",
-              "hd95_tumour_core_mm", "hd95_enhancing_mm"):
-        cv_summary[f"{k}_mean"] = float(np.nanmean([r[k] for r in all_rows]))
-    shipped_summary = next(fr for fr in fold_results if fr["fold"] == ship_fold)["summary"]
+    ship_frac = fold_results[ship_fold]["component_fraction"]
+    raw_rows = [r for fr in fold_results.values() for r in fr["cases"]]
+    clean_rows = [r for fr in fold_results.values() for r in fr["cases_clean"]]
+    cv_summary = {"raw": summarise_rows([{k: v for k, v in r.items() if k != "clean"} for r in raw_rows]),
+                  "clean": summarise_rows(clean_rows)}
+    shipped_fr = fold_results[ship_fold]
+    fold_results = [fold_results[f] for f in sorted(fold_results)]
     name = "lesions-brats"
     card = {
         **_common_card(arch_args, name),
         "priority": 10,
-        "description": "DeepMedic trained on real BraTS glioma scans (FLAIR + T1c, 2 of the 4 DeepMedic "
-                       "example subjects); the default lesion model. Research use only, not for diagnosis.",
+        "description": f"DeepMedic trained on real BraTS glioma scans (FLAIR + T1c, {len(train_names)} of the "
+                       f"{len(subjects)} DeepMedic example subjects); the default lesion model. Research use only, "
+                       "not for diagnosis.",
+        "postprocess": {"min_component_fraction": ship_frac,
+                        "rule": "whole-tumour components smaller than this fraction of the largest are set to "
+                                "background; chosen (best mean whole-tumour Dice) on the held-out predictions of "
+                                "the cross-validation folds whose test subjects the shipped model was trained on"},
         "training": {
             "data": f"BraTS 2015 subjects {', '.join(train_names)} (from the DeepMedic examples; intensity "
                     "z-scored within the brain by their provider); BraTS label 3 (non-enhancing core) merged "
@@ -353,7 +422,8 @@ def run_lesions_brats(run_dir: str | Path, ship: bool = False, epochs: int = 10,
             "never_seen": test,
             "cross_validation": {"folds": [{"fold": fr["fold"], "train": fr["train"], "test": fr["test"]}
                                            for fr in fold_results], "shipped_fold": ship_fold},
-            "command": "medlearn train lesions-brats --ship",
+            "command": "medlearn train lesions-brats --ship (folds in parallel: add --only-folds 0 1 and "
+                       "--only-folds 2 3 in two processes, then run it once more without)",
             "loss": "voxel-wise cross-entropy over 9^3 output blocks",
             "sampling": "50% of segments centred on tumour, 50% on brain background (class-balanced)",
             "augmentation": {"intensity_scale_sd": 0.1, "intensity_shift_sd": 0.1, "flip_left_right": 0.5},
@@ -363,8 +433,9 @@ def run_lesions_brats(run_dir: str | Path, ship: bool = False, epochs: int = 10,
             "data": f"{len(test)} BraTS subjects never trained on by the shipped model ({', '.join(test)}); "
                     "full pipeline (segment_lesions with the provided brain masks); regions: whole tumour "
                     "(labels > 0), tumour core (1, 3, 4), enhancing (4); HD95 by SimpleITK",
-            "summary": shipped_summary,
-            "cases": next(fr for fr in fold_results if fr["fold"] == ship_fold)["cases"],
+            "summary": shipped_fr["summary_clean"],
+            "cases": shipped_fr["cases_clean"],
+            "summary_without_cleanup": shipped_fr["summary"],
             "cross_validation_summary": cv_summary,
             "folds": [{k: v for k, v in fr.items() if k != "training"} for fr in fold_results],
         },

@@ -69,18 +69,24 @@ def sha256_of(path: str | os.PathLike) -> str:
 
 def available(task: str | None = None) -> list[str]:
     """Names of models that have both a card and weights (optionally for one task): shipped
-    ones and those in the user zoo (:func:`user_dir`)."""
-    names = []
+    ones and those in the user zoo (:func:`user_dir`). An ensemble card (``"kind": "ensemble"``,
+    ``"members": [...]``, no weights of its own) is listed when all its members are."""
+    names, ensembles = [], []
     for card_path in sorted(CARDS_DIR.glob("*.json")) + sorted(user_dir().glob("*.json")):
         name = card_path.stem
-        if name in names or _card_path(name) != card_path or not _weights_path(name).exists():
+        if name in names or _card_path(name) != card_path:
             continue
         try:
-            if task is not None and json.loads(card_path.read_text()).get("task") != task:
-                continue
+            c = json.loads(card_path.read_text())
         except (OSError, ValueError):
             continue
-        names.append(name)
+        if task is not None and c.get("task") != task:
+            continue
+        if c.get("kind") == "ensemble":
+            ensembles.append((name, [str(m) for m in c.get("members", [])]))
+        elif _weights_path(name).exists():
+            names.append(name)
+    names += [n for n, members in ensembles if members and all(m in names for m in members)]
     return names
 
 
