@@ -1,0 +1,240 @@
+"""Unsupervised domain adaptation of a segmenter by adversarial training on its features.
+
+K. Kamnitsas, C. Baumgartner, C. Ledig, V. Newcombe, J. Simpson, A. Kane, D. Menon, A. Nori,
+A. Criminisi, D. Rueckert, B. Glocker, "Unsupervised domain adaptation in brain lesion
+segmentation with adversarial networks", IPMI 2017.
+
+A segmenter is trained on labelled *source* segments while a domain discriminator learns to tell
+the segmenter's features on source segments from those on unlabelled *target* segments; the
+segmenter is pushed to make them indistinguishable. As in the paper:
+
+- the discriminator sees the features of **several layers** at once (for DeepMedic: the last
+  layer of each pathway and the hidden fully-connected layers; for the U-Net/FCN: encoder,
+  bottleneck and decoder maps), each pooled to the smallest map's size and concatenated, then a
+  small 3D CNN with global pooling and a logistic output;
+- the adversarial weight **ramps up** linearly from 0 (``ramp`` epochs), so the segmenter first
+  learns its task;
+- no target label is used anywhere: target segments are drawn anywhere inside the brain mask.
+
+The update is the gradient-reversal form (Ganin & Lempitsky, ICML 2015), equivalent to the
+paper's alternating minimax in one step: the discriminator descends its loss, the segmenter
+receives ``-lambda`` times the same gradient. Source and target segments pass through the
+segmenter in one batch, so batch normalisation sees both domains. The loop checkpoints every
+epoch (segmenter, discriminator, optimiser, history) and resumes; it can be cancelled.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import zoo
+from .trainer import seed_everything
+
+UDA_PAPER = ("K. Kamnitsas et al., Unsupervised domain adaptation in brain lesion segmentation with "
+             "adversarial networks, IPMI 2017")
+
+
+class _GradReverse(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, lam):
+        ctx.lam = lam
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return -ctx.lam * grad, None
+
+
+def grad_reverse(x: torch.Tensor, lam: float) -> torch.Tensor:
+    """Identity forward; the gradient multiplied by ``-lam`` backward."""
+    return _GradReverse.apply(x, float(lam))
+
+
+def feature_list(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Logits and the multi-layer features of any segmenter with ``forward(x, return_features=True)``."""
+    logits, feats = model(x, return_features=True)
+    out: list[torch.Tensor] = []
+    for v in feats.values():
+        out.extend(v if isinstance(v, (list, tuple)) else [v])
+    return logits, out
+
+
+class DomainDiscriminator(nn.Module):
+    """Source-vs-target classifier on several feature maps ``(B, C_i, *S_i)``.
+
+    Each map is average-pooled to the smallest size among them (per axis), the maps are
+    concatenated, then ``layers`` 3x3x3 convolutions (BN, LeakyReLU), global average pooling and
+    a linear logit (target = 1).
+    """
+
+    def __init__(self, in_channels: Sequence[int], width: int = 32, layers: int = 2) -> None:
+        super().__init__()
+        if not in_channels:
+            raise ValueError("the discriminator needs at least one feature map")
+        if width < 1 or layers < 1:
+            raise ValueError(f"width and layers must be >= 1, got {width}, {layers}")
+        blocks, cin = [], int(sum(in_channels))
+        for _ in range(layers):
+            blocks += [nn.Conv3d(cin, width, 3, padding=1, bias=False), nn.BatchNorm3d(width),
+                       nn.LeakyReLU(0.2, inplace=True)]
+            cin = width
+        self.body = nn.Sequential(*blocks)
+        self.out = nn.Linear(width, 1)
+        self.in_channels = [int(c) for c in in_channels]
+
+    def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        size = [min(int(f.shape[2 + a]) for f in feats) for a in range(3)]
+        x = torch.cat([F.adaptive_avg_pool3d(f, size) for f in feats], dim=1)
+        return self.out(self.body(x).mean(dim=(2, 3, 4)))[:, 0]
+
+
+def adversarial_weight(progress_epochs: float, ramp: tuple[float, float], lam_max: float) -> float:
+    """0 before ``ramp[0]`` epochs, rising linearly to ``lam_max`` at ``ramp[1]``, then constant."""
+    a, b = ramp
+    if progress_epochs <= a:
+        return 0.0
+    if progress_epochs >= b or b <= a:
+        return float(lam_max)
+    return float(lam_max) * (progress_epochs - a) / (b - a)
+
+
+def train_uda(model: nn.Module, source_batch: Callable, target_batch: Callable, seg_loss: Callable,
+              run_dir: str | Path, arch: str, arch_args: dict, epochs: int = 10, iters_per_epoch: int = 100,
+              lr: float = 1e-3, lam_max: float = 0.05, ramp: tuple[float, float] | None = None,
+              disc_width: int = 32, weight_decay: float = 1e-4, seed: int = 0, device: str = "auto",
+              progress: bool = True, cancelled: Callable[[], bool] | None = None,
+              on_epoch: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
+    """Adversarial domain adaptation of ``model`` in place; returns the history.
+
+    ``source_batch(rng, device) -> (x, y)`` gives labelled source segments, ``target_batch(rng,
+    device) -> x`` unlabelled target segments of the same size. ``ramp`` (epochs) defaults to
+    ``(0.2 * epochs, 0.6 * epochs)``. ``run_dir/last.pt`` holds the checkpoint (resumed when present).
+    """
+    from tqdm.auto import tqdm
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dev = zoo.resolve_device(device)
+    model.to(dev)
+    ramp = tuple(ramp) if ramp is not None else (0.2 * epochs, 0.6 * epochs)
+    rng = seed_everything(seed)
+    x_s, _ = source_batch(rng, dev)
+    model.eval()
+    with torch.no_grad():
+        _, feats = feature_list(model, x_s[:1])
+    disc = DomainDiscriminator([f.shape[1] for f in feats], width=disc_width).to(dev)
+    opt = torch.optim.Adam([{"params": model.parameters(), "weight_decay": weight_decay},
+                            {"params": disc.parameters(), "weight_decay": 0.0}], lr=lr)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[max(1, int(epochs * 0.7))], gamma=0.3)
+    config = {"epochs": epochs, "iters_per_epoch": iters_per_epoch, "lr": lr, "lam_max": lam_max,
+              "ramp_epochs": list(ramp), "disc_width": disc_width, "weight_decay": weight_decay, "seed": seed,
+              "update": "gradient reversal, one optimiser (Adam) for segmenter and discriminator",
+              "discriminator_inputs": [int(f.shape[1]) for f in feats]}
+    hist: dict[str, Any] = {"seg_loss": [], "domain_loss": [], "domain_accuracy": [], "lambda": [],
+                            "wall_seconds": 0.0, "config": config}
+    start = 0
+    last = run_dir / "last.pt"
+    if last.exists():
+        ck = torch.load(last, map_location="cpu", weights_only=True)
+        if ck.get("arch") == arch and "discriminator" in ck:
+            model.load_state_dict(ck["state_dict"])
+            disc.load_state_dict(ck["discriminator"])
+            opt.load_state_dict(ck["optimizer"])
+            sched.load_state_dict(ck["scheduler"])
+            hist = json.loads(ck["history"])
+            start = int(ck["epoch"]) + 1
+            print(f"resuming adaptation from epoch {start} ({last})")
+    t_start = time.time() - float(hist.get("wall_seconds", 0.0))
+    for epoch in range(start, epochs):
+        rng = seed_everything(seed + 1000 * epoch)
+        model.train()
+        disc.train()
+        seg_l, dom_l, acc, lams = [], [], [], []
+        bar = tqdm(range(iters_per_epoch), desc=f"adapt {epoch + 1}/{epochs}", disable=not progress, mininterval=5.0)
+        for it in bar:
+            if cancelled is not None and cancelled():
+                raise InterruptedError("adaptation cancelled")
+            lam = adversarial_weight(epoch + it / iters_per_epoch, ramp, lam_max)
+            x_s, y_s = source_batch(rng, dev)
+            x_t = target_batch(rng, dev)
+            logits, feats = feature_list(model, torch.cat([x_s, x_t]))
+            ns = x_s.shape[0]
+            loss_seg = seg_loss(logits[:ns], y_s)
+            d = disc([grad_reverse(f, lam) for f in feats])
+            dom_y = torch.cat([torch.zeros(ns), torch.ones(x_t.shape[0])]).to(d.device)
+            loss_dom = F.binary_cross_entropy_with_logits(d, dom_y)
+            opt.zero_grad(set_to_none=True)
+            (loss_seg + loss_dom).backward()
+            opt.step()
+            seg_l.append(float(loss_seg.detach()))
+            dom_l.append(float(loss_dom.detach()))
+            acc.append(float(((d.detach() > 0).float() == dom_y).float().mean()))
+            lams.append(lam)
+            bar.set_postfix(seg=f"{np.mean(seg_l[-50:]):.3f}", dom=f"{np.mean(dom_l[-50:]):.3f}", lam=f"{lam:.3f}")
+        sched.step()
+        hist["seg_loss"].append(float(np.mean(seg_l)))
+        hist["domain_loss"].append(float(np.mean(dom_l)))
+        hist["domain_accuracy"].append(float(np.mean(acc)))
+        hist["lambda"].append(float(np.mean(lams)))
+        hist["wall_seconds"] = time.time() - t_start
+        zoo.save_checkpoint(model, last, arch, arch_args, extra={
+            "discriminator": {k: v.detach().cpu() for k, v in disc.state_dict().items()},
+            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch,
+            "history": json.dumps(hist)})
+        if on_epoch is not None:
+            on_epoch(epoch, hist)
+    model.eval()
+    return hist
+
+
+def domain_probe_accuracy(model: nn.Module, source_batch: Callable, target_batch: Callable, steps: int = 60,
+                          eval_batches: int = 8, width: int = 16, seed: int = 12345, device: str = "auto") -> float:
+    """How well a *fresh* discriminator tells the domains apart from the frozen model's features.
+
+    A :class:`DomainDiscriminator` is trained for ``steps`` batches on the features of source and
+    target segments, then its accuracy is measured on ``eval_batches`` new ones: about 0.5 when
+    the features carry no trace of the domain, near 1 when they do. The model is not changed.
+    """
+    dev = zoo.resolve_device(device)
+    rng = seed_everything(seed)
+    model.to(dev).eval()
+
+    def feats(x):
+        with torch.no_grad():
+            return [f.detach() for f in feature_list(model, x)[1]]
+
+    def batch():
+        xs, _ = source_batch(rng, dev)
+        xt = target_batch(rng, dev)
+        y = torch.cat([torch.zeros(xs.shape[0]), torch.ones(xt.shape[0])]).to(dev)
+        return feats(torch.cat([xs, xt])), y
+
+    f0, _ = batch()
+    disc = DomainDiscriminator([f.shape[1] for f in f0], width=width).to(dev)
+    opt = torch.optim.Adam(disc.parameters(), lr=3e-3)
+    disc.train()
+    for _ in range(steps):
+        f, y = batch()
+        loss = F.binary_cross_entropy_with_logits(disc(f), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    disc.eval()
+    hits, n = 0.0, 0
+    with torch.no_grad():
+        for _ in range(eval_batches):
+            f, y = batch()
+            hits += float(((disc(f) > 0).float() == y).float().sum())
+            n += int(y.numel())
+    return hits / max(n, 1)
+
+
+__all__ = ["DomainDiscriminator", "domain_probe_accuracy", "UDA_PAPER", "adversarial_weight", "feature_list", "grad_reverse", "train_uda"]

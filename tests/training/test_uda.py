@@ -1,0 +1,99 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from napari_medlearn.nets import DeepMedic, UNet3D
+from napari_medlearn.training.uda import (DomainDiscriminator, adversarial_weight, domain_probe_accuracy,
+                                          feature_list, grad_reverse, train_uda)
+
+TINY = dict(in_channels=2, n_classes=2, fms_normal=[4, 4, 4, 4, 4, 4, 4, 4], subsample_factors=[3], fc_fms=[8, 8])
+
+
+def test_gradient_reversal_scales_and_flips():
+    x = torch.ones(3, requires_grad=True)
+    (grad_reverse(x, 0.25) * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    assert torch.allclose(x.grad, torch.tensor([-0.25, -0.5, -0.75]))
+
+
+def test_ramp():
+    assert adversarial_weight(0.5, (1, 3), 0.1) == 0.0
+    assert adversarial_weight(2.0, (1, 3), 0.1) == pytest.approx(0.05)
+    assert adversarial_weight(9.0, (1, 3), 0.1) == pytest.approx(0.1)
+
+
+def test_discriminator_takes_maps_of_any_size():
+    net = UNet3D(2, 3, base=2, levels=3)
+    _, feats = feature_list(net, torch.randn(2, 2, 16, 16, 16))
+    d = DomainDiscriminator([f.shape[1] for f in feats], width=4)
+    assert d(feats).shape == (2,)
+    with pytest.raises(ValueError):
+        DomainDiscriminator([])
+
+
+def _toy(offset: float = 2.0, batch: int = 4, size: int = 16):
+    """Patches whose class (everywhere) is the sign of channel 0's mean; the target adds
+    ``offset`` to channel 1, which the task does not need but a discriminator can see."""
+
+    def source(rng, dev):
+        x = rng.standard_normal((batch, 2, size, size, size)).astype(np.float32)
+        s = np.sign(rng.standard_normal(batch)).astype(np.float32)
+        x[:, 0] += s[:, None, None, None]
+        y = np.broadcast_to((s > 0).astype(np.int64)[:, None, None, None], (batch, size, size, size)).copy()
+        return torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)
+
+    def target(rng, dev):
+        x, _ = source(rng, dev)
+        x[:, 1] += offset
+        return x
+
+    return source, target
+
+
+UNET = dict(in_channels=2, n_classes=2, base=4, levels=3)
+
+
+def _run(tmp_path, lam, epochs=6, **kw):
+    torch.manual_seed(0)
+    net = UNet3D(**UNET)
+    source, target = _toy()
+    hist = train_uda(net, source, target, F.cross_entropy, tmp_path, "unet3d", UNET, epochs=epochs,
+                     iters_per_epoch=25, lr=1e-3, lam_max=lam, ramp=(0, 2), disc_width=8, progress=False, **kw)
+    return net, hist, source, target
+
+
+def test_adversarial_training_confuses_the_discriminator(tmp_path):
+    plain, h_plain, source, target = _run(tmp_path / "plain", 0.0)
+    adapted, h_uda, _, _ = _run(tmp_path / "uda", 1.0)
+    # source-only features give the domain away; under the adversarial term the discriminator,
+    # trained all along, does much worse over the last epochs
+    assert np.mean(h_plain["domain_accuracy"][-3:]) > 0.85
+    assert np.mean(h_uda["domain_accuracy"][-3:]) < np.mean(h_plain["domain_accuracy"][-3:]) - 0.15
+    assert h_uda["seg_loss"][-1] < 0.5 * h_uda["seg_loss"][0]        # the task is still learnt
+    assert h_uda["lambda"][0] < h_uda["lambda"][-1] == pytest.approx(1.0)
+    # a fresh discriminator on the source-only model's frozen features finds the domain
+    assert domain_probe_accuracy(plain, source, target, steps=20) > 0.85
+
+
+def test_deepmedic_features_feed_the_discriminator(tmp_path):
+    torch.manual_seed(0)
+    net = DeepMedic(**TINY)
+    seg, out = net.segment_size(3), (3, 3, 3)
+
+    def source(rng, dev):
+        x = torch.from_numpy(rng.standard_normal((2, 2, *seg)).astype(np.float32))
+        return x, torch.zeros((2, *out), dtype=torch.long)
+
+    hist = train_uda(net, source, lambda rng, dev: source(rng, dev)[0] + 1.0, F.cross_entropy, tmp_path,
+                     "deepmedic", TINY, epochs=1, iters_per_epoch=3, lam_max=0.1, progress=False)
+    assert len(hist["seg_loss"]) == 1 and len(hist["config"]["discriminator_inputs"]) == 4
+
+
+def test_resume_and_cancel(tmp_path):
+    full = _run(tmp_path / "a", 0.5, epochs=2)[1]
+    _run(tmp_path / "b", 0.5, epochs=1)
+    resumed = _run(tmp_path / "b", 0.5, epochs=2)[1]
+    assert np.allclose(full["seg_loss"], resumed["seg_loss"], rtol=1e-4)
+    assert np.allclose(full["domain_loss"], resumed["domain_loss"], rtol=1e-4)
+    with pytest.raises(InterruptedError):
+        _run(tmp_path / "c", 0.5, epochs=1, cancelled=lambda: True)
