@@ -77,3 +77,57 @@ def test_bad_input_gives_one_line_and_status_2(modalities, tiny_lesion_model, tm
                    str(tmp_path / "o"), "--model", tiny_lesion_model, "--quiet"])
         err = capsys.readouterr().err
         assert rc == 2 and match in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.fixture()
+def user_zoo_with_ensemble(tmp_path, monkeypatch):
+    """Two tiny members and an ensemble card in a temporary user zoo."""
+    zdir = tmp_path / "zoo"
+    monkeypatch.setenv("MEDLEARN_ZOO", str(zdir))
+    card = {"task": "brain-lesion-segmentation", "n_classes": 4, "label_values": [0, 1, 2, 4],
+            "architecture": "deepmedic", "arch_args": TINY,
+            "input": {"channels": ["FLAIR", "T1c"], "spacing_mm": [2, 2, 2]}}
+    for seed, name in ((0, "tiny-a"), (1, "tiny-b")):
+        torch.manual_seed(seed)
+        c = {**card, "name": name}
+        sha = zoo.save_checkpoint(DeepMedic(**TINY), zdir / f"{name}.pt", "deepmedic", TINY, card=c)
+        zoo.write_json_atomic({**c, "sha256": sha}, zdir / f"{name}.json")
+    zoo.write_json_atomic({"name": "tiny-ens", "kind": "ensemble", "task": card["task"],
+                           "members": ["tiny-a", "tiny-b"]}, zdir / "tiny-ens.json")
+    return zdir
+
+
+def test_segment_lesions_with_an_ensemble_writes_uncertainty_and_members(modalities, user_zoo_with_ensemble,
+                                                                          tmp_path):
+    paths, aff = modalities
+    out = tmp_path / "ens"
+    assert main(["segment-lesions", "--flair", str(paths["flair"]), "--t1c", str(paths["t1c"]),
+                 "--mask", str(paths["mask"]), "--model", "tiny-ens", "--out", str(out), "--quiet"]) == 0
+    u = read_nifti(out / "uncertainty.nii.gz")
+    assert np.allclose(u.affine, aff) and 0 <= u.data.min() and u.data.max() <= 1
+    rows = list(csv.DictReader(open(out / "volumes.csv")))
+    assert [r["model"] for r in rows] == ["tiny-ens", "member tiny-a", "member tiny-b"]
+
+
+def test_adapt_command(modalities, user_zoo_with_ensemble, capsys):
+    paths, _ = modalities
+    card = zoo.card("tiny-a")
+    card["adaptation_source"] = {"generator": "samples.brain_lesions.synthetic_lesion_case", "domain": "A",
+                                 "seeds": [0, 1], "spacing_mm": 4.0}
+    zoo.write_json_atomic(card, user_zoo_with_ensemble / "tiny-a.json")
+    args = ["adapt", "--model", "tiny-a", "--flair", str(paths["flair"]), "--t1c", str(paths["t1c"]),
+            "--name", "tiny-a-site2", "--epochs", "1", "--iters", "2", "--quiet"]
+    assert main(args) == 0
+    assert "adapted model tiny-a-site2" in capsys.readouterr().out
+    assert "tiny-a-site2" in zoo.available()
+    # the same name again: refused, one line on stderr, nothing overwritten
+    before = zoo.sha256_of(user_zoo_with_ensemble / "tiny-a-site2.pt")
+    assert main(args) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "exists already" in err[0]
+    assert zoo.sha256_of(user_zoo_with_ensemble / "tiny-a-site2.pt") == before
+    with pytest.raises(SystemExit):      # argparse: a T1c per FLAIR is required
+        main(["adapt", "--model", "tiny-a", "--flair", str(paths["flair"]), "--t1c"])
+    assert main(["adapt", "--model", "tiny-a", "--flair", str(paths["flair"]), str(paths["flair"]),
+                 "--t1c", str(paths["t1c"])]) != 0
+    assert "2 FLAIR files but 1 T1c" in capsys.readouterr().err

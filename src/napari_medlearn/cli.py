@@ -169,12 +169,15 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 
 LESION_CLASS_FILES = {1: "necrotic_core", 2: "oedema", 4: "enhancing"}
-LESION_OUTPUTS = ("labels.nii.gz", "volumes.csv", "lesions.json") + tuple(
+LESION_OUTPUTS = ("labels.nii.gz", "volumes.csv", "lesions.json", "uncertainty.nii.gz",
+                  "mutual_information.nii.gz") + tuple(
     f"probability_{n}.nii.gz" for n in LESION_CLASS_FILES.values())
 
 
 def write_lesion_outputs(out: Path, ref, result, source: str) -> dict[str, Path]:
-    """labels.nii.gz and probability_<class>.nii.gz with ``ref``'s geometry, volumes.csv, lesions.json."""
+    """labels.nii.gz and probability_<class>.nii.gz with ``ref``'s geometry, volumes.csv, lesions.json;
+    for an ensemble also uncertainty.nii.gz (entropy of the mean, 0..1), mutual_information.nii.gz and
+    one volumes.csv row per member."""
     import csv
 
     from .imaging.atomic import atomic_path
@@ -188,26 +191,36 @@ def write_lesion_outputs(out: Path, ref, result, source: str) -> dict[str, Path]
             p = out / f"probability_{LESION_CLASS_FILES[value]}.nii.gz"
             write_nifti(ref.with_data(result.probabilities[k].astype("float32")), p, overwrite=True)
             paths[f"probability_{value}"] = p
-    row = {**{k: round(v, 3) for k, v in result.volumes_ml.items()}, "model": result.model,
-           "model_sha256": result.model_sha256, "source": source}
+    rows = [{**{k: round(v, 3) for k, v in result.volumes_ml.items()}, "model": result.model,
+             "model_sha256": result.model_sha256, "source": source}]
+    member_volumes = result.extras.get("member_volumes_ml", {})
+    for name, vols in member_volumes.items():
+        rows.append({**{k: round(v, 3) for k, v in vols.items()}, "model": f"member {name}", "model_sha256": "",
+                     "source": source})
+    if result.uncertainty is not None:
+        for key, arr in (("uncertainty", result.uncertainty),
+                         ("mutual_information", result.extras.get("mutual_information"))):
+            if arr is not None:
+                paths[key] = out / f"{key}.nii.gz"
+                write_nifti(ref.with_data(arr.astype("float32")), paths[key], overwrite=True)
     with atomic_path(paths["csv"]) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(row))
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
-        w.writerow(row)
+        w.writerows(rows)
     write_json_atomic({"source": source, "model": result.model, "model_sha256": result.model_sha256,
+                       "members": list(result.members), "member_volumes_ml": member_volumes,
                        "channels": list(result.channel_names), "label_values": list(result.label_values),
                        "volumes_ml": result.volumes_ml, "seconds": round(result.seconds, 2)}, paths["json"])
     return paths
 
 
-def cmd_segment_lesions(args: argparse.Namespace) -> int:
+def _read_modalities(flair: str, t1c: str, mask_path: str | None, model: str):
+    """FLAIR + T1c (+ mask) files -> ``(channels in the model's order, reference Volume, mask)``."""
     import numpy as np
 
     from . import zoo
-    from .methods import segment_lesions
-    from .methods.lesions import TASK
 
-    given = {"FLAIR": args.flair, "T1c": args.t1c}
+    given = {"FLAIR": flair, "T1c": t1c}
     vols = {}
     for name, path in given.items():
         v = _read_single_volume(path)
@@ -223,20 +236,32 @@ def cmd_segment_lesions(args: argparse.Namespace) -> int:
         if not np.allclose(v.affine, ref.affine, atol=1e-3):
             raise CLIError(f"the modalities have different geometry (FLAIR spacing {ref.spacing}, {name} "
                            f"spacing {v.spacing}, or origins/orientations differ); register them first")
-    model = args.model or zoo.default_model(TASK)
-    wanted = list(zoo.card(model).get("input", {}).get("channels", ["FLAIR", "T1c"]))
-    missing = [c for c in wanted if c not in vols]
+    c = zoo.card(model)
+    if c.get("kind") == "ensemble":
+        c = zoo.card(c["members"][0])
+    wanted = list(c.get("input", {}).get("channels", ["FLAIR", "T1c"]))
+    missing = [ch for ch in wanted if ch not in vols]
     if missing:
         raise CLIError(f"model {model} needs the modalities {', '.join(wanted)}; this command gives FLAIR "
                        f"and T1c (missing: {', '.join(missing)})")
     mask = None
-    if args.mask:
-        m = _read_single_volume(args.mask)
+    if mask_path:
+        m = _read_single_volume(mask_path)
         if m.data.shape != ref.data.shape:
             raise CLIError(f"the brain mask {m.data.shape} does not match the images {ref.data.shape}")
         mask = m.data
+    return np.stack([vols[ch].data for ch in wanted]), ref, mask
+
+
+def cmd_segment_lesions(args: argparse.Namespace) -> int:
+    from . import zoo
+    from .methods import segment_lesions
+    from .methods.lesions import TASK
+
+    model = args.model or zoo.default_model(TASK)
+    channels, ref, mask = _read_modalities(args.flair, args.t1c, args.mask, model)
     out = _out_dir(args.out, LESION_OUTPUTS, args.overwrite)
-    res = segment_lesions(np.stack([vols[c].data for c in wanted]), ref.spacing, model=model, brain_mask=mask,
+    res = segment_lesions(channels, ref.spacing, model=model, brain_mask=mask,
                           device=args.device,
                           progress=None if args.quiet else _progress_printer("segment-lesions"))
     paths = write_lesion_outputs(out, ref, res, f"FLAIR {args.flair}; T1c {args.t1c}")
@@ -244,6 +269,30 @@ def cmd_segment_lesions(args: argparse.Namespace) -> int:
     print(f"whole tumour {v['whole_tumour_mL']:.1f} mL  oedema {v['oedema_mL']:.1f} mL  "
           f"enhancing {v['enhancing_mL']:.1f} mL  necrotic core {v['necrotic_core_mL']:.1f} mL")
     print(f"wrote {paths['labels']}, {paths['csv']}, {paths['json']} and the probabilities")
+    return 0
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from . import zoo
+    from .methods import adapt
+    from .methods.lesions import TASK
+
+    model = args.model or zoo.default_model(TASK)
+    if len(args.flair) != len(args.t1c):
+        raise CLIError(f"{len(args.flair)} FLAIR files but {len(args.t1c)} T1c files: give one of each per scan")
+    if args.mask and len(args.mask) != len(args.flair):
+        raise CLIError(f"{len(args.mask)} brain masks for {len(args.flair)} scans: give one per scan or none")
+    scans, spacings, masks = [], [], []
+    for i, (f, t) in enumerate(zip(args.flair, args.t1c)):
+        ch, ref, mask = _read_modalities(f, t, args.mask[i] if args.mask else None, model)
+        scans.append(ch)
+        spacings.append(tuple(ref.spacing))
+        masks.append(mask)
+    name = adapt(model, scans, spacings, brain_masks=masks if args.mask else None, name=args.name,
+                 epochs=args.epochs, iters_per_epoch=args.iters, device=args.device,
+                 progress=None if args.quiet else _progress_printer("adapt"))
+    print(f"adapted model {name} (from {model}, {len(scans)} unlabelled scans) in {zoo.user_dir()}; "
+          f"use it with --model {name}")
     return 0
 
 
@@ -522,6 +571,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default=None, help="zoo name or checkpoint path (default: best shipped)")
     common(s)
     s.set_defaults(func=cmd_segment_lesions)
+
+    s = sub.add_parser("adapt", help="adapt a lesion model to your own unlabelled scans (adversarial domain "
+                                     "adaptation); writes a new model to the user zoo")
+    s.add_argument("--flair", nargs="+", required=True, help="FLAIR volumes, one per scan")
+    s.add_argument("--t1c", nargs="+", required=True, help="contrast-enhanced T1 volumes, same order")
+    s.add_argument("--mask", nargs="+", default=None, help="brain masks, same order (default: derived)")
+    s.add_argument("--model", default=None, help="lesion model to adapt (default: best shipped)")
+    s.add_argument("--name", default=None, help="name of the new model (default: <model>-adapted-<date>)")
+    s.add_argument("--epochs", type=int, default=4)
+    s.add_argument("--iters", type=int, default=100, help="iterations per epoch")
+    common(s)
+    s.set_defaults(func=cmd_adapt)
 
     s = sub.add_parser("detect-planes", help="detect fetal standard planes in a 2D ultrasound video (SonoNet); "
                                              "write per-frame scores, boxes, saliency and the best frames")

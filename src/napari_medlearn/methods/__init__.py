@@ -4,6 +4,7 @@ The only code path that runs a model: widgets, the CLI and batch processing all 
 Nothing here imports napari or Qt.
 """
 
+from .adapt import adapt, adapt_steps
 from .acnn import MaskResult, correct_mask, correct_mask_steps, plausibility
 from .cardiac import CardiacResult, cardiac_measures, segment_heart, segment_heart_steps
 from .recon import ReconResult, reconstruct, reconstruct_steps
@@ -20,3 +21,4 @@ __all__ = ["PlaneResult", "StandardPlane", "classify_frame", "detect_planes", "d
            "SRResult", "super_resolve", "super_resolve_stacks", "super_resolve_stacks_steps",
            "super_resolve_steps"]
 __all__ += ["MaskResult", "correct_mask", "correct_mask_steps", "plausibility"]
+__all__ += ["adapt", "adapt_steps"]

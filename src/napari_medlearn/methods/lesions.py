@@ -41,6 +41,7 @@ from typing import Any, Callable, Generator, Sequence
 import numpy as np
 
 from ..imaging import measures as M
+from ._threads import progress_from_thread
 from .cardiac import drain
 
 TASK = "brain-lesion-segmentation"
@@ -323,11 +324,8 @@ def sliding_window_probabilities(net, image: np.ndarray, mask: np.ndarray | None
     MONAI's ``sliding_window_inference`` (Gaussian-weighted overlapping windows of ``roi``
     voxels, softmax per window) on the brain's bounding box plus half a window of context;
     outside it the posterior is background. A generator yielding ``(windows_done, total, message)``
-    (the windows run in a worker thread that reports each one).
+    (the windows run in a worker thread that reports each one, :func:`progress_from_thread`).
     """
-    import queue
-    import threading
-
     import torch
     from monai.data.utils import dense_patch_slices
     from monai.inferers import sliding_window_inference
@@ -348,40 +346,28 @@ def sliding_window_probabilities(net, image: np.ndarray, mask: np.ndarray | None
     size = [max(n, r) for n, r in zip(sub.shape[1:], roi)]
     total = len(dense_patch_slices(size, roi, _get_scan_interval(size, roi, 3, (overlap,) * 3)))
     dev = next(net.parameters()).device
-    reports: queue.Queue = queue.Queue()
-    out: dict[str, Any] = {}
 
-    def predictor(x):
-        if cancelled is not None and cancelled():
-            raise InterruptedError("cancelled")
-        p = torch.softmax(net(x), dim=1)
-        reports.put(1)
-        return p
+    def work(report):
+        count = [0]
 
-    def run():
-        try:
-            with torch.inference_mode():
-                t = torch.from_numpy(np.ascontiguousarray(sub))[None].to(dev)
-                out["p"] = sliding_window_inference(t, roi, 1, predictor, overlap=overlap, mode="gaussian")
-        except BaseException as e:  # re-raised in the caller's thread
-            out["error"] = e
-        finally:
-            reports.put(None)
+        def predictor(x):
+            if cancelled is not None and cancelled():
+                raise InterruptedError("cancelled")
+            p = torch.softmax(net(x), dim=1)
+            count[0] += 1
+            report(min(count[0], total), total, f"window {count[0]}/{total}")
+            return p
 
-    worker = threading.Thread(target=run, daemon=True)
+        with torch.inference_mode():
+            t = torch.from_numpy(np.ascontiguousarray(sub))[None].to(dev)
+            return sliding_window_inference(t, roi, 1, predictor, overlap=overlap, mode="gaussian")
+
     yield 0, total, f"{total} windows"
-    worker.start()
-    done = 0
-    while reports.get() is not None:
-        done += 1
-        yield min(done, total), total, f"window {done}/{total}"
-    worker.join()
-    if "error" in out:
-        raise out["error"]
+    window_probs = yield from progress_from_thread(work)
     K = int(net.n_classes)
     probs = np.zeros((K, Z, Y, X), np.float32)
     probs[0] = 1.0
-    probs[(slice(None),) + box] = out["p"][0].float().cpu().numpy()
+    probs[(slice(None),) + box] = window_probs[0].float().cpu().numpy()
     return probs
 
 

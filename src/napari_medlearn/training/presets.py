@@ -291,6 +291,12 @@ def _run_lesions_synthetic(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]
     return run_lesions_synthetic(run_dir, **kwargs)
 
 
+def _run_lesions_uda(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
+    from .uda import run_lesions_uda
+
+    return run_lesions_uda(run_dir, **kwargs)
+
+
 def _run_sononet_phantom(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
     from .sononet import run_sononet_phantom
 
@@ -366,8 +372,15 @@ PRESETS: dict[str, Preset] = {
     ),
     "lesions-brats": Preset(
         "lesions-brats", "lesions-brats",
-        "DeepMedic on 4 real BraTS subjects, 2-fold cross-validated (default lesion model; ~45 min on 2 CPU cores)",
+        "DeepMedic on 4 real BraTS subjects, leave-one-subject-out (default lesion model; 4 folds of ~35 min on "
+        "1 CPU thread each, two at a time with --only-folds)",
         _run_lesions_brats,
+    ),
+    "lesions-uda": Preset(
+        "lesions-uda", "lesions-uda",
+        "DeepMedic on synthetic lesion cases, adversarially adapted to 2 real BraTS subjects' images without their "
+        "labels; judged on the other 2 (~60 min on 1 CPU thread)",
+        _run_lesions_uda,
     ),
     "lesions-synthetic": Preset(
         "lesions-synthetic", "lesions-synthetic",

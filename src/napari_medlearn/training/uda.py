@@ -111,12 +111,14 @@ def train_uda(model: nn.Module, source_batch: Callable, target_batch: Callable, 
               lr: float = 1e-3, lam_max: float = 0.05, ramp: tuple[float, float] | None = None,
               disc_width: int = 32, weight_decay: float = 1e-4, seed: int = 0, device: str = "auto",
               progress: bool = True, cancelled: Callable[[], bool] | None = None,
-              on_epoch: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
+              on_epoch: Callable[[int, dict], None] | None = None,
+              report: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
     """Adversarial domain adaptation of ``model`` in place; returns the history.
 
     ``source_batch(rng, device) -> (x, y)`` gives labelled source segments, ``target_batch(rng,
     device) -> x`` unlabelled target segments of the same size. ``ramp`` (epochs) defaults to
     ``(0.2 * epochs, 0.6 * epochs)``. ``run_dir/last.pt`` holds the checkpoint (resumed when present).
+    ``report(done, total, message)`` is called after every iteration (GUI progress).
     """
     from tqdm.auto import tqdm
 
@@ -178,6 +180,10 @@ def train_uda(model: nn.Module, source_batch: Callable, target_batch: Callable, 
             dom_l.append(float(loss_dom.detach()))
             acc.append(float(((d.detach() > 0).float() == dom_y).float().mean()))
             lams.append(lam)
+            if report is not None:
+                report(epoch * iters_per_epoch + it + 1, epochs * iters_per_epoch,
+                       f"epoch {epoch + 1}/{epochs}: task loss {np.mean(seg_l[-20:]):.3f}, "
+                       f"domain loss {np.mean(dom_l[-20:]):.3f}")
             bar.set_postfix(seg=f"{np.mean(seg_l[-50:]):.3f}", dom=f"{np.mean(dom_l[-50:]):.3f}", lam=f"{lam:.3f}")
         sched.step()
         hist["seg_loss"].append(float(np.mean(seg_l)))
@@ -238,3 +244,141 @@ def domain_probe_accuracy(model: nn.Module, source_batch: Callable, target_batch
 
 
 __all__ = ["DomainDiscriminator", "domain_probe_accuracy", "UDA_PAPER", "adversarial_weight", "feature_list", "grad_reverse", "train_uda"]
+
+
+# ---------------------------------------------------------------------------------------------
+# lesion segmenters: adaptation of any lesion network, and the lesions-uda preset
+
+def adapt_lesion_segmenter(net: nn.Module, arch: str, arch_args: dict, source_cases: Sequence, target_cases: Sequence,
+                           run_dir: str | Path, epochs: int = 8, iters_per_epoch: int = 150, batch_size: int = 10,
+                           lr: float = 1e-3, lam_max: float = 0.05, ramp: tuple[float, float] | None = None,
+                           out: int = 9, patch: int = 48, fg_fraction: float = 0.5, seed: int = 0,
+                           device: str = "auto", progress: bool = True, cancelled: Callable[[], bool] | None = None,
+                           on_epoch: Callable[[int, dict], None] | None = None,
+                           report: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
+    """Train ``net`` (in place) on labelled ``source_cases`` while adapting it adversarially to
+    unlabelled ``target_cases`` (:class:`~napari_medlearn.training.deepmedic.LesionTrainingCase`
+    lists; the targets' classes are never read). Half of each batch is source, half target."""
+    from .deepmedic import SegmentSampler, sampler_geometry
+
+    geo = sampler_geometry(net, out, patch)
+    src = SegmentSampler(source_cases, geo, fg_fraction=fg_fraction)
+    tgt = SegmentSampler(target_cases, geo, fg_fraction=0.0)
+    half = max(1, batch_size // 2)
+    return train_uda(net, lambda rng, dev: src.batch(rng, dev, half),
+                     lambda rng, dev: tgt.batch(rng, dev, half)[0], F.cross_entropy, run_dir, arch, arch_args,
+                     epochs=epochs, iters_per_epoch=iters_per_epoch, lr=lr, lam_max=lam_max, ramp=ramp, seed=seed,
+                     device=device, progress=progress, cancelled=cancelled, on_epoch=on_epoch, report=report)
+
+
+#: BraTS subjects whose images (never their labels) are the adaptation target of lesions-uda;
+#: the other subjects are never used by it in any way and judge it
+UDA_TARGET_SUBJECTS = ("brats_2013_pat0004_1", "brats_2013_pat0006_1")
+
+
+def run_lesions_uda(run_dir: str | Path, ship: bool = False, epochs: int = 8, iters_per_epoch: int = 150,
+                    n_train: int = 12, lam_max: float = 0.05, batch_size: int = 10, width: float = 1.0,
+                    data: str | None = None, target_subjects: Sequence[str] = UDA_TARGET_SUBJECTS,
+                    device: str = "auto", seed: int = 0, progress: bool = True, domain: str = "A",
+                    spacing_mm: float = 2.0, baseline: str | None = "lesions-synthetic") -> dict[str, Any]:
+    """``lesions-uda``: the ``lesions-synthetic`` recipe (same cases, architecture, segments and
+    schedule) plus the real BraTS images of ``target_subjects`` as an unlabelled target.
+
+    The card compares it with ``baseline`` (the source-only model) on the BraTS subjects not in
+    ``target_subjects``, which neither model has seen: BraTS region Dice and HD95, and a fresh
+    discriminator's accuracy at telling synthetic from real segments by the model's features.
+    """
+    from .. import zoo as _zoo
+    from ..nets.deepmedic import DeepMedic
+    from ..samples.brain_lesions import synthetic_lesion_case
+    from .deepmedic import (BRATS_CITATION, SegmentSampler, _common_card, deepmedic_args, brats_licence,
+                            evaluate_lesion_cases, find_brats_root, list_brats_subjects, load_brats_subject,
+                            prepare_case, unlabelled_case, _attach_card)
+    from .presets import _finish
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    root = find_brats_root(data)
+    subjects = list_brats_subjects(root)
+    missing = [s for s in target_subjects if s not in subjects]
+    if missing:
+        raise ValueError(f"target subjects not found in {root}: {missing}")
+    held_out = [s for s in subjects if s not in target_subjects]
+    if not held_out:
+        raise ValueError("every BraTS subject is a target: none is left to judge the adapted model")
+    spacing = (float(spacing_mm),) * 3
+    source = []
+    for s in range(seed, seed + n_train):
+        c = synthetic_lesion_case(seed=s, domain=domain, spacing_mm=spacing_mm)
+        source.append(prepare_case(c.channels, c.labels, c.spacing, c.brain_mask,
+                                   channel_names=tuple(c.channel_names), name=f"seed {s}"))
+    target = []
+    for s in target_subjects:
+        ch, _, sp, mask, _ = load_brats_subject(root, s)     # the labels are not even kept
+        target.append(unlabelled_case(ch, sp, mask, target_spacing=spacing, name=s))
+    arch_args = deepmedic_args(width)
+    torch.manual_seed(seed)
+    model = DeepMedic(**arch_args)
+    hist = adapt_lesion_segmenter(model, "deepmedic", arch_args, source, target, run_dir, epochs=epochs,
+                                  iters_per_epoch=iters_per_epoch, batch_size=batch_size, lam_max=lam_max,
+                                  seed=seed, device=device, progress=progress)
+    _attach_card(model, arch_args, spacing=spacing)
+    # judge: the held-out subjects, both models; domain information left in the features
+    ev_cases = [(*load_brats_subject(root, s)[:4], s) for s in held_out]
+    ev = evaluate_lesion_cases(model, ev_cases, progress=progress)
+    base = None
+    geo = model.geometry(9)
+    src_s, tgt_s = SegmentSampler(source, geo), SegmentSampler(target, geo, fg_fraction=0.0)
+    probe = {"lesions-uda": domain_probe_accuracy(model, lambda r, d: src_s.batch(r, d, 4),
+                                                  lambda r, d: tgt_s.batch(r, d, 4)[0], device=device)}
+    if baseline:
+        bnet = _zoo.load(baseline, device="cpu")
+        base = {"name": baseline, "sha256": bnet.card.get("sha256"),
+                **evaluate_lesion_cases(bnet, ev_cases, progress=progress)}
+        probe[baseline] = domain_probe_accuracy(bnet, lambda r, d: src_s.batch(r, d, 4),
+                                                lambda r, d: tgt_s.batch(r, d, 4)[0], device=device)
+    del ev_cases, source, target
+    cfg_rec = {"config": hist["config"], "seg_loss_per_epoch": hist["seg_loss"],
+               "domain_loss_per_epoch": hist["domain_loss"], "domain_accuracy_per_epoch": hist["domain_accuracy"],
+               "lambda_per_epoch": hist["lambda"], "train_loop_seconds": round(hist["wall_seconds"], 1),
+               "wall_seconds": round(time.time() - t0, 1)}
+    name = "lesions-uda"
+    card = {
+        **_common_card(arch_args, name, spacing),
+        "priority": 1,
+        "description": "DeepMedic trained on synthetic lesion cases and adapted adversarially (Kamnitsas et al., "
+                       "IPMI 2017) to real BraTS FLAIR/T1c images without their labels. Research use only.",
+        "paper": UDA_PAPER,
+        "training": {
+            "source": f"{n_train} synthetic cases (samples.brain_lesions.synthetic_lesion_case seeds {seed}.."
+                      f"{seed + n_train - 1}, domain {domain!r}, {spacing_mm:g} mm), with their labels",
+            "target": f"BraTS images of {', '.join(target_subjects)} (FLAIR, T1c, brain mask), resampled to "
+                      f"{spacing_mm:g} mm; NO label of any real subject is used in training",
+            "never_seen": held_out,
+            "command": "medlearn train lesions-uda --ship",
+            "adversarial": "domain discriminator on the last layer of each pathway and the hidden FC layers; "
+                           "gradient reversal with a linearly ramped weight",
+            **cfg_rec,
+        },
+        "adaptation_source": {"generator": "samples.brain_lesions.synthetic_lesion_case", "domain": domain,
+                              "seeds": [seed, seed + n_train], "spacing_mm": spacing_mm},
+        "evaluation": {
+            "data": f"BraTS subjects {', '.join(held_out)}: never used by this model or its baseline in any way; "
+                    "full pipeline (segment_lesions with the provided brain masks)",
+            **ev,
+            "baseline_source_only": base,
+            "domain_probe_accuracy": {**probe, "meaning": "accuracy of a fresh discriminator trained to tell "
+                                      "synthetic from real (target) segments by the frozen model's features "
+                                      "(0.5: no trace of the domain)"},
+        },
+        "licence": {
+            "weights": "CC BY-NC-SA 3.0 (adapted to images under that licence): non-commercial, share alike",
+            "training_data": "synthetic (this package, from nilearn's MNI152) + BraTS 2015 images as modified "
+                             "by K. Kamnitsas for the DeepMedic examples, CC BY-NC-SA 3.0 CH",
+            "citation": BRATS_CITATION,
+            "attribution_text": brats_licence(root, subjects),
+        },
+        "intended_use": "research use only, not for diagnosis",
+    }
+    return _finish(model, "deepmedic", arch_args, card, run_dir, ship)

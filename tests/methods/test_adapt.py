@@ -1,0 +1,99 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_medlearn import zoo
+from napari_medlearn.methods import adapt, adapt_steps, segment_lesions
+from napari_medlearn.nets import DeepMedic
+
+ARGS = dict(in_channels=2, n_classes=4, fms_normal=[3, 3, 4, 4, 4, 4, 5, 5], subsample_factors=[3], fc_fms=[6, 6])
+
+
+def _case(seed, shape=(20, 24, 22), offset=0.0):
+    rng = np.random.default_rng(seed)
+    ch = np.zeros((2,) + shape, np.float32)
+    mask = np.zeros(shape, bool)
+    mask[2:-2, 2:-2, 2:-2] = True
+    ch[:, mask] = rng.normal(0.0, 1.0, size=(2, int(mask.sum())))
+    lab = np.zeros(shape, np.uint8)
+    lab[8:13, 9:15, 8:14] = 2
+    lab[9:12, 10:13, 9:12] = 4
+    ch[0][lab > 0] += 2.0
+    ch[1][lab == 4] += 2.0
+    ch[:, mask] += offset
+    return ch, lab, mask
+
+
+@pytest.fixture
+def user_zoo(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDLEARN_ZOO", str(tmp_path))
+    torch.manual_seed(0)
+    net = DeepMedic(**ARGS)
+    card = {"name": "tiny-parent", "task": "brain-lesion-segmentation", "architecture": "deepmedic",
+            "arch_args": ARGS, "n_classes": 4, "label_values": [0, 1, 2, 4],
+            "input": {"channels": ["FLAIR", "T1c"], "spacing_mm": [2.0, 2.0, 2.0]}}
+    sha = zoo.save_checkpoint(net, tmp_path / "tiny-parent.pt", "deepmedic", ARGS, card=card)
+    zoo.write_json_atomic({**card, "sha256": sha}, tmp_path / "tiny-parent.json")
+    return tmp_path
+
+
+def test_adapt_makes_a_new_model_and_keeps_the_parent(user_zoo):
+    before = zoo.sha256_of(user_zoo / "tiny-parent.pt")
+    source = [(*_case(s)[:2], (2.0, 2.0, 2.0), _case(s)[2]) for s in range(2)]
+    targets = [_case(10 + s, offset=1.5)[0] for s in range(2)]
+    steps = []
+    name = adapt("tiny-parent", targets, (2.0, 2.0, 2.0), name="tiny-site-b", source=source, epochs=2,
+                 iters_per_epoch=3, batch_size=4, progress=lambda *s: steps.append(s))
+    assert name == "tiny-site-b" and name in zoo.available("brain-lesion-segmentation")
+    assert zoo.sha256_of(user_zoo / "tiny-parent.pt") == before
+    assert steps[-1][:2] == (6, 6)
+    card = json.loads((user_zoo / "tiny-site-b.json").read_text())
+    assert card["parent"]["name"] == "tiny-parent" and "no label used" in card["adaptation"]["target"]
+    assert len(card["adaptation"]["task_loss_per_epoch"]) == 2
+    assert (user_zoo / "runs" / "tiny-site-b" / "last.pt").exists()        # checkpoint per epoch
+    res = segment_lesions(targets[0], (2.0, 2.0, 2.0), model=name)
+    assert res.model == name and res.labels.shape == targets[0].shape[1:]
+    with pytest.raises(ValueError, match="exists already"):
+        adapt("tiny-parent", targets, (2.0, 2.0, 2.0), name="tiny-site-b", source=source, epochs=1,
+              iters_per_epoch=1)
+
+
+def test_adapt_regenerates_a_synthetic_source_from_the_card(user_zoo):
+    card = json.loads((user_zoo / "tiny-parent.json").read_text())
+    card["adaptation_source"] = {"generator": "samples.brain_lesions.synthetic_lesion_case", "domain": "A",
+                                 "seeds": [0, 1], "spacing_mm": 4.0}
+    (user_zoo / "tiny-parent.json").write_text(json.dumps(card))
+    name = adapt("tiny-parent", [_case(3)[0]], (2.0, 2.0, 2.0), name="tiny-gen", epochs=1, iters_per_epoch=2,
+                 batch_size=4)
+    assert "synthetic cases 0..0" in zoo.card(name)["adaptation"]["source"]
+
+
+@pytest.mark.parametrize("targets, match", [
+    ([np.zeros((3, 20, 24, 22), np.float32)], "target scan 1 has 3 channels; the model takes 2"),
+    ([np.full((2, 20, 24, 22), np.nan, np.float32)], "target scan 1: the FLAIR and T1c image contains NaN"),
+    ([np.zeros((2, 1, 24, 22), np.float32)], "target scan 1: a 2D image"),
+    ([], "non-empty list"),
+])
+def test_bad_targets_are_refused_before_anything_is_written(user_zoo, targets, match):
+    with pytest.raises(ValueError, match=match):
+        adapt("tiny-parent", targets, (2.0, 2.0, 2.0), name="never", source=[], epochs=1, iters_per_epoch=1)
+    assert not (user_zoo / "never.json").exists() and not (user_zoo / "runs" / "never").exists()
+
+
+def test_no_source_and_no_recipe_is_explained(user_zoo):
+    with pytest.raises(ValueError, match="adaptation_source"):
+        adapt("tiny-parent", [_case(3)[0]], (2.0, 2.0, 2.0), name="x", epochs=1, iters_per_epoch=1)
+    with pytest.raises(ValueError, match="not an ensemble"):
+        adapt(["tiny-parent", "tiny-parent"], [_case(3)[0]], (2.0, 2.0, 2.0))
+
+
+def test_cancel_keeps_no_model(user_zoo):
+    source = [(*_case(0)[:2], (2.0, 2.0, 2.0), _case(0)[2])]
+    gen = adapt_steps("tiny-parent", [_case(3)[0]], (2.0, 2.0, 2.0), name="halted", source=source, epochs=1,
+                      iters_per_epoch=50, batch_size=2, cancelled=lambda: True)
+    with pytest.raises(InterruptedError):
+        for _ in gen:
+            pass
+    assert "halted" not in zoo.available()
