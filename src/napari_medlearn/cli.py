@@ -505,7 +505,8 @@ def cmd_train(args: argparse.Namespace) -> int:
               "run again without --only-folds once all are done to write the model")
         return 0
     print(json.dumps(card.get("evaluation", {}).get("summary", {}), indent=2))
-    print(f"model {card['name']} sha256 {card['sha256']}")
+    print(f"model {card['name']} " + (f"sha256 {card['sha256']}" if "sha256" in card
+                                       else f"(ensemble of {', '.join(card.get('members', []))})"))
     return 0
 
 

@@ -297,6 +297,21 @@ def _run_lesions_uda(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
     return run_lesions_uda(run_dir, **kwargs)
 
 
+def _run_emma_member(member: str):
+    def run(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
+        from .emma import run_emma_member
+
+        return run_emma_member(run_dir, member, **kwargs)
+
+    return run
+
+
+def _run_emma(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
+    from .emma import run_emma
+
+    return run_emma(run_dir, **kwargs)
+
+
 def _run_sononet_phantom(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
     from .sononet import run_sononet_phantom
 
@@ -386,6 +401,28 @@ PRESETS: dict[str, Preset] = {
         "lesions-synthetic", "lesions-synthetic",
         "DeepMedic on synthetic multi-modal lesion cases (demo / source-only weights; ~25 min on 2 CPU cores)",
         _run_lesions_synthetic,
+    ),
+    "emma-deepmedic": Preset(
+        "emma-deepmedic", "emma-deepmedic",
+        "EMMA member: DeepMedic, cross-entropy, 50% tumour segments, on 2 BraTS subjects (~40 min on 1 CPU thread)",
+        _run_emma_member("emma-deepmedic"),
+    ),
+    "emma-unet": Preset(
+        "emma-unet", "emma-unet",
+        "EMMA member: 3D U-Net, Dice + cross-entropy, 1/3 tumour patches, on 2 BraTS subjects (~40 min on 1 CPU "
+        "thread)",
+        _run_emma_member("emma-unet"),
+    ),
+    "emma-fcn": Preset(
+        "emma-fcn", "emma-fcn",
+        "EMMA member: 3D FCN-8s, cross-entropy, 1/4 tumour patches, on 2 BraTS subjects (~40 min on 1 CPU thread)",
+        _run_emma_member("emma-fcn"),
+    ),
+    "emma": Preset(
+        "emma", "emma",
+        "EMMA ensemble card: judges the three shipped members and their mean on the 2 held-out BraTS subjects "
+        "(ECE, uncertainty AUROC, FLAIR threshold floor; ~10 min)",
+        _run_emma,
     ),
     "sr-brain": Preset(
         "sr-brain", "sr-brain-x4",

@@ -271,9 +271,9 @@ def adapt_lesion_segmenter(net: nn.Module, arch: str, arch_args: dict, source_ca
                      device=device, progress=progress, cancelled=cancelled, on_epoch=on_epoch, report=report)
 
 
-#: BraTS subjects whose images (never their labels) are the adaptation target of lesions-uda;
-#: the other subjects are never used by it in any way and judge it
-UDA_TARGET_SUBJECTS = ("brats_2013_pat0004_1", "brats_2013_pat0006_1")
+#: BraTS subjects whose images (never their labels) are the adaptation target of lesions-uda: the
+#: EMMA members' training subjects, so the other subjects judge every issue-12 model unused
+from .emma import EMMA_TRAIN_SUBJECTS as UDA_TARGET_SUBJECTS  # noqa: E402
 
 
 def run_lesions_uda(run_dir: str | Path, ship: bool = False, epochs: int = 8, iters_per_epoch: int = 150,

@@ -1,0 +1,372 @@
+"""EMMA: Ensembles of Multiple Models and Architectures for brain-tumour segmentation.
+
+K. Kamnitsas et al., "Ensembles of Multiple Models and Architectures for Robust Brain Tumour
+Segmentation", BrainLes 2017 (BraTS 2017, first place). Networks that differ in architecture,
+loss and sampling make different errors; the mean of their posteriors is more accurate and
+better calibrated than any one of them, and their disagreement shows where to look.
+
+Members here (each a zoo model with a preset and a card; :data:`MEMBER_RECIPES`):
+
+- ``emma-deepmedic``: DeepMedic (paper widths), cross-entropy, 50 % of segments on tumour;
+- ``emma-unet``: 3D U-Net (Cicek et al. 2016), Dice + cross-entropy (MONAI ``DiceCELoss``),
+  a third of the patches on tumour;
+- ``emma-fcn``: 3D FCN-8s (Long et al. 2015), cross-entropy, a quarter of the patches on tumour.
+
+Evaluation helpers shared by every lesion card: whole-tumour calibration (expected calibration
+error and the reliability curve, by MONAI's ``calibration_binning``, pooled over cases inside the
+brain), AUROC of an uncertainty map for the ensemble's own wrong voxels (MONAI
+``compute_roc_auc``), and the floor to beat: a FLAIR intensity threshold tuned on the training
+subjects.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..imaging import measures as M
+
+#: architecture, size and training recipe of each EMMA member (varied loss and sampling, as in EMMA)
+MEMBER_RECIPES: dict[str, dict[str, Any]] = {
+    "emma-deepmedic": {"arch": "deepmedic", "loss": "ce", "fg_fraction": 0.5, "out": 9, "batch_size": 10},
+    "emma-unet": {"arch": "unet3d", "arch_args": {"base": 8, "levels": 4}, "loss": "dice_ce", "fg_fraction": 1 / 3,
+                  "patch": 48, "batch_size": 2, "inference": {"roi": 96, "overlap": 0.25}},
+    "emma-fcn": {"arch": "fcn3d", "arch_args": {"base": 8, "fc": 64}, "loss": "ce", "fg_fraction": 0.25,
+                 "patch": 48, "batch_size": 2, "inference": {"roi": 96, "overlap": 0.25}},
+}
+LOSS_TEXT = {"ce": "voxel-wise cross-entropy", "dice_ce": "soft Dice + cross-entropy (MONAI DiceCELoss, softmax, "
+                                                          "one-hot targets)"}
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation: calibration, uncertainty AUROC, FLAIR threshold floor
+
+def calibration_bins(prob: np.ndarray, truth: np.ndarray, n_bins: int = 15) -> dict[str, np.ndarray]:
+    """Per-bin sums of a binary probability and its truth: ``sum_p``, ``sum_y``, ``count``
+    (MONAI ``calibration_binning`` on equal-width bins; sums pool exactly over cases)."""
+    from monai.metrics import calibration_binning
+
+    p = torch.as_tensor(np.asarray(prob, np.float32).ravel())[None, None]
+    y = torch.as_tensor(np.asarray(truth, np.float32).ravel())[None, None]
+    mp, my, n = (t[0, 0].double().numpy() for t in calibration_binning(p, y, num_bins=n_bins))
+    mp, my = np.nan_to_num(mp), np.nan_to_num(my)
+    return {"sum_p": mp * n, "sum_y": my * n, "count": n}
+
+
+def calibration_summary(bins: Sequence[dict[str, np.ndarray]]) -> dict[str, Any]:
+    """Expected calibration error (count-weighted |confidence - frequency|) and the reliability
+    curve of pooled :func:`calibration_bins`."""
+    sp = np.sum([b["sum_p"] for b in bins], axis=0)
+    sy = np.sum([b["sum_y"] for b in bins], axis=0)
+    n = np.sum([b["count"] for b in bins], axis=0)
+    ok = n > 0
+    conf = np.where(ok, sp / np.maximum(n, 1), np.nan)
+    freq = np.where(ok, sy / np.maximum(n, 1), np.nan)
+    ece = float(np.sum(np.abs(sp[ok] - sy[ok])) / max(n.sum(), 1))
+    return {"ece": ece, "n_bins": int(len(n)), "confidence": [None if np.isnan(v) else round(float(v), 5) for v in conf],
+            "frequency": [None if np.isnan(v) else round(float(v), 5) for v in freq], "count": [int(v) for v in n]}
+
+
+def whole_tumour_probability(probabilities: np.ndarray) -> np.ndarray:
+    """P(whole tumour) = 1 - P(background) of ``(K, z, y, x)`` posteriors (index 0 background)."""
+    return 1.0 - np.asarray(probabilities[0], np.float32)
+
+
+def uncertainty_auroc(uncertainty: np.ndarray, wrong: np.ndarray, mask: np.ndarray) -> float:
+    """AUROC of ``uncertainty`` for telling ``wrong`` voxels from right ones inside ``mask``
+    (MONAI ``compute_roc_auc``; NaN when all voxels are right or all wrong)."""
+    from monai.metrics import compute_roc_auc
+
+    u = np.asarray(uncertainty, np.float32)[mask]
+    w = np.asarray(wrong, bool)[mask]
+    if w.all() or not w.any():
+        return float("nan")
+    return float(compute_roc_auc(torch.from_numpy(u), torch.from_numpy(w.astype(np.float32))))
+
+
+def save_reliability_figure(curves: dict[str, dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    """Reliability diagram (frequency vs confidence per bin, diagonal = calibrated) with each
+    curve's ECE in the legend; PNG written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..imaging.atomic import atomic_path
+
+    fig, ax = plt.subplots(figsize=(4.6, 4.4), dpi=110)
+    ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="calibrated")
+    for name, c in curves.items():
+        conf = np.array([np.nan if v is None else v for v in c["confidence"]], float)
+        freq = np.array([np.nan if v is None else v for v in c["frequency"]], float)
+        ok = ~np.isnan(conf)
+        ax.plot(conf[ok], freq[ok], marker="o", ms=3, lw=1.4, label=f"{name} (ECE {c['ece']:.4f})")
+    ax.set_xlabel("predicted whole-tumour probability")
+    ax.set_ylabel("observed tumour frequency")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(title or "whole-tumour reliability inside the brain", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
+def flair_threshold_floor(train: Sequence[tuple], test: Sequence[tuple], quantiles=np.linspace(0.5, 0.995, 60)
+                          ) -> dict[str, Any]:
+    """The floor to beat: whole tumour = FLAIR (z-scored in the brain) above a threshold, the
+    threshold tuned for mean whole-tumour Dice on ``train`` cases and applied to ``test`` ones.
+
+    Cases are ``(channels, labels, spacing, brain_mask, name)`` with FLAIR as channel 0.
+    """
+    from ..methods.lesions import normalise_channels
+
+    def flair(c):
+        return normalise_channels(np.asarray(c[0], np.float32)[:1], c[3])[0]
+
+    tr = [(flair(c), np.asarray(c[1]) > 0, c[3]) for c in train]
+    pooled = np.concatenate([f[m] for f, _, m in tr])
+    thresholds = np.quantile(pooled, quantiles)
+    scores = [np.mean([M.dice((f > t) & m, y) for f, y, m in tr]) for t in thresholds]
+    best = float(thresholds[int(np.argmax(scores))])
+    rows = []
+    for c in test:
+        pred = (flair(c) > best) & c[3]
+        rows.append({"case": c[4], "dice_whole_tumour": M.dice(pred, np.asarray(c[1]) > 0),
+                     "hd95_whole_tumour_mm": M.hausdorff95(pred, np.asarray(c[1]) > 0, c[2])})
+    return {"threshold_z": best, "train_dice_whole_tumour": float(np.max(scores)), "cases": rows,
+            "dice_whole_tumour_mean": float(np.mean([r["dice_whole_tumour"] for r in rows])) if rows else float("nan")}
+
+
+# ---------------------------------------------------------------------------------------------
+# members
+
+def member_arch_args(recipe: dict[str, Any], in_channels: int = 2, width: float = 1.0) -> dict[str, Any]:
+    """Constructor arguments of a member (``width`` scales the feature maps, for tests)."""
+    from .deepmedic import deepmedic_args
+
+    if recipe["arch"] == "deepmedic":
+        return deepmedic_args(width, in_channels=in_channels)
+    args = {"in_channels": in_channels, "n_classes": 4, **recipe.get("arch_args", {})}
+    for k in ("base", "fc"):
+        if k in args:
+            args[k] = max(2, int(round(args[k] * width)))
+    return args
+
+
+def member_loss(kind: str):
+    """``loss(logits, target_classes)`` of a recipe."""
+    import torch.nn.functional as F
+
+    if kind == "ce":
+        return F.cross_entropy
+    if kind == "dice_ce":
+        from monai.losses import DiceCELoss
+
+        dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
+        return lambda logits, y: dice_ce(logits, y[:, None])
+    raise ValueError(f"loss {kind!r} not supported; known: ce, dice_ce")
+
+
+def train_member(recipe: dict[str, Any], cases: Sequence, run_dir: str | Path, epochs: int, iters_per_epoch: int,
+                 width: float = 1.0, lr: float = 1e-3, seed: int = 0, device: str = "auto", progress: bool = True,
+                 batch_size: int | None = None):
+    """Train one member on preprocessed :class:`~napari_medlearn.training.deepmedic.LesionTrainingCase` s
+    with the shared trainer (checkpoint per epoch, resumable); return model, config, history."""
+    from .. import nets
+    from .deepmedic import SegmentSampler, sampler_geometry
+    from .trainer import TrainConfig, train
+
+    arch_args = member_arch_args(recipe, cases[0].image.shape[0] if cases else 2, width)
+    torch.manual_seed(seed)
+    model = nets.build(recipe["arch"], **arch_args)
+    geo = sampler_geometry(model, recipe.get("out", 9), recipe.get("patch", 48))
+    sampler = SegmentSampler(cases, geo, fg_fraction=recipe["fg_fraction"]) if cases else None
+    bs = int(batch_size or recipe["batch_size"])
+    cfg = TrainConfig(epochs=epochs, iters_per_epoch=iters_per_epoch, lr=lr, weight_decay=1e-4,
+                      lr_milestones=(int(epochs * 0.6), int(epochs * 0.85)), lr_gamma=0.3, seed=seed, device=device,
+                      extra={"batch_size": bs, "segment": [g.segment for g in geo], "output": [g.out for g in geo],
+                             "fg_fraction": recipe["fg_fraction"], "loss": LOSS_TEXT[recipe["loss"]],
+                             "optimizer": "Adam"})
+    hist = train(model, recipe["arch"], arch_args, lambda rng, dev: sampler.batch(rng, dev, bs),
+                 member_loss(recipe["loss"]), cfg, run_dir, progress=progress)
+    return model, arch_args, cfg, hist
+
+
+def evaluate_with_calibration(model, cases: Sequence[tuple], fig_path: Path | None = None,
+                              progress: bool = False) -> dict[str, Any]:
+    """BraTS region metrics per case, whole-tumour calibration pooled over cases and, for an
+    ensemble (a list of models), the uncertainty AUROC for its wrong voxels."""
+    from ..methods.lesions import segment_lesions
+
+    rows, bins, auroc = [], [], []
+    for channels, labels, spacing, mask, name in cases:
+        res = segment_lesions(channels, spacing, model=model, brain_mask=mask)
+        row = {"case": name, **M.brats_region_metrics(res.labels, labels, spacing),
+               "whole_tumour_mL_pred": res.volumes_ml["whole_tumour_mL"], "seconds": round(res.seconds, 1)}
+        truth = np.asarray(labels) > 0
+        bins.append(calibration_bins(whole_tumour_probability(res.probabilities)[res.brain_mask], truth[res.brain_mask]))
+        if res.uncertainty is not None:
+            row["uncertainty_auroc_wrong_voxels"] = uncertainty_auroc(res.uncertainty, (res.labels > 0) != truth,
+                                                                      res.brain_mask)
+            auroc.append(row["uncertainty_auroc_wrong_voxels"])
+        rows.append(row)
+        if progress:
+            print(f"  {name}: Dice WT {row['dice_whole_tumour']:.3f}", flush=True)
+    from .deepmedic import summarise_rows
+
+    out = {"summary": summarise_rows(rows), "cases": rows, "calibration": calibration_summary(bins)}
+    out["summary"]["ece_whole_tumour"] = out["calibration"]["ece"]
+    if auroc:
+        out["summary"]["uncertainty_auroc_mean"] = float(np.nanmean(auroc))
+    if fig_path is not None:
+        save_reliability_figure({str(getattr(model, "zoo_name", "model")): out["calibration"]}, fig_path)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# presets
+
+#: BraTS subjects whose labels train the EMMA members (and whose images are lesions-uda's target);
+#: the other subjects judge every issue-12 model and are never used by them in any way
+EMMA_TRAIN_SUBJECTS = ("brats_2013_pat0004_1", "brats_2013_pat0006_1")
+
+
+def _brats_split(data, train_subjects):
+    from .deepmedic import find_brats_root, list_brats_subjects
+
+    root = find_brats_root(data)
+    subjects = list_brats_subjects(root)
+    missing = [s for s in train_subjects if s not in subjects]
+    if missing:
+        raise ValueError(f"training subjects not found in {root}: {missing}")
+    held_out = [s for s in subjects if s not in train_subjects]
+    if not held_out:
+        raise ValueError("no BraTS subject is left to judge the model")
+    return root, subjects, list(train_subjects), held_out
+
+
+def _brats_licence_block(root, subjects) -> dict[str, str]:
+    from .deepmedic import BRATS_CITATION, brats_licence
+
+    return {"weights": "CC BY-NC-SA 3.0 (trained on data under that licence): non-commercial, share alike",
+            "training_data": "BraTS 2015 (braintumorsegmentation.org), as modified by Konstantinos Kamnitsas for "
+                             "the DeepMedic examples; CC BY-NC-SA 3.0 Switzerland",
+            "citation": BRATS_CITATION, "attribution_text": brats_licence(root, subjects)}
+
+
+def run_emma_member(run_dir: str | Path, member: str, ship: bool = False, epochs: int = 12,
+                    iters_per_epoch: int = 150, data: str | None = None,
+                    train_subjects: Sequence[str] = EMMA_TRAIN_SUBJECTS, width: float = 1.0,
+                    device: str = "auto", seed: int = 0, progress: bool = True) -> dict[str, Any]:
+    """Train EMMA member ``member`` (a key of :data:`MEMBER_RECIPES`) on the BraTS
+    ``train_subjects`` and judge it on the others (Dice, HD95, calibration + reliability figure)."""
+    from ..nets.unet3d import EMMA_PAPER, FCN_PAPER, UNET_PAPER
+    from ..nets.deepmedic import PAPER as DM_PAPER
+    from .deepmedic import LESION_LABELS, lesion_input_spec, load_brats_subject, prepare_case
+    from .presets import _finish, training_record
+    from ..methods.lesions import LABEL_VALUES, TASK
+
+    if member not in MEMBER_RECIPES:
+        raise ValueError(f"EMMA member {member!r} not supported; known: {', '.join(MEMBER_RECIPES)}")
+    recipe = MEMBER_RECIPES[member]
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    root, subjects, train_names, held_out = _brats_split(data, train_subjects)
+    cases = [prepare_case(*load_brats_subject(root, s)[:4], name=s) for s in train_names]
+    model, arch_args, cfg, hist = train_member(recipe, cases, run_dir, epochs, iters_per_epoch, width=width,
+                                               seed=seed, device=device, progress=progress)
+    del cases
+    card_core = {"input": lesion_input_spec(), "n_classes": 4, "label_values": list(LABEL_VALUES)}
+    if "inference" in recipe:
+        card_core["inference"] = dict(recipe["inference"])
+    model.card, model.zoo_name = card_core, member
+    ev_cases = [(*load_brats_subject(root, s)[:4], s) for s in held_out]
+    ev = evaluate_with_calibration(model, ev_cases, run_dir / f"{member}_reliability.png", progress=progress)
+    del ev_cases
+    paper = {"deepmedic": DM_PAPER, "unet3d": UNET_PAPER, "fcn3d": FCN_PAPER}[recipe["arch"]]
+    card = {
+        "name": member, "task": TASK, "architecture": recipe["arch"], "arch_args": arch_args,
+        "paper": f"{paper}; ensemble: {EMMA_PAPER}", **card_core, "labels": LESION_LABELS, "priority": -5,
+        "description": f"EMMA member: {recipe['arch']} trained on 2 real BraTS subjects with "
+                       f"{LOSS_TEXT[recipe['loss']]}; use it inside model='emma'. Research use only.",
+        "training": {"data": f"BraTS 2015 subjects {', '.join(train_names)} (DeepMedic examples), labels 3 -> 1",
+                     "never_seen": held_out, "command": f"medlearn train {member} --ship",
+                     "loss": LOSS_TEXT[recipe["loss"]],
+                     "sampling": f"{recipe['fg_fraction']:.0%} of segments centred on tumour, the rest on brain",
+                     **training_record(cfg, hist, t0)},
+        "evaluation": {"data": f"BraTS subjects {', '.join(held_out)}, never used by any EMMA member or lesions-uda",
+                       **ev, "reliability_figure": f"{member}_reliability.png"},
+        "licence": _brats_licence_block(root, subjects),
+        "intended_use": "research use only, not for diagnosis",
+    }
+    card = _finish(model, recipe["arch"], arch_args, card, run_dir, ship)
+    if ship:
+        from .. import zoo
+
+        import shutil
+        shutil.copyfile(run_dir / f"{member}_reliability.png", zoo.CARDS_DIR / f"{member}_reliability.png")
+    return card
+
+
+def run_emma(run_dir: str | Path, ship: bool = False, members: Sequence[str] = tuple(MEMBER_RECIPES),
+             data: str | None = None, train_subjects: Sequence[str] = EMMA_TRAIN_SUBJECTS,
+             progress: bool = True, **_: Any) -> dict[str, Any]:
+    """The ``emma`` ensemble card: judge the shipped members and their mean on the held-out BraTS
+    subjects (Dice, HD95, ECE, uncertainty AUROC), beside each member and the FLAIR threshold floor."""
+    from .. import zoo
+    from ..methods.lesions import LABEL_VALUES, TASK
+    from ..nets.unet3d import EMMA_PAPER
+    from .deepmedic import LESION_LABELS, load_brats_subject
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    root, subjects, train_names, held_out = _brats_split(data, train_subjects)
+    nets_ = [zoo.load(m, device="cpu") for m in members]
+    ev_cases = [(*load_brats_subject(root, s)[:4], s) for s in held_out]
+    per_member = {m: evaluate_with_calibration(n, ev_cases, progress=progress) for m, n in zip(members, nets_)}
+    ens = evaluate_with_calibration(nets_, ev_cases, progress=progress)
+    train_cases = [(*load_brats_subject(root, s)[:4], s) for s in train_names]
+    floor = flair_threshold_floor(train_cases, ev_cases)
+    del ev_cases, train_cases
+    curves = {m: e["calibration"] for m, e in per_member.items()}
+    curves["emma"] = ens["calibration"]
+    save_reliability_figure(curves, run_dir / "emma_reliability.png", "EMMA and its members, held-out BraTS")
+    best = max(per_member, key=lambda m: per_member[m]["summary"]["dice_whole_tumour_mean"])
+    card = {
+        "name": "emma", "kind": "ensemble", "task": TASK, "members": list(members), "paper": EMMA_PAPER,
+        "n_classes": 4, "labels": LESION_LABELS, "label_values": list(LABEL_VALUES), "priority": 5,
+        "description": "EMMA: the mean posterior of a DeepMedic, a 3D U-Net and a 3D FCN trained with different "
+                       "losses and sampling; uncertainty = entropy of the mean. Research use only.",
+        "combination": "mean of the members' posteriors (each on the input grid); labels = argmax; uncertainty = "
+                       "entropy of the mean / log K; also mutual information and member variance",
+        "training": {"members": {m: zoo.card(m).get("training", {}).get("command", "") for m in members},
+                     "command": "medlearn train emma --ship (after the members)"},
+        "evaluation": {"data": f"BraTS subjects {', '.join(held_out)}, never used by any member",
+                       **ens, "members": {m: {"summary": e["summary"], "calibration_ece": e["calibration"]["ece"]}
+                                          for m, e in per_member.items()},
+                       "best_member": best, "flair_threshold_floor": floor,
+                       "reliability_figure": "emma_reliability.png"},
+        "licence": _brats_licence_block(root, subjects),
+        "intended_use": "research use only, not for diagnosis",
+    }
+    zoo.write_json_atomic(card, run_dir / "emma.json")
+    if ship:
+        import shutil
+
+        zoo.write_json_atomic(card, zoo.CARDS_DIR / "emma.json")
+        shutil.copyfile(run_dir / "emma_reliability.png", zoo.CARDS_DIR / "emma_reliability.png")
+    return card
+
+
+__all__ = ["EMMA_TRAIN_SUBJECTS", "MEMBER_RECIPES", "run_emma", "run_emma_member", "calibration_bins", "calibration_summary", "evaluate_with_calibration",
+           "flair_threshold_floor", "member_arch_args", "member_loss", "save_reliability_figure", "train_member",
+           "uncertainty_auroc", "whole_tumour_probability"]

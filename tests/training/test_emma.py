@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+import torch
+
+from napari_medlearn.imaging.measures import dice
+from napari_medlearn.methods import segment_lesions
+from napari_medlearn.training.deepmedic import prepare_case
+from napari_medlearn.training.emma import (MEMBER_RECIPES, calibration_bins, calibration_summary,
+                                           evaluate_with_calibration, flair_threshold_floor, save_reliability_figure,
+                                           train_member, uncertainty_auroc)
+
+
+def _case(seed, shape=(24, 28, 26)):
+    """A bright oedema blob with an enhancing centre in noise, inside a box-shaped brain."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(shape, bool)
+    mask[2:-2, 2:-2, 2:-2] = True
+    c = rng.integers(8, 16, size=3)
+    zz, yy, xx = np.indices(shape)
+    r = np.sqrt((zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2)
+    lab = np.where(r < 5, 2, 0).astype(np.uint8)
+    lab[r < 2.5] = 4
+    ch = np.zeros((2,) + shape, np.float32)
+    ch[:, mask] = rng.normal(0.0, 0.6, size=(2, int(mask.sum())))
+    ch[0][lab > 0] += 2.0
+    ch[1][lab == 4] += 2.0
+    return ch, lab, (2.0, 2.0, 2.0), mask, f"case {seed}"
+
+
+def test_calibration_known_answers():
+    rng = np.random.default_rng(0)
+    p = rng.random(200_000).astype(np.float32)
+    calibrated = calibration_summary([calibration_bins(p, rng.random(p.size) < p, 10)])
+    assert calibrated["ece"] < 0.01
+    overconfident = calibration_summary([calibration_bins(np.where(p > 0.5, 1.0, 0.0), rng.random(p.size) < p, 10)])
+    assert overconfident["ece"] == pytest.approx(0.25, abs=0.01)
+    halves = calibration_summary([calibration_bins(p[:1000], p[:1000] > 0.5), calibration_bins(p[1000:], p[1000:] > 0.5)])
+    whole = calibration_summary([calibration_bins(p, p > 0.5)])
+    assert halves["ece"] == pytest.approx(whole["ece"]) and halves["count"] == whole["count"]
+
+
+def test_uncertainty_auroc():
+    mask = np.ones((4, 4, 4), bool)
+    wrong = np.zeros_like(mask)
+    wrong[0] = True
+    assert uncertainty_auroc(wrong.astype(np.float32), wrong, mask) == pytest.approx(1.0)
+    assert uncertainty_auroc(1.0 - wrong, wrong, mask) == pytest.approx(0.0)
+    assert np.isnan(uncertainty_auroc(np.ones((4, 4, 4)), np.zeros_like(mask), mask))
+
+
+def test_flair_threshold_floor_finds_bright_lesions():
+    floor = flair_threshold_floor([_case(0), _case(1)], [_case(2)])
+    assert floor["dice_whole_tumour_mean"] > 0.6 and floor["cases"][0]["case"] == "case 2"
+
+
+@pytest.mark.parametrize("member", ["emma-unet", "emma-fcn"])
+def test_member_learns(member, tmp_path):
+    recipe = {**MEMBER_RECIPES[member], "patch": 16, "batch_size": 4, "inference": {"roi": 32}}
+    cases = [prepare_case(*_case(s)[:4], name=str(s)) for s in range(3)]
+    torch.manual_seed(0)
+    model, args, cfg, hist = train_member(recipe, cases, tmp_path, epochs=5, iters_per_epoch=30, width=0.5,
+                                          lr=8e-3, progress=False)
+    model.card = {"input": {"channels": ["FLAIR", "T1c"], "spacing_mm": [2.0, 2.0, 2.0]}, "label_values": [0, 1, 2, 4],
+                  "inference": recipe["inference"]}
+    assert hist["loss"][-1] < 0.8 * hist["loss"][0], hist["loss"]
+    held = _case(7)
+    res = segment_lesions(held[0], held[2], model=model, brain_mask=held[3])
+    assert dice(res.labels > 0, held[1] > 0) > 0.6
+    ev = evaluate_with_calibration(model, [held], tmp_path / "rel.png")
+    assert 0 <= ev["calibration"]["ece"] <= 1 and (tmp_path / "rel.png").stat().st_size > 1000
+    assert sum(ev["calibration"]["count"]) == held[3].sum()          # every brain voxel, once
+    ens = evaluate_with_calibration([model, model], [held])
+    assert "uncertainty_auroc_mean" in ens["summary"]
+
+
+def test_reliability_figure(tmp_path):
+    rng = np.random.default_rng(0)
+    p = rng.random(5000)
+    c = calibration_summary([calibration_bins(p, rng.random(p.size) < p, 10)])
+    out = save_reliability_figure({"a": c, "b": c}, tmp_path / "r.png")
+    assert out.read_bytes()[:4] == b"\x89PNG"
