@@ -10,6 +10,11 @@ but the oedema). The volume table (mL per class, tumour core, whole tumour) alwa
 labels layer's *current* data: paint, erase or fill and it follows. Save writes the labels as
 NIfTI in the input's geometry and the volumes as a one-row CSV beside it, atomically, and never
 replaces an existing file without asking.
+
+Robust models (issue 12, :mod:`.lesions_review`): tick two or more models in the Ensemble panel
+to run them as an EMMA ensemble (members' labels as hidden layers, an uncertainty heat map, a
+slider outlining the voxels above an uncertainty level, the members' volumes); the Adapt panel
+adapts the chosen model to the open scans without labels and adds the new model to the list.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from ..imaging.volume import Volume
 from ..methods import lesions as lesion_method
 from ..samples.brain_lesions import LABEL_COLORS
 from ._common import USER_ERRORS, ModelPicker, TaskRunner, device_picker, layer_picker, notify_error
+from .lesions_review import AdaptPanel, EnsemblePanel, ReviewPanel
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -163,16 +169,22 @@ class LesionWidget(QWidget):
         self.form = QFormLayout()
         self.modality_pickers: dict[str, ComboBox] = {}
         self._all_pickers: dict[str, ComboBox] = {}
+        self.ensemble = EnsemblePanel()
+        self.review = ReviewPanel(napari_viewer)
+        self.adapt_panel = AdaptPanel(self._gather, self._chosen_model, self._on_new_model)
         self.form.addRow("model", self.model_picker)
         self.form.addRow("mask", self.mask_picker.native)
         self.form.addRow("device", self.device_picker)
         layout = QVBoxLayout(self)
         layout.addLayout(self.form)
+        layout.addWidget(self.ensemble)
         layout.addWidget(self.runner)
         layout.addWidget(self.table)
         layout.addWidget(self.warning)
         layout.addWidget(hint)
         layout.addWidget(self.save_button)
+        layout.addWidget(self.review)
+        layout.addWidget(self.adapt_panel)
         layout.addStretch(1)
         self.setMinimumWidth(300)
         self._sync_channels()
@@ -290,11 +302,27 @@ class LesionWidget(QWidget):
         return mask
 
     # ----- running ------------------------------------------------------------------------
+    def _chosen_model(self):
+        """The ensemble's members when the Ensemble panel is on, else the picked model."""
+        members = self.ensemble.members()
+        return members if members is not None else self.model_picker.model()
+
+    def _on_new_model(self, name: str) -> None:
+        self.model_picker.refresh()
+        index = self.model_picker.findData(name)
+        if index >= 0:
+            self.model_picker.setCurrentIndex(index)
+        self.ensemble.refresh()
+
     def run(self):
         """Segment the chosen modalities in a worker thread; returns the worker (or None)."""
         if self.running:
             return None
-        model = self.model_picker.model()
+        try:
+            model = self._chosen_model()
+        except ValueError as exc:
+            notify_error(exc)
+            return None
         if model is None:
             notify_error("no brain-lesion model shipped yet: choose 'load checkpoint...' in the model list")
             return None
@@ -330,7 +358,10 @@ class LesionWidget(QWidget):
         geometry = {"scale": source.scale, "translate": source.translate, "rotate": source.rotate,
                     "shear": source.shear, "affine": source.affine}
         meta = copy.deepcopy(dict(source.metadata))
-        meta.update(model=self.model_name, model_sha256=self.model_sha256, method=METHOD)
+        method = "EMMA" if result.uncertainty is not None else METHOD
+        meta.update(model=self.model_name, model_sha256=self.model_sha256, method=method)
+        if result.members:
+            meta["members"] = list(result.members)
         values = [int(v) for v in result.label_values]
         self.probability_layers = {}
         for index, value in enumerate(values):
@@ -339,12 +370,12 @@ class LesionWidget(QWidget):
             name = LABEL_NAMES.get(value, f"label {value}")
             self.probability_layers[value] = self.viewer.add_image(
                 np.asarray(result.probabilities[index], dtype=np.float32),
-                name=f"{source.name} [{METHOD} p({name})]",
+                name=f"{source.name} [{method} p({name})]",
                 colormap=PROBABILITY_COLORMAPS.get(value, "magma"), contrast_limits=(0.0, 1.0),
                 blending="additive", opacity=0.6, visible=value == SHOWN_PROBABILITY,
                 metadata=copy.deepcopy(meta), **geometry)
         self.labels_layer = self.viewer.add_labels(
-            np.asarray(result.labels, dtype=np.uint8), name=f"{source.name} [{METHOD}]",
+            np.asarray(result.labels, dtype=np.uint8), name=f"{source.name} [{method}]",
             metadata=meta, opacity=0.5, colormap=DirectLabelColormap(color_dict=LABEL_COLORS),
             features={"index": [0, *LABEL_NAMES], "structure": ["background", *LABEL_NAMES.values()]},
             **geometry)
@@ -352,6 +383,10 @@ class LesionWidget(QWidget):
         events.paint.connect(self._on_labels_edited)
         events.data.connect(self._on_labels_edited)
         events.set_data.connect(self._on_labels_refreshed)
+        if result.uncertainty is not None:
+            self.review.show_result(result, source, geometry, meta)
+        else:
+            self.review.setVisible(False)
         self.mask_picker.reset_choices()
         self.save_button.setEnabled(True)
         self.update_volumes()
@@ -459,6 +494,7 @@ class LesionWidget(QWidget):
         self._debounce.stop()
 
     def _on_layer_removed(self, event) -> None:
+        self.review.forget(event.value)
         for value, layer in list(self.probability_layers.items()):
             if event.value is layer:
                 del self.probability_layers[value]

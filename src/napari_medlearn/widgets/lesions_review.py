@@ -1,0 +1,254 @@
+"""Panels of the lesion widget for robust models (issue 12): EMMA ensembles and adaptation.
+
+- :class:`EnsemblePanel`: tick two or more lesion models to run them as an ensemble (EMMA,
+  Kamnitsas et al., BraTS 2017): their posteriors are averaged by
+  :func:`napari_medlearn.methods.segment_lesions`.
+- :class:`ReviewPanel`: after an ensemble run, each member's labels as a hidden layer, the
+  uncertainty (entropy of the mean posterior, 0..1) as a heat map over the anatomy, a slider that
+  outlines the voxels above an uncertainty level for review, and the members' lesion volumes.
+- :class:`AdaptPanel`: adapt the chosen model to the scans in the modality pickers without
+  labels (:func:`napari_medlearn.methods.adapt`), in a worker with progress and Cancel; the new
+  model joins the model list.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+from napari.utils.notifications import show_info
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QFormLayout,
+    QGroupBox,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QSlider,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..methods import lesions as lesion_method
+from ._common import TaskRunner, notify_error
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+
+TASK = lesion_method.TASK
+MEMBER_VOLUMES = (("whole_tumour_mL", "WT (mL)"), ("tumour_core_mL", "TC (mL)"), ("enhancing_mL", "ET (mL)"))
+DEFAULT_LEVEL = 0.3
+
+
+class EnsemblePanel(QGroupBox):
+    """A checkable group: when on, the ticked models run as one ensemble."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__("Ensemble (EMMA): average the ticked models", parent)
+        self.setCheckable(True)
+        self.setChecked(False)
+        self.list = QListWidget()
+        self.list.setMaximumHeight(110)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.list)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """List the single lesion models of the zoo; keep ticks; tick EMMA's members the first time."""
+        from .. import zoo
+
+        ticked = set(self.checked())
+        first = self.list.count() == 0
+        if first:
+            try:
+                ticked = set(zoo.card("emma").get("members", []))
+            except zoo.ModelError:
+                ticked = set()
+        self.list.clear()
+        for name in zoo.available(TASK):
+            if zoo.card(name).get("kind") == "ensemble":
+                continue
+            item = QListWidgetItem(name)
+            item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
+            item.setCheckState(Qt.Checked if name in ticked else Qt.Unchecked)
+            item.setToolTip(zoo.card(name).get("description", name))
+            self.list.addItem(item)
+
+    def checked(self) -> list[str]:
+        return [self.list.item(i).text() for i in range(self.list.count())
+                if self.list.item(i).checkState() == Qt.Checked]
+
+    def set_members(self, names) -> None:
+        """Tick exactly ``names`` and switch the ensemble on (scripts, tests)."""
+        for i in range(self.list.count()):
+            item = self.list.item(i)
+            item.setCheckState(Qt.Checked if item.text() in set(names) else Qt.Unchecked)
+        self.setChecked(True)
+
+    def members(self) -> list[str] | None:
+        """The ensemble to run, or None when the panel is off. ValueError with fewer than 2 ticked."""
+        if not self.isChecked():
+            return None
+        names = self.checked()
+        if len(names) < 2:
+            raise ValueError(f"tick at least 2 models for an ensemble ({len(names)} ticked), or switch the "
+                             "ensemble off")
+        return names
+
+
+class ReviewPanel(QWidget):
+    """Uncertainty heat map, review outline above a level, members' labels and volumes."""
+
+    def __init__(self, viewer: "napari.viewer.Viewer", parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = viewer
+        self.uncertainty_layer = None
+        self.outline_layer = None
+        self.member_layers: dict[str, Any] = {}
+        self.uncertainty: np.ndarray | None = None
+        self.slider = QSlider(Qt.Horizontal)
+        self.slider.setRange(0, 100)
+        self.slider.setValue(int(DEFAULT_LEVEL * 100))
+        self.slider.valueChanged.connect(lambda v: self.set_level(v / 100.0))
+        self.level_label = QLabel()
+        self.table = QTableWidget(0, 1 + len(MEMBER_VOLUMES))
+        self.table.setHorizontalHeaderLabels(["member"] + [t for _, t in MEMBER_VOLUMES])
+        self.table.verticalHeader().setVisible(False)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)
+        self.table.setEditTriggers(QTableWidget.NoEditTriggers)
+        self.table.setMaximumHeight(120)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.level_label)
+        layout.addWidget(self.slider)
+        layout.addWidget(self.table)
+        self._update_label()
+        self.setVisible(False)
+
+    @property
+    def level(self) -> float:
+        return self.slider.value() / 100.0
+
+    def _update_label(self, n: int | None = None) -> None:
+        extra = f": {n} voxels to review" if n is not None else ""
+        self.level_label.setText(f"outline uncertainty above {self.level:.2f}{extra}")
+
+    def show_result(self, result, source, geometry: dict, meta: dict) -> None:
+        """Add members (hidden), uncertainty and outline layers over ``source``; fill the table."""
+        from napari.utils.colormaps import DirectLabelColormap
+
+        from ..samples.brain_lesions import LABEL_COLORS
+
+        self.member_layers = {}
+        for name, labels in result.extras.get("member_labels", {}).items():
+            self.member_layers[name] = self.viewer.add_labels(
+                np.asarray(labels, np.uint8), name=f"{source.name} [member {name}]", visible=False, opacity=0.5,
+                colormap=DirectLabelColormap(color_dict=LABEL_COLORS), metadata={**copy.deepcopy(meta), "model": name},
+                **geometry)
+        self.uncertainty = np.asarray(result.uncertainty, np.float32)
+        self.uncertainty_layer = self.viewer.add_image(
+            self.uncertainty, name=f"{source.name} [EMMA uncertainty]", colormap="inferno",
+            contrast_limits=(0.0, 1.0), blending="additive", opacity=0.7, metadata=copy.deepcopy(meta), **geometry)
+        self.outline_layer = self.viewer.add_labels(
+            np.zeros(self.uncertainty.shape, np.uint8), name=f"{source.name} [EMMA review]", opacity=1.0,
+            colormap=DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: "cyan"}),
+            metadata=copy.deepcopy(meta), **geometry)
+        self.outline_layer.contour = 1
+        self.outline_layer.editable = False
+        vols = result.extras.get("member_volumes_ml", {})
+        self.table.setRowCount(len(vols))
+        for row, (name, v) in enumerate(vols.items()):
+            self.table.setItem(row, 0, QTableWidgetItem(name))
+            for col, (key, _t) in enumerate(MEMBER_VOLUMES, start=1):
+                item = QTableWidgetItem(f"{float(v.get(key, float('nan'))):.2f}")
+                item.setTextAlignment(int(Qt.AlignRight | Qt.AlignVCenter))
+                self.table.setItem(row, col, item)
+        self.setVisible(True)
+        self.set_level(self.level)
+
+    def set_level(self, level: float) -> int:
+        """Outline the voxels whose uncertainty exceeds ``level``; return how many there are."""
+        level = float(np.clip(level, 0.0, 1.0))
+        if abs(self.slider.value() - round(level * 100)) > 0:
+            self.slider.blockSignals(True)
+            self.slider.setValue(int(round(level * 100)))
+            self.slider.blockSignals(False)
+        if self.uncertainty is None or self.outline_layer is None or self.outline_layer not in self.viewer.layers:
+            self._update_label()
+            return 0
+        above = self.uncertainty > level
+        self.outline_layer.data = above.astype(np.uint8)
+        n = int(above.sum())
+        self._update_label(n)
+        return n
+
+    def forget(self, layer) -> None:
+        if layer is self.outline_layer:
+            self.outline_layer = None
+        if layer is self.uncertainty_layer:
+            self.uncertainty_layer = None
+        for name, lay in list(self.member_layers.items()):
+            if lay is layer:
+                del self.member_layers[name]
+
+
+class AdaptPanel(QGroupBox):
+    """Adapt the chosen model to the scans in the modality pickers (no labels)."""
+
+    def __init__(self, gather: Callable[[], tuple], model: Callable[[], Any], on_new_model: Callable[[str], None],
+                 parent: QWidget | None = None) -> None:
+        super().__init__("Adapt the model to these scans (no labels)", parent)
+        self._gather, self._model, self._on_new_model = gather, model, on_new_model
+        self.name_edit = QLineEdit()
+        self.name_edit.setPlaceholderText("<model>-adapted-<date>")
+        self.epochs = QSpinBox()
+        self.epochs.setRange(1, 100)
+        self.epochs.setValue(4)
+        self.iters = QSpinBox()
+        self.iters.setRange(1, 5000)
+        self.iters.setValue(100)
+        self.runner = TaskRunner("Adapt")
+        self.runner.run_button.clicked.connect(self.run)
+        form = QFormLayout()
+        form.addRow("new name", self.name_edit)
+        form.addRow("epochs", self.epochs)
+        form.addRow("iterations / epoch", self.iters)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.runner)
+        hint = QLabel("Trains a copy on the model's own training data while making its features "
+                      "blind to the difference from these scans (adversarial adaptation); the "
+                      "original model is kept. Slow on a CPU: minutes to hours.")
+        hint.setWordWrap(True)
+        layout.addWidget(hint)
+
+    def run(self):
+        from ..methods.adapt import adapt_steps
+
+        if self.runner.running:
+            return None
+        try:
+            model = self._model()
+            if model is None or isinstance(model, (list, tuple)):
+                raise ValueError("choose one model to adapt (switch the ensemble off)")
+            channels, spacing, mask, layers = self._gather()
+        except (ValueError, TypeError) as exc:
+            notify_error(exc)
+            return None
+        steps = adapt_steps(model, [channels], spacing, brain_masks=[mask] if mask is not None else None,
+                            name=self.name_edit.text().strip() or None, epochs=self.epochs.value(),
+                            iters_per_epoch=self.iters.value(), cancelled=self.runner.cancel_requested)
+        return self.runner.start(steps, self._done, description=f"adapting {model} to {layers[0].name}")
+
+    def _done(self, name: str) -> None:
+        show_info(f"adapted model {name} saved in the user zoo; it is now chosen")
+        self._on_new_model(name)
+
+
+__all__ = ["AdaptPanel", "EnsemblePanel", "ReviewPanel"]
