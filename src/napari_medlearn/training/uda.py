@@ -277,13 +277,14 @@ from .emma import EMMA_TRAIN_SUBJECTS as UDA_TARGET_SUBJECTS  # noqa: E402
 
 
 def run_lesions_uda(run_dir: str | Path, ship: bool = False, epochs: int = 8, iters_per_epoch: int = 150,
-                    n_train: int = 12, lam_max: float = 0.05, batch_size: int = 10, width: float = 1.0,
+                    n_train: int = 12, lam_max: float = 0.05, batch_size: int = 20, width: float = 1.0,
                     data: str | None = None, target_subjects: Sequence[str] = UDA_TARGET_SUBJECTS,
                     device: str = "auto", seed: int = 0, progress: bool = True, domain: str = "A",
                     spacing_mm: float = 2.0, baseline: str | None = "lesions-synthetic") -> dict[str, Any]:
     """``lesions-uda``: the ``lesions-synthetic`` recipe (same cases, architecture, segments and
     schedule) plus the real BraTS images of ``target_subjects`` as an unlabelled target.
 
+    Each batch holds 10 source segments (as lesions-synthetic's) and 10 target segments.
     The card compares it with ``baseline`` (the source-only model) on the BraTS subjects not in
     ``target_subjects``, which neither model has seen: BraTS region Dice and HD95, and a fresh
     discriminator's accuracy at telling synthetic from real segments by the model's features.
