@@ -21,7 +21,10 @@ measured along the way.
 - ``planes``: the fetal ultrasound sweep sample through Standard plane detection (score plot,
   checklist, saliency heat map, boxes); the best frames clicked in the checklist; live mode.
 
-Usage: ``xvfb-run -a python benchmarks/screenshots.py OUT_DIR [sample|acdc|dicom|recon|lesions|planes ...]``
+- ``emma``: an ensemble of lesion models on held-out BraTS pat0005: uncertainty heat map over the
+  FLAIR, the review outline at 0.3, the members' volumes.
+
+Usage: ``xvfb-run -a python benchmarks/screenshots.py OUT_DIR [sample|acdc|dicom|recon|lesions|planes|emma ...]``
 """
 
 from __future__ import annotations
@@ -361,6 +364,57 @@ def scenario_lesions(viewer, out: Path):
 
 
 SCENARIOS["lesions"] = scenario_lesions
+
+
+def scenario_emma(viewer, out: Path):
+    """An ensemble on a held-out BraTS subject (pat0005): uncertainty heat map, review outline.
+
+    The members are ``$MEDLEARN_EMMA_MEMBERS`` (comma-separated), else the ``emma`` card's, else
+    every single lesion model shipped.
+    """
+    import os
+
+    from napari_medlearn import zoo
+    from napari_medlearn.methods.lesions import TASK
+
+    subject = BRATS_SUBJECT.parent / "brats_2013_pat0005_1"
+    for name in ("Flair_subtrMeanDivStd.nii.gz", "T1c_subtrMeanDivStd.nii.gz"):
+        viewer.open(str(subject / name), plugin="napari-medlearn")
+    flair = viewer.layers["Flair_subtrMeanDivStd"]
+    viewer.layers["T1c_subtrMeanDivStd"].visible = False
+    _, w = viewer.window.add_plugin_dock_widget("napari-medlearn", "Brain lesion segmentation")
+    if os.environ.get("MEDLEARN_EMMA_MEMBERS"):
+        members = os.environ["MEDLEARN_EMMA_MEMBERS"].split(",")
+    elif "emma" in zoo.available(TASK):
+        members = zoo.card("emma")["members"]
+    else:
+        members = [n for n in zoo.available(TASK) if zoo.card(n).get("kind") != "ensemble"]
+    w.ensemble.refresh()
+    w.ensemble.set_members(members)
+    print(f"emma: {subject.name}, members {', '.join(members)}")
+    t0 = time.time()
+    w.run()
+    wait(lambda: not w.running)
+    print(f"  run {time.time() - t0:.1f} s: {w.runner.status.text()}")
+    u = np.asarray(w.review.uncertainty)
+    z = int(np.argmax((u > 0.3).sum(axis=(1, 2))))
+    viewer.dims.set_point(0, z * flair.scale[0] + flair.translate[0])
+    for level in (0.5, 0.3, 0.1):
+        print(f"  voxels with uncertainty above {level}: {w.review.set_level(level)}")
+    w.review.set_level(0.3)
+    w.labels_layer.visible = False
+    for layer in w.probability_layers.values():
+        layer.visible = False
+    print("  member volumes: " + "; ".join(
+        f"{w.review.table.item(r, 0).text()} WT {w.review.table.item(r, 1).text()} mL"
+        for r in range(w.review.table.rowCount())))
+    shoot(viewer, out / "emma_uncertainty.png")
+    w.labels_layer.visible = True
+    w.review.uncertainty_layer.visible = False
+    shoot(viewer, out / "emma_labels_review.png")
+
+
+SCENARIOS["emma"] = scenario_emma
 
 
 def scenario_sr(viewer, out: Path):
