@@ -84,6 +84,8 @@ def test_one_member_is_not_an_ensemble(widget, errors):
 
 def test_adapt_panel_makes_a_model_the_picker_offers(widget, qtbot, errors):
     widget.model_picker.setCurrentIndex(widget.model_picker.findData("tiny-dm"))
+    widget.adapt_panel.setChecked(True)
+    assert widget.adapt_panel.body.isVisible() or not widget.isVisible()
     widget.adapt_panel.name_edit.setText("tiny-dm-here")
     widget.adapt_panel.epochs.setValue(1)
     widget.adapt_panel.iters.setValue(2)

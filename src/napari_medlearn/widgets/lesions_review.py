@@ -54,7 +54,6 @@ class EnsemblePanel(QGroupBox):
         self.setCheckable(True)
         self.setChecked(False)
         self.list = QListWidget()
-        self.list.setMaximumHeight(110)
         layout = QVBoxLayout(self)
         layout.addWidget(self.list)
         self.refresh()
@@ -79,6 +78,8 @@ class EnsemblePanel(QGroupBox):
             item.setCheckState(Qt.Checked if name in ticked else Qt.Unchecked)
             item.setToolTip(zoo.card(name).get("description", name))
             self.list.addItem(item)
+        rows = max(1, min(self.list.count(), 5))
+        self.list.setFixedHeight(rows * max(self.list.sizeHintForRow(0), 16) + 2 * self.list.frameWidth() + 2)
 
     def checked(self) -> list[str]:
         return [self.list.item(i).text() for i in range(self.list.count())
@@ -117,12 +118,14 @@ class ReviewPanel(QWidget):
         self.slider.setValue(int(DEFAULT_LEVEL * 100))
         self.slider.valueChanged.connect(lambda v: self.set_level(v / 100.0))
         self.level_label = QLabel()
+        self.level_label.setWordWrap(True)
         self.table = QTableWidget(0, 1 + len(MEMBER_VOLUMES))
         self.table.setHorizontalHeaderLabels(["member"] + [t for _, t in MEMBER_VOLUMES])
         self.table.verticalHeader().setVisible(False)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)
+        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeToContents)
         self.table.setEditTriggers(QTableWidget.NoEditTriggers)
-        self.table.setMaximumHeight(120)
+        self.table.setVerticalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.level_label)
@@ -136,8 +139,8 @@ class ReviewPanel(QWidget):
         return self.slider.value() / 100.0
 
     def _update_label(self, n: int | None = None) -> None:
-        extra = f": {n} voxels to review" if n is not None else ""
-        self.level_label.setText(f"outline uncertainty above {self.level:.2f}{extra}")
+        extra = f" ({n:,} voxels)" if n is not None else ""
+        self.level_label.setText(f"review outline: uncertainty > {self.level:.2f}{extra}")
 
     def show_result(self, result, source, geometry: dict, meta: dict) -> None:
         """Add members (hidden), uncertainty and outline layers over ``source``; fill the table."""
@@ -169,6 +172,9 @@ class ReviewPanel(QWidget):
                 item = QTableWidgetItem(f"{float(v.get(key, float('nan'))):.2f}")
                 item.setTextAlignment(int(Qt.AlignRight | Qt.AlignVCenter))
                 self.table.setItem(row, col, item)
+        self.table.resizeRowsToContents()
+        self.table.setFixedHeight(sum(self.table.rowHeight(r) for r in range(self.table.rowCount()))
+                                  + self.table.horizontalHeader().sizeHint().height() + 2 * self.table.frameWidth() + 2)
         self.setVisible(True)
         self.set_level(self.level)
 
@@ -204,6 +210,8 @@ class AdaptPanel(QGroupBox):
     def __init__(self, gather: Callable[[], tuple], model: Callable[[], Any], on_new_model: Callable[[str], None],
                  parent: QWidget | None = None) -> None:
         super().__init__("Adapt the model to these scans (no labels)", parent)
+        self.setCheckable(True)
+        self.setChecked(False)          # folded away until wanted
         self._gather, self._model, self._on_new_model = gather, model, on_new_model
         self.name_edit = QLineEdit()
         self.name_edit.setPlaceholderText("<model>-adapted-<date>")
@@ -215,18 +223,21 @@ class AdaptPanel(QGroupBox):
         self.iters.setValue(100)
         self.runner = TaskRunner("Adapt")
         self.runner.run_button.clicked.connect(self.run)
-        form = QFormLayout()
+        self.body = QWidget()
+        form = QFormLayout(self.body)
+        form.setContentsMargins(0, 0, 0, 0)
         form.addRow("new name", self.name_edit)
         form.addRow("epochs", self.epochs)
         form.addRow("iterations / epoch", self.iters)
-        layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addWidget(self.runner)
-        hint = QLabel("Trains a copy on the model's own training data while making its features "
-                      "blind to the difference from these scans (adversarial adaptation); the "
-                      "original model is kept. Slow on a CPU: minutes to hours.")
+        hint = QLabel("A copy learns from the model's own training data while its features are made "
+                      "blind to how these scans differ; the original is kept. Slow on a CPU.")
         hint.setWordWrap(True)
-        layout.addWidget(hint)
+        form.addRow(hint)
+        form.addRow(self.runner)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.body)
+        self.body.setVisible(False)
+        self.toggled.connect(self.body.setVisible)
 
     def run(self):
         from ..methods.adapt import adapt_steps
