@@ -273,7 +273,7 @@ def adapt_lesion_segmenter(net: nn.Module, arch: str, arch_args: dict, source_ca
 
 #: BraTS subjects whose images (never their labels) are the adaptation target of lesions-uda: the
 #: EMMA members' training subjects, so the other subjects judge every issue-12 model unused
-from .emma import EMMA_TRAIN_SUBJECTS as UDA_TARGET_SUBJECTS  # noqa: E402
+from .emma import EMMA_TRAIN_SUBJECTS as UDA_TARGET_SUBJECTS, _brats_split  # noqa: E402
 
 
 def run_lesions_uda(run_dir: str | Path, ship: bool = False, epochs: int = 8, iters_per_epoch: int = 150,
@@ -293,21 +293,13 @@ def run_lesions_uda(run_dir: str | Path, ship: bool = False, epochs: int = 8, it
     from ..nets.deepmedic import DeepMedic
     from ..samples.brain_lesions import synthetic_lesion_case
     from .deepmedic import (BRATS_CITATION, SegmentSampler, _common_card, deepmedic_args, brats_licence,
-                            evaluate_lesion_cases, find_brats_root, list_brats_subjects, load_brats_subject,
-                            prepare_case, unlabelled_case, _attach_card)
+                            evaluate_lesion_cases, load_brats_subject, prepare_case, unlabelled_case, _attach_card)
     from .presets import _finish
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    root = find_brats_root(data)
-    subjects = list_brats_subjects(root)
-    missing = [s for s in target_subjects if s not in subjects]
-    if missing:
-        raise ValueError(f"target subjects not found in {root}: {missing}")
-    held_out = [s for s in subjects if s not in target_subjects]
-    if not held_out:
-        raise ValueError("every BraTS subject is a target: none is left to judge the adapted model")
+    root, subjects, _, held_out = _brats_split(data, target_subjects)
     spacing = (float(spacing_mm),) * 3
     source = []
     for s in range(seed, seed + n_train):
