@@ -448,8 +448,8 @@ SECTIONS = SECTIONS + (("acnn", demo_acnn),)
 
 
 def demo_robust_lesions(out: Path, device: str = "auto") -> list[str]:
-    """A synthetic case from a scanner the source model never saw: source-only vs adapted model,
-    and an ensemble's mean labels with its uncertainty map."""
+    """A synthetic case from a scanner the source model never saw: the source-only and the
+    BraTS-adapted model, and an ensemble's mean labels with its uncertainty map."""
     from . import zoo
     from .cli import write_lesion_outputs
     from .imaging import measures as M
@@ -480,7 +480,10 @@ def demo_robust_lesions(out: Path, device: str = "auto") -> list[str]:
                     f"{m['dice_enhancing']:.3f} |")
     lines += ["Input: synthetic FLAIR + T1c (seed 2025) from **scanner B** (other contrast, bias field, noise "
               "and resolution than the scanner A the source model learnt from).", "",
-              "| model | Dice WT | Dice TC | Dice ET |", "|---|---|---|---|", *rows, ""]
+              "| model | Dice WT | Dice TC | Dice ET |", "|---|---|---|---|", *rows, "",
+              "`lesions-synthetic` learnt scanner A only; `lesions-uda` is the same recipe adapted to real BraTS "
+              "scans (not to scanner B): its row shows what adapting to one target does to another. To adapt to "
+              "your own scanner, use `medlearn adapt` (below).", ""]
     if ensemble is not None:
         res = segment_lesions(case.channels, case.spacing, model=ensemble, brain_mask=case.brain_mask, device=device)
         write_lesion_outputs(out, vols["FLAIR"], res, "sample: synthetic brain lesion seed 2025, scanner B")
