@@ -185,14 +185,18 @@ def evaluate_lesion_cases(model, cases, progress: bool = False, save_dir: Path |
     """Segment each ``(channels, labels, spacing, brain_mask, name)`` case; BraTS region metrics.
 
     Returns per-case rows (Dice and HD95 for whole tumour, tumour core, enhancing; volumes) and
-    the means, as written into model cards. The rows are of the model's own output (its card's
-    clean-up, if any). With ``fractions``, each row also has ``clean`` metrics of the raw labels
-    (no clean-up) after :func:`~napari_medlearn.methods.lesions.remove_small_lesions` at each
-    fraction. ``save_dir`` keeps each case's raw labels (``pred_<name>.npz``).
+    the means, as written into model cards, with the whole-tumour calibration pooled over the
+    cases inside the brain (``calibration``, ``summary["ece_whole_tumour"]``) and, for an
+    ensemble, the uncertainty AUROC for its wrong voxels (:mod:`napari_medlearn.training.emma`).
+    The rows are of the model's own output (its card's clean-up, if any). With ``fractions``,
+    each row also has ``clean`` metrics of the raw labels (no clean-up) after
+    :func:`~napari_medlearn.methods.lesions.remove_small_lesions` at each fraction. ``save_dir``
+    keeps each case's raw labels (``pred_<name>.npz``).
     """
     from ..methods.lesions import lesion_volumes, remove_small_lesions, segment_lesions
+    from .emma import calibration_bins, calibration_summary, uncertainty_auroc, whole_tumour_probability
 
-    rows = []
+    rows, bins, auroc = [], [], []
     for channels, labels, spacing, mask, name in cases:
         res = segment_lesions(channels, spacing, model=model, brain_mask=mask,
                               min_component_fraction=0.0 if fractions else None)
@@ -201,6 +205,13 @@ def evaluate_lesion_cases(model, cases, progress: bool = False, save_dir: Path |
         row["whole_tumour_mL_true"] = tv["whole_tumour_mL"]
         row["whole_tumour_mL_pred"] = res.volumes_ml["whole_tumour_mL"]
         row["seconds"] = round(res.seconds, 1)
+        truth = np.asarray(labels) > 0
+        bins.append(calibration_bins(whole_tumour_probability(res.probabilities)[res.brain_mask],
+                                     truth[res.brain_mask]))
+        if res.uncertainty is not None:
+            row["uncertainty_auroc_wrong_voxels"] = uncertainty_auroc(res.uncertainty, (res.labels > 0) != truth,
+                                                                      res.brain_mask)
+            auroc.append(row["uncertainty_auroc_wrong_voxels"])
         if fractions:
             row["clean"] = {f"{f:g}": M.brats_region_metrics(remove_small_lesions(res.labels, f), labels, spacing)
                             for f in fractions}
@@ -211,7 +222,11 @@ def evaluate_lesion_cases(model, cases, progress: bool = False, save_dir: Path |
         if progress:
             print(f"  {name}: Dice WT {row['dice_whole_tumour']:.3f} TC {row['dice_tumour_core']:.3f} "
                   f"ET {row['dice_enhancing']:.3f}  HD95 WT {row['hd95_whole_tumour_mm']:.1f} mm", flush=True)
-    return {"summary": summarise_rows(rows), "cases": rows}
+    out = {"summary": summarise_rows(rows), "cases": rows, "calibration": calibration_summary(bins)}
+    out["summary"]["ece_whole_tumour"] = out["calibration"]["ece"]
+    if auroc:
+        out["summary"]["uncertainty_auroc_mean"] = float(np.nanmean(auroc))
+    return out
 
 
 def summarise_rows(rows: Sequence[dict]) -> dict[str, Any]:

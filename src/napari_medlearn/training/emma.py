@@ -202,30 +202,11 @@ def train_member(recipe: dict[str, Any], cases: Sequence, run_dir: str | Path, e
 
 def evaluate_with_calibration(model, cases: Sequence[tuple], fig_path: Path | None = None,
                               progress: bool = False) -> dict[str, Any]:
-    """BraTS region metrics per case, whole-tumour calibration pooled over cases and, for an
-    ensemble (a list of models), the uncertainty AUROC for its wrong voxels."""
-    from ..methods.lesions import segment_lesions
+    """:func:`~napari_medlearn.training.deepmedic.evaluate_lesion_cases` (region metrics,
+    whole-tumour calibration, an ensemble's uncertainty AUROC) plus the reliability figure."""
+    from .deepmedic import evaluate_lesion_cases
 
-    rows, bins, auroc = [], [], []
-    for channels, labels, spacing, mask, name in cases:
-        res = segment_lesions(channels, spacing, model=model, brain_mask=mask)
-        row = {"case": name, **M.brats_region_metrics(res.labels, labels, spacing),
-               "whole_tumour_mL_pred": res.volumes_ml["whole_tumour_mL"], "seconds": round(res.seconds, 1)}
-        truth = np.asarray(labels) > 0
-        bins.append(calibration_bins(whole_tumour_probability(res.probabilities)[res.brain_mask], truth[res.brain_mask]))
-        if res.uncertainty is not None:
-            row["uncertainty_auroc_wrong_voxels"] = uncertainty_auroc(res.uncertainty, (res.labels > 0) != truth,
-                                                                      res.brain_mask)
-            auroc.append(row["uncertainty_auroc_wrong_voxels"])
-        rows.append(row)
-        if progress:
-            print(f"  {name}: Dice WT {row['dice_whole_tumour']:.3f}", flush=True)
-    from .deepmedic import summarise_rows
-
-    out = {"summary": summarise_rows(rows), "cases": rows, "calibration": calibration_summary(bins)}
-    out["summary"]["ece_whole_tumour"] = out["calibration"]["ece"]
-    if auroc:
-        out["summary"]["uncertainty_auroc_mean"] = float(np.nanmean(auroc))
+    out = evaluate_lesion_cases(model, cases, progress=progress)
     if fig_path is not None:
         save_reliability_figure({str(getattr(model, "zoo_name", "model")): out["calibration"]}, fig_path)
     return out
