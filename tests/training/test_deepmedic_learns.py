@@ -62,6 +62,18 @@ def test_sampler_is_class_balanced_and_shapes_fit_the_net():
     assert net(x).shape[2:] == y.shape[1:]
 
 
+@pytest.mark.parametrize("batch_size, fraction", [(2, 0.25), (2, 1 / 3), (3, 0.5), (10, 0.5)])
+def test_small_batches_keep_the_tumour_share(batch_size, fraction):
+    """A batch of 2 at 25 % must still see tumour a quarter of the time (plain rounding gave none)."""
+    case = tiny_lesion_case(0)
+    pc = prepare_case(case.channels, case.labels, case.spacing, case.brain_mask)
+    s = SegmentSampler([pc], DeepMedic(**TINY).geometry(9), fg_fraction=fraction)
+    rng = np.random.default_rng(1)
+    counts = [s.foreground_count(rng, batch_size) for _ in range(4000)]
+    assert set(counts) <= {int(np.floor(batch_size * fraction)), int(np.ceil(batch_size * fraction))}
+    assert abs(np.mean(counts) / batch_size - fraction) < 0.02
+
+
 def test_deepmedic_learns_on_tiny_lesion_cases(tmp_path):
     torch.set_num_threads(1)
     cases = [tiny_lesion_case(s) for s in range(3)]

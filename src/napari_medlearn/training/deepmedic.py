@@ -155,12 +155,23 @@ class SegmentSampler:
         y = self.classes[i][o[0]:o[0] + self.out[0], o[1]:o[1] + self.out[1], o[2]:o[2] + self.out[2]]
         return x, y, m
 
+    def foreground_count(self, rng: np.random.Generator, batch_size: int) -> int:
+        """Segments of a batch centred on tumour: ``batch_size * fg_fraction`` rounded up or down
+        at random so that the expected share is ``fg_fraction`` for any batch size (plain rounding
+        gives a batch of 2 at 25 % no tumour segment at all). No random draw when it is whole."""
+        want = batch_size * self.fg_fraction
+        n = int(np.floor(want + 1e-9))
+        if want - n > 1e-9 and rng.random() < want - n:
+            n += 1
+        return n
+
     def batch(self, rng: np.random.Generator, device, batch_size: int = 10, augment: bool = True):
         """``(B, C, *segment)`` float32 inputs and ``(B, *out)`` long class targets."""
         xs, ys = [], []
+        n_fg = self.foreground_count(rng, batch_size)
         for b in range(batch_size):
             i = int(rng.integers(len(self.images)))
-            x, y, m = self.segment(rng, i, foreground=b < round(batch_size * self.fg_fraction))
+            x, y, m = self.segment(rng, i, foreground=b < n_fg)
             x = x.copy()
             if augment:
                 sc = 1.0 + self.scale * rng.standard_normal(self.n_channels)

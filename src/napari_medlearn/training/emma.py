@@ -9,8 +9,8 @@ Members here (each a zoo model with a preset and a card; :data:`MEMBER_RECIPES`)
 
 - ``emma-deepmedic``: DeepMedic (paper widths), cross-entropy, 50 % of segments on tumour;
 - ``emma-unet``: 3D U-Net (Cicek et al. 2016), Dice + cross-entropy (MONAI ``DiceCELoss``),
-  a third of the patches on tumour;
-- ``emma-fcn``: 3D FCN-8s (Long et al. 2015), cross-entropy, a quarter of the patches on tumour.
+  half of the patches on tumour;
+- ``emma-fcn``: 3D FCN-8s (Long et al. 2015), cross-entropy, a third of the patches on tumour.
 
 Evaluation helpers shared by every lesion card: whole-tumour calibration (expected calibration
 error and the reliability curve, by MONAI's ``calibration_binning``, pooled over cases inside the
@@ -33,9 +33,9 @@ from ..imaging import measures as M
 #: architecture, size and training recipe of each EMMA member (varied loss and sampling, as in EMMA)
 MEMBER_RECIPES: dict[str, dict[str, Any]] = {
     "emma-deepmedic": {"arch": "deepmedic", "loss": "ce", "fg_fraction": 0.5, "out": 9, "batch_size": 10},
-    "emma-unet": {"arch": "unet3d", "arch_args": {"base": 8, "levels": 4}, "loss": "dice_ce", "fg_fraction": 1 / 3,
+    "emma-unet": {"arch": "unet3d", "arch_args": {"base": 8, "levels": 4}, "loss": "dice_ce", "fg_fraction": 0.5,
                   "patch": 48, "batch_size": 2, "inference": {"roi": 96, "overlap": 0.25}},
-    "emma-fcn": {"arch": "fcn3d", "arch_args": {"base": 8, "fc": 64}, "loss": "ce", "fg_fraction": 0.25,
+    "emma-fcn": {"arch": "fcn3d", "arch_args": {"base": 8, "fc": 64}, "loss": "ce", "fg_fraction": 1 / 3,
                  "patch": 48, "batch_size": 2, "inference": {"roi": 96, "overlap": 0.25}},
 }
 LOSS_TEXT = {"ce": "voxel-wise cross-entropy", "dice_ce": "soft Dice + cross-entropy (MONAI DiceCELoss, softmax, "

@@ -409,13 +409,13 @@ PRESETS: dict[str, Preset] = {
     ),
     "emma-unet": Preset(
         "emma-unet", "emma-unet",
-        "EMMA member: 3D U-Net, Dice + cross-entropy, 1/3 tumour patches, on 2 BraTS subjects (~40 min on 1 CPU "
+        "EMMA member: 3D U-Net, Dice + cross-entropy, 1/2 tumour patches, on 2 BraTS subjects (~40 min on 1 CPU "
         "thread)",
         _run_emma_member("emma-unet"),
     ),
     "emma-fcn": Preset(
         "emma-fcn", "emma-fcn",
-        "EMMA member: 3D FCN-8s, cross-entropy, 1/4 tumour patches, on 2 BraTS subjects (~40 min on 1 CPU thread)",
+        "EMMA member: 3D FCN-8s, cross-entropy, 1/3 tumour patches, on 2 BraTS subjects (~15 min on 1 CPU thread)",
         _run_emma_member("emma-fcn"),
     ),
     "emma": Preset(
