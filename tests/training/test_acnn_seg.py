@@ -38,6 +38,19 @@ def test_stack_batches_and_the_canonical_mapping_match_the_numpy_path():
     np.testing.assert_allclose(mine[:, 1:-1], ref[:, 1:-1], atol=1e-4)
 
 
+def test_far_crops_cover_the_field_of_view_and_near_ones_the_heart():
+    lab = np.zeros((4, 160, 160), np.uint8)
+    lab[:, 70:90, 70:90] = 1
+    near, far = StackPool(crop=32), StackPool(crop=32, far_fraction=1.0)
+    for p in (near, far):
+        p.add_volume(lab.astype(np.float32), lab, (8.0, 1.5, 1.5))
+    rng = np.random.default_rng(0)
+    near_hits = [near._crop(rng, 0, 32)[1].any() for _ in range(50)]
+    far_hits = [far._crop(rng, 0, 32)[1].any() for _ in range(200)]
+    assert all(near_hits)
+    assert 0.02 < np.mean(far_hits) < 0.5       # mostly background, sometimes the heart
+
+
 def test_shape_loss_trains_the_segmenter_not_the_prior():
     torch.manual_seed(0)
     prior = ACNNShapeModel(**TINY_ACNN)

@@ -8,7 +8,9 @@ codes given by the **frozen** encoder of the label autoencoder (here the shipped
 
 The prior sees whole 3D label maps, so a training sample is a whole short-axis stack: every
 slice of one ACDC frame (in-plane 1.5 mm, cropped 128 x 128 around the heart with random
-shifts, one random rotation/scale/flip/intensity change for the whole stack) goes through the
+shifts, or anywhere in the field of view for ``far_fraction`` of the stacks, so that both twins
+see the far background they meet on whole slices at inference and the shape term penalises
+islands there; one random rotation/scale/flip/intensity change for the whole stack) goes through the
 2D FCN; its softmax ``(K, Z, 128, 128)`` is resampled (differentiably, trilinear) onto the
 prior's canonical grid, centred on the truth's foreground exactly as
 :mod:`napari_medlearn.imaging.shape_grid` does, and encoded; the truth's one-hot map goes the
@@ -38,13 +40,16 @@ CROP = 128
 
 
 class StackPool:
-    """Whole short-axis stacks (in-plane ``TARGET_MM``), sampled as augmented 128 x 128 crops."""
+    """Whole short-axis stacks (in-plane ``TARGET_MM``), sampled as augmented 128 x 128 crops:
+    around the heart, or (a ``far_fraction`` of stacks) centred anywhere in the field of view, so
+    the network also learns the far background it meets at inference on whole slices."""
 
-    def __init__(self, augment: dict | None = None, crop: int = CROP) -> None:
+    def __init__(self, augment: dict | None = None, crop: int = CROP, far_fraction: float = 0.0) -> None:
         self.images: list[np.ndarray] = []
         self.labels: list[np.ndarray] = []
         self.dz: list[float] = []
         self.crop = crop
+        self.far_fraction = float(far_fraction)
         self.augment = dict(augment or {})
 
     def add_volume(self, image: np.ndarray, labels: np.ndarray, spacing) -> None:
@@ -65,6 +70,9 @@ class StackPool:
 
         img, lab = self.images[i], self.labels[i]
         _, h, w = img.shape
+        if self.far_fraction and rng.random() < self.far_fraction:
+            cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+            return crop_square(img, cy, cx, size, np.float32), crop_square(lab, cy, cx, size, np.float32)
         fg = np.argwhere(lab > 0)
         cy, cx = (fg[:, 1:].mean(axis=0) if len(fg) else np.array([h / 2, w / 2])) + rng.normal(0, self.crop / 12, 2)
         return crop_square(img, cy, cx, size, np.float32), crop_square(lab, cy, cx, size, np.float32)
@@ -187,7 +195,7 @@ def run_acnn_seg(run_dir: str | Path, ship: bool = False, which: str = "both", l
                  epochs: int = 6, iters_per_epoch: int = 150, init: str | None = "cardiac-fcn-acdc",
                  prior: str = "acnn-shape-prior", data: str | None = None, n_val_per_group: int = 4,
                  max_patients: int | None = None, device: str = "auto", seed: int = 0,
-                 progress: bool = True, width: float = 1.0) -> dict[str, Any]:
+                 progress: bool = True, width: float = 1.0, far_fraction: float = 0.3) -> dict[str, Any]:
     """Fine-tune the cardiac FCN ``init`` on whole ACDC stacks with (``acnn``) and without
     (``plain``, the twin) the shape-code loss; evaluate both (and ``init``) on the held-out split.
 
@@ -222,7 +230,7 @@ def run_acnn_seg(run_dir: str | Path, ship: bool = False, which: str = "both", l
                 models[kind] = zoo.load(str(kdir / "model.pt"), device="cpu")
                 records[kind] = dict(zoo.card(str(kdir / "model.pt")).get("training", {}))
             continue
-        pool = StackPool(augment)
+        pool = StackPool(augment, far_fraction=far_fraction)
         for name in train_names:
             p = load_patient(root, name)
             pool.add_volume(p.ed_image, p.ed_labels, p.spacing)
@@ -286,8 +294,10 @@ def run_acnn_seg(run_dir: str | Path, ship: bool = False, which: str = "both", l
             "initialisation": init or "random",
             "loss": f"MONAI DiceCELoss over the slices + {lam} x mean squared difference of the {prior} codes of the "
                     "softmax and of the truth, both resampled onto the prior's canonical grid (encoder frozen)",
-            "sample": "one whole stack per step: every slice, 128 x 128 at 1.5 mm around the heart, one random "
-                      "rotation/scale/flip/shift + gamma/bias/noise for the stack",
+            "sample": f"one whole stack per step: every slice, 128 x 128 at 1.5 mm around the heart ({far_fraction:.0%} "
+                      "of stacks centred anywhere in the field of view instead, where the shape code of the truth is "
+                      "that of an empty map), one random rotation/scale/flip/shift + gamma/bias/noise for the stack",
+            "far_fraction": far_fraction, "lambda": lam,
             "twin": "the same recipe with lambda = 0 (same initial weights, batches and iterations): "
                     "not shipped, its figures are below",
             **records["acnn"],
