@@ -79,3 +79,20 @@ def test_reliability_figure(tmp_path):
     c = calibration_summary([calibration_bins(p, rng.random(p.size) < p, 10)])
     out = save_reliability_figure({"a": c, "b": c}, tmp_path / "r.png")
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_calibration_goes_into_a_card_without_touching_the_rest(tmp_path):
+    from napari_medlearn.training.emma import calibrate_lesion_card
+
+    rng = np.random.default_rng(0)
+    p = rng.random(4000)
+    cal = calibration_summary([calibration_bins(p, rng.random(p.size) < p, 10)])
+    card = {"name": "m", "sha256": "abc", "training": {"never_seen": ["s1"]},
+            "evaluation": {"summary": {"dice_whole_tumour_mean": 0.8}, "cases": [1]}}
+    out = calibrate_lesion_card("m", calibration=cal, card=card, out_dir=tmp_path)
+    assert out["evaluation"]["calibration"]["ece"] == cal["ece"] and "s1" in out["evaluation"]["calibration"]["data"]
+    assert out["evaluation"]["summary"] == {"dice_whole_tumour_mean": 0.8, "ece_whole_tumour": cal["ece"]}
+    assert out["sha256"] == "abc" and out["evaluation"]["cases"] == [1] and card["evaluation"]["cases"] == [1]
+    assert (tmp_path / "m_reliability.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "m.json").exists()
+    with pytest.raises(ValueError, match="never-seen"):
+        calibrate_lesion_card("m", card={"name": "m", "training": {}})

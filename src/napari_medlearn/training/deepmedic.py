@@ -165,10 +165,12 @@ class SegmentSampler:
             n += 1
         return n
 
-    def batch(self, rng: np.random.Generator, device, batch_size: int = 10, augment: bool = True):
-        """``(B, C, *segment)`` float32 inputs and ``(B, *out)`` long class targets."""
+    def batch(self, rng: np.random.Generator, device, batch_size: int = 10, augment: bool = True,
+              n_foreground: int | None = None):
+        """``(B, C, *segment)`` float32 inputs and ``(B, *out)`` long class targets; the first
+        ``n_foreground`` (default: :meth:`foreground_count`) centred on tumour, the rest on brain."""
         xs, ys = [], []
-        n_fg = self.foreground_count(rng, batch_size)
+        n_fg = self.foreground_count(rng, batch_size) if n_foreground is None else int(n_foreground)
         for b in range(batch_size):
             i = int(rng.integers(len(self.images)))
             x, y, m = self.segment(rng, i, foreground=b < n_fg)
@@ -506,7 +508,13 @@ def run_lesions_brats(run_dir: str | Path, ship: bool = False, epochs: int = 20,
         },
         "intended_use": "research use only, not for diagnosis",
     }
-    return _finish(model, "deepmedic", arch_args, card, run_dir, ship)
+    card = _finish(model, "deepmedic", arch_args, card, run_dir, ship)
+    if ship:     # calibration of the shipped fold on its never-seen subjects, with the reliability figure
+        from .emma import calibrate_lesion_card
+
+        card = calibrate_lesion_card(name, data=data, subjects=test, calibration=shipped_fr.get("calibration"),
+                                     card=card, out_dir=run_dir, ship=True)
+    return card
 
 
 def run_lesions_synthetic(run_dir: str | Path, ship: bool = False, epochs: int = 8, iters_per_epoch: int = 150,
@@ -568,4 +576,15 @@ def run_lesions_synthetic(run_dir: str | Path, ship: bool = False, epochs: int =
                               "seeds": [seed, seed + n_train], "spacing_mm": spacing_mm},
         "intended_use": "demonstration and testing; research use only, not for diagnosis",
     }
-    return _finish(model, "deepmedic", arch_args, card, run_dir, ship)
+    card = _finish(model, "deepmedic", arch_args, card, run_dir, ship)
+    if ship:     # Dice and calibration on the real BraTS subjects (it never saw a real scan)
+        from .emma import calibrate_lesion_card
+
+        try:
+            real = list_brats_subjects(find_brats_root(None))
+        except (FileNotFoundError, ValueError):
+            real = []
+        if real:
+            card = calibrate_lesion_card(name, subjects=real, card=card, out_dir=run_dir, ship=True,
+                                         key="real_brats", progress=progress)
+    return card

@@ -145,6 +145,59 @@ def flair_threshold_floor(train: Sequence[tuple], test: Sequence[tuple], quantil
             "dice_whole_tumour_mean": float(np.mean([r["dice_whole_tumour"] for r in rows])) if rows else float("nan")}
 
 
+def calibrate_lesion_card(name: str, data: str | None = None, subjects: Sequence[str] | None = None,
+                          calibration: dict[str, Any] | None = None, card: dict[str, Any] | None = None,
+                          out_dir: str | Path | None = None, ship: bool = False, key: str | None = None,
+                          progress: bool = False) -> dict[str, Any]:
+    """Whole-tumour calibration (ECE, reliability curve and its figure) in the card of lesion model
+    ``name``: on the BraTS ``subjects`` it never saw (default: the card's ``training.never_seen``).
+
+    ``calibration`` (from :func:`~napari_medlearn.training.deepmedic.evaluate_lesion_cases`) skips
+    the evaluation. The card (``card`` or the zoo's) gets ``evaluation.calibration``,
+    ``evaluation.reliability_figure`` and ``evaluation.summary.ece_whole_tumour``; it is written to
+    ``out_dir`` and, with ``ship``, into the zoo with the figure. The weights are not touched.
+    With ``key`` (e.g. ``real_brats`` for a model whose own evaluation is on synthetic cases),
+    the whole evaluation on ``subjects`` (region Dice/HD95 per case, calibration) goes into
+    ``evaluation[key]`` instead and the card's summary is left as it is.
+    """
+    from .. import zoo
+    from .deepmedic import evaluate_lesion_cases, find_brats_root, load_brats_subject
+
+    card = dict(card if card is not None else zoo.card(name))
+    subjects = list(subjects or card.get("training", {}).get("never_seen", []))
+    full = None
+    if calibration is None or key:
+        if not subjects:
+            raise ValueError(f"card {name!r} names no never-seen subject to calibrate on")
+        root = find_brats_root(data)
+        cases = [(*load_brats_subject(root, s)[:4], s) for s in subjects]
+        full = evaluate_lesion_cases(zoo.load(name, device="cpu"), cases, progress=progress)
+        calibration = full["calibration"]
+        del cases
+    fig = f"{name}_reliability.png"
+    ev = dict(card.get("evaluation", {}))
+    cal = {**calibration, "data": f"whole-tumour probability inside the brain, pooled over {', '.join(subjects)} "
+                                  "(never trained on)"}
+    if key:
+        ev[key] = {"data": f"real BraTS subjects {', '.join(subjects)}, never used in training; full pipeline "
+                           "(segment_lesions with the provided brain masks)",
+                   "summary": full["summary"], "cases": full["cases"], "calibration": cal}
+    else:
+        ev["calibration"] = cal
+        if isinstance(ev.get("summary"), dict):
+            ev["summary"] = {**ev["summary"], "ece_whole_tumour": calibration["ece"]}
+    ev["reliability_figure"] = fig
+    card["evaluation"] = ev
+    targets = [Path(out_dir)] if out_dir is not None else []
+    if ship:
+        targets.append(zoo.CARDS_DIR)
+    for d in targets:
+        d.mkdir(parents=True, exist_ok=True)
+        save_reliability_figure({name: calibration}, d / fig, f"{name}: whole tumour, never-seen BraTS subjects")
+        zoo.write_json_atomic(card, d / f"{name}.json")
+    return card
+
+
 # ---------------------------------------------------------------------------------------------
 # members
 
@@ -348,6 +401,6 @@ def run_emma(run_dir: str | Path, ship: bool = False, members: Sequence[str] = t
     return card
 
 
-__all__ = ["EMMA_TRAIN_SUBJECTS", "MEMBER_RECIPES", "run_emma", "run_emma_member", "calibration_bins", "calibration_summary", "evaluate_with_calibration",
+__all__ = ["EMMA_TRAIN_SUBJECTS", "MEMBER_RECIPES", "run_emma", "run_emma_member", "calibrate_lesion_card", "calibration_bins", "calibration_summary", "evaluate_with_calibration",
            "flair_threshold_floor", "member_arch_args", "member_loss", "save_reliability_figure", "train_member",
            "uncertainty_auroc", "whole_tumour_probability"]
