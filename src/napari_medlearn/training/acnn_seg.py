@@ -191,7 +191,7 @@ def evaluate_segmenter(model, cases, progress: bool = False) -> dict[str, Any]:
     return {"summary": summary, "cases": rows}
 
 
-def run_acnn_seg(run_dir: str | Path, ship: bool = False, which: str = "both", lam: float = 0.1,
+def run_acnn_seg(run_dir: str | Path, ship: bool = False, which: str = "both", lam: float = 0.05,
                  epochs: int = 6, iters_per_epoch: int = 150, init: str | None = "cardiac-fcn-acdc",
                  prior: str = "acnn-shape-prior", data: str | None = None, n_val_per_group: int = 4,
                  max_patients: int | None = None, device: str = "auto", seed: int = 0,
