@@ -165,12 +165,11 @@ class SegmentSampler:
             n += 1
         return n
 
-    def batch(self, rng: np.random.Generator, device, batch_size: int = 10, augment: bool = True,
-              n_foreground: int | None = None):
+    def batch(self, rng: np.random.Generator, device, batch_size: int = 10, augment: bool = True):
         """``(B, C, *segment)`` float32 inputs and ``(B, *out)`` long class targets; the first
-        ``n_foreground`` (default: :meth:`foreground_count`) centred on tumour, the rest on brain."""
+        :meth:`foreground_count` centred on tumour, the rest on brain background."""
         xs, ys = [], []
-        n_fg = self.foreground_count(rng, batch_size) if n_foreground is None else int(n_foreground)
+        n_fg = self.foreground_count(rng, batch_size)
         for b in range(batch_size):
             i = int(rng.integers(len(self.images)))
             x, y, m = self.segment(rng, i, foreground=b < n_fg)

@@ -112,18 +112,13 @@ def train_uda(model: nn.Module, source_batch: Callable, target_batch: Callable, 
               disc_width: int = 32, weight_decay: float = 1e-4, seed: int = 0, device: str = "auto",
               progress: bool = True, cancelled: Callable[[], bool] | None = None,
               on_epoch: Callable[[int, dict], None] | None = None,
-              report: Callable[[int, int, str], None] | None = None,
-              domain_source: slice | None = None) -> dict[str, Any]:
+              report: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
     """Adversarial domain adaptation of ``model`` in place; returns the history.
 
     ``source_batch(rng, device) -> (x, y)`` gives labelled source segments, ``target_batch(rng,
     device) -> x`` unlabelled target segments of the same size. ``ramp`` (epochs) defaults to
     ``(0.2 * epochs, 0.6 * epochs)``. ``run_dir/last.pt`` holds the checkpoint (resumed when present).
     ``report(done, total, message)`` is called after every iteration (GUI progress).
-    ``domain_source`` picks the source segments the discriminator sees (default all): the ones
-    drawn the way target segments are (anywhere in the brain), so that the discriminator cannot
-    tell the domains apart by how often a segment is centred on a lesion, which only the source
-    sampling knows.
     """
     from tqdm.auto import tqdm
 
@@ -144,9 +139,7 @@ def train_uda(model: nn.Module, source_batch: Callable, target_batch: Callable, 
     config = {"epochs": epochs, "iters_per_epoch": iters_per_epoch, "lr": lr, "lam_max": lam_max,
               "ramp_epochs": list(ramp), "disc_width": disc_width, "weight_decay": weight_decay, "seed": seed,
               "update": "gradient reversal, one optimiser (Adam) for segmenter and discriminator",
-              "discriminator_inputs": [int(f.shape[1]) for f in feats],
-              "discriminator_source_segments": "all" if domain_source is None else
-              f"{domain_source.start or 0}:{'' if domain_source.stop is None else domain_source.stop} of each batch"}
+              "discriminator_inputs": [int(f.shape[1]) for f in feats]}
     hist: dict[str, Any] = {"seg_loss": [], "domain_loss": [], "domain_accuracy": [], "lambda": [],
                             "wall_seconds": 0.0, "config": config}
     start = 0
@@ -177,12 +170,8 @@ def train_uda(model: nn.Module, source_batch: Callable, target_batch: Callable, 
             logits, feats = feature_list(model, torch.cat([x_s, x_t]))
             ns = x_s.shape[0]
             loss_seg = seg_loss(logits[:ns], y_s)
-            if domain_source is not None:
-                pick = torch.cat([torch.arange(ns)[domain_source], torch.arange(ns, ns + x_t.shape[0])])
-                feats = [f[pick] for f in feats]
-            n_dom_s = len(range(ns)[domain_source]) if domain_source is not None else ns
             d = disc([grad_reverse(f, lam) for f in feats])
-            dom_y = torch.cat([torch.zeros(n_dom_s), torch.ones(x_t.shape[0])]).to(d.device)
+            dom_y = torch.cat([torch.zeros(ns), torch.ones(x_t.shape[0])]).to(d.device)
             loss_dom = F.binary_cross_entropy_with_logits(d, dom_y)
             opt.zero_grad(set_to_none=True)
             (loss_seg + loss_dom).backward()
@@ -269,25 +258,17 @@ def adapt_lesion_segmenter(net: nn.Module, arch: str, arch_args: dict, source_ca
                            report: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
     """Train ``net`` (in place) on labelled ``source_cases`` while adapting it adversarially to
     unlabelled ``target_cases`` (:class:`~napari_medlearn.training.deepmedic.LesionTrainingCase`
-    lists; the targets' classes are never read).
-
-    Each batch: ``batch_size`` source segments for the task loss (``fg_fraction`` of them centred
-    on a lesion, the rest anywhere else in the brain) and as many target segments as there are
-    source segments of the second kind, drawn anywhere in the brain. The discriminator sees those
-    two equal groups only, so the lesion-centred sampling that only the labelled source allows is
-    not a cue for telling the domains apart."""
+    lists; the targets' classes are never read). Half of each batch is source, half target."""
     from .deepmedic import SegmentSampler, sampler_geometry
 
     geo = sampler_geometry(net, out, patch)
     src = SegmentSampler(source_cases, geo, fg_fraction=fg_fraction)
     tgt = SegmentSampler(target_cases, geo, fg_fraction=0.0)
-    n_src = max(2, int(batch_size))
-    n_fg = min(n_src - 1, int(round(n_src * fg_fraction)))
-    return train_uda(net, lambda rng, dev: src.batch(rng, dev, n_src, n_foreground=n_fg),
-                     lambda rng, dev: tgt.batch(rng, dev, n_src - n_fg)[0], F.cross_entropy, run_dir, arch,
-                     arch_args, epochs=epochs, iters_per_epoch=iters_per_epoch, lr=lr, lam_max=lam_max, ramp=ramp,
-                     seed=seed, device=device, progress=progress, cancelled=cancelled, on_epoch=on_epoch,
-                     report=report, domain_source=slice(n_fg, None))
+    half = max(1, batch_size // 2)
+    return train_uda(net, lambda rng, dev: src.batch(rng, dev, half),
+                     lambda rng, dev: tgt.batch(rng, dev, half)[0], F.cross_entropy, run_dir, arch, arch_args,
+                     epochs=epochs, iters_per_epoch=iters_per_epoch, lr=lr, lam_max=lam_max, ramp=ramp, seed=seed,
+                     device=device, progress=progress, cancelled=cancelled, on_epoch=on_epoch, report=report)
 
 
 #: BraTS subjects whose images (never their labels) are the adaptation target of lesions-uda: the
@@ -296,16 +277,14 @@ from .emma import EMMA_TRAIN_SUBJECTS as UDA_TARGET_SUBJECTS, _brats_split  # no
 
 
 def run_lesions_uda(run_dir: str | Path, ship: bool = False, epochs: int = 8, iters_per_epoch: int = 150,
-                    n_train: int = 12, lam_max: float = 0.05, batch_size: int = 10, width: float = 1.0,
+                    n_train: int = 12, lam_max: float = 0.05, batch_size: int = 20, width: float = 1.0,
                     data: str | None = None, target_subjects: Sequence[str] = UDA_TARGET_SUBJECTS,
                     device: str = "auto", seed: int = 0, progress: bool = True, domain: str = "A",
                     spacing_mm: float = 2.0, baseline: str | None = "lesions-synthetic") -> dict[str, Any]:
     """``lesions-uda``: the ``lesions-synthetic`` recipe (same cases, architecture, segments and
     schedule) plus the real BraTS images of ``target_subjects`` as an unlabelled target.
 
-    Each batch holds 10 source segments (as lesions-synthetic's: 5 on a lesion, 5 elsewhere in the
-    brain) and 5 target segments anywhere in the brain; the discriminator compares the latter with
-    the 5 source segments drawn the same way.
+    Each batch holds 10 source segments (as lesions-synthetic's) and 10 target segments.
     The card compares it with ``baseline`` (the source-only model) on the BraTS subjects not in
     ``target_subjects``, which neither model has seen: BraTS region Dice and HD95, and a fresh
     discriminator's accuracy at telling synthetic from real segments by the model's features.
@@ -343,7 +322,7 @@ def run_lesions_uda(run_dir: str | Path, ship: bool = False, epochs: int = 8, it
     ev = evaluate_lesion_cases(model, ev_cases, progress=progress)
     base = None
     geo = model.geometry(9)
-    # both domains sampled alike (anywhere in the brain): only the images differ
+    # both domains sampled alike (anywhere in the brain) for the probe: only the images differ
     src_s, tgt_s = SegmentSampler(source, geo, fg_fraction=0.0), SegmentSampler(target, geo, fg_fraction=0.0)
     probe = {"lesions-uda": domain_probe_accuracy(model, lambda r, d: src_s.batch(r, d, 4),
                                                   lambda r, d: tgt_s.batch(r, d, 4)[0], device=device)}
@@ -373,9 +352,7 @@ def run_lesions_uda(run_dir: str | Path, ship: bool = False, epochs: int = 8, it
             "never_seen": held_out,
             "command": "medlearn train lesions-uda --ship",
             "adversarial": "domain discriminator on the last layer of each pathway and the hidden FC layers; "
-                           "gradient reversal with a linearly ramped weight; the discriminator compares target "
-                           "segments with the source segments sampled the same way (anywhere in the brain, not "
-                           "centred on a lesion)",
+                           "gradient reversal with a linearly ramped weight",
             **cfg_rec,
         },
         "adaptation_source": {"generator": "samples.brain_lesions.synthetic_lesion_case", "domain": domain,
