@@ -63,6 +63,13 @@ def test_every_shipped_model_matches_its_card():
     assert "cardiac-fcn-phantom" in names
     for name in names:
         card = zoo.card(name)
+        if card.get("kind") == "ensemble":       # weights are its members'; the card names them
+            assert len(card["members"]) >= 3 and set(card["members"]) <= set(names), name
+            for key in ("task", "labels", "training", "evaluation", "licence"):
+                assert key in card, f"{name} card lacks {key}"
+            assert all(zoo.card(m)["task"] == card["task"] for m in card["members"])
+            assert "medlearn train" in card["training"]["command"]
+            continue
         assert card["sha256"] == zoo.sha256_of(zoo.WEIGHTS_DIR / f"{name}.pt")
         for key in ("task", "architecture", "labels", "input", "training", "evaluation", "licence"):
             assert key in card, f"{name} card lacks {key}"
