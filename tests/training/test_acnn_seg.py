@@ -10,8 +10,8 @@ from acnn_helpers import TINY_ACNN, ring_labels
 from napari_medlearn.imaging.shape_grid import foreground_centre, grid_map, to_canonical
 from napari_medlearn.nets import ACNNShapeModel, BaiFCN
 from helpers import needs_acdc
-from napari_medlearn.training.acnn_seg import (ShapeRegularisedLoss, StackPool, to_canonical_torch,
-                                               topology_faults)
+from napari_medlearn.training.acnn_seg import (ShapeRegularisedLoss, StackPool, antialias, antialias_kernel,
+                                               to_canonical_torch, topology_faults)
 
 
 def _pool(n=2):
@@ -100,3 +100,22 @@ def test_tiny_acnn_seg_run_learns_and_compares_with_its_twin(tmp_path):
     assert set(ev["acnn_vs_twin"]) >= {"dice_mean_acnn_minus_plain", "hd95_mm_acnn_minus_plain"}
     assert card["name"] == "cardiac-fcn-acnn" and card["task"] == "cardiac-segmentation"
     assert (tmp_path / "run" / "plain" / "model.pt").exists() and (tmp_path / "run" / "model.pt").exists()
+
+
+def test_every_pixel_reaches_the_shape_code_only_with_the_low_pass():
+    """The canonical grid is twice as coarse as the slices: bilinear sampling alone lands on one
+    pixel in four; the tent filter first spreads every pixel onto the sampled ones."""
+    pool = _pool(1)
+    x, y = pool.batch(np.random.default_rng(0), "cpu", grid=(4, 16, 16), grid_spacing=(8.0, 3.0, 3.0))
+    lab = y["labels"][:, 0]
+    heart = (lab > 0).numpy()
+    assert antialias_kernel(1.0) is None and torch.allclose(antialias_kernel(2.0), torch.tensor([0.25, 0.5, 0.25]))
+    reached = {}
+    for name, kernel in (("plain", None), ("low-pass", antialias_kernel(2.0))):
+        prob = F.one_hot(lab, 4).permute(0, 3, 1, 2).float().requires_grad_(True)
+        can = to_canonical_torch(antialias(prob, kernel), y["grid"])
+        (can[:, 1:] * torch.randn_like(can[:, 1:])).sum().backward()
+        reached[name] = float((prob.grad.abs().sum(1).numpy()[heart] > 0).mean())
+    assert reached["plain"] < 0.75 and reached["low-pass"] > 0.95, reached
+    blurred = antialias(F.one_hot(lab, 4).permute(0, 3, 1, 2).float(), antialias_kernel(2.0))
+    assert torch.allclose(blurred.sum(1), torch.ones_like(blurred[:, 0]), atol=1e-5)   # still probabilities

@@ -14,7 +14,8 @@ islands there; one random rotation/scale/flip/intensity change for the whole sta
 2D FCN; its softmax ``(K, Z, 128, 128)`` is resampled (differentiably, trilinear) onto the
 prior's canonical grid, centred on the truth's foreground exactly as
 :mod:`napari_medlearn.imaging.shape_grid` does, and encoded; the truth's one-hot map goes the
-same way. Loss = MONAI DiceCE over the slices + ``lambda`` * mean squared code difference.
+same way, each first low-passed in-plane so that every pixel reaches the code (the canonical grid
+is twice as coarse). Loss = MONAI DiceCE over the slices + ``lambda`` * mean squared code difference.
 
 The **twin** is the same recipe with ``lambda = 0``: same initial weights (the shipped
 ``cardiac-fcn-acdc`` by default, fine-tuned), same batches, same iterations. The card compares
@@ -110,15 +111,43 @@ def to_canonical_torch(prob: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     return torch.cat([can[:, :1] + (1 - inside), can[:, 1:]], dim=1)
 
 
+def antialias_kernel(factor: float) -> torch.Tensor | None:
+    """Separable triangle (tent) low-pass for in-plane down-sampling by ``factor``: weights
+    ``factor - |k|`` for ``|k| < factor``, normalised (``[1, 2, 1] / 4`` for 2); None when
+    ``factor < 1.5`` (no down-sampling to speak of)."""
+    if factor < 1.5:
+        return None
+    r = int(np.ceil(factor)) - 1
+    w = torch.tensor([factor - abs(k) for k in range(-r, r + 1)], dtype=torch.float32)
+    return w / w.sum()
+
+
+def antialias(maps: torch.Tensor, kernel: torch.Tensor | None) -> torch.Tensor:
+    """Low-pass ``(Z, K, H, W)`` maps in-plane with the separable ``kernel`` (reflecting edges)."""
+    if kernel is None:
+        return maps
+    k = kernel.to(maps)
+    r = len(k) // 2
+    c = maps.shape[1]
+    out = F.conv2d(F.pad(maps, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    return F.conv2d(F.pad(out, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+
+
 class ShapeRegularisedLoss:
     """DiceCE on the slices + ``lam`` * mean squared distance of the prior's codes of the
-    prediction and of the truth (the prior frozen). ``last`` keeps the two terms of the last call."""
+    prediction and of the truth (the prior frozen). ``last`` keeps the two terms of the last call.
 
-    def __init__(self, prior, lam: float, n_classes: int = 4) -> None:
+    ``downsample`` is the prior's in-plane grid spacing over the slices' pixel spacing: both maps
+    are low-passed (:func:`antialias_kernel`) before they are sampled onto the coarser canonical
+    grid, so that every pixel reaches the code; plain bilinear sampling at twice the pixel spacing
+    lands on one pixel in four and leaves the other three out of the shape term entirely."""
+
+    def __init__(self, prior, lam: float, n_classes: int = 4, downsample: float = 1.0) -> None:
         from monai.losses import DiceCELoss
 
         self.seg = DiceCELoss(to_onehot_y=True, softmax=True)
         self.prior, self.lam, self.n_classes = prior, float(lam), n_classes
+        self.kernel = antialias_kernel(float(downsample))
         if prior is not None:
             prior.eval()
             for p in prior.parameters():
@@ -132,9 +161,9 @@ class ShapeRegularisedLoss:
             return seg
         prob = torch.softmax(logits, dim=1)
         truth = F.one_hot(y["labels"][:, 0], self.n_classes).permute(0, 3, 1, 2).float()
-        code_p = self.prior.encode(to_canonical_torch(prob, y["grid"]))
+        code_p = self.prior.encode(to_canonical_torch(antialias(prob, self.kernel), y["grid"]))
         with torch.no_grad():
-            code_t = self.prior.encode(to_canonical_torch(truth, y["grid"]))
+            code_t = self.prior.encode(to_canonical_torch(antialias(truth, self.kernel), y["grid"]))
         shape = torch.mean((code_p - code_t) ** 2)
         self.last = {"seg": float(seg.detach()), "shape": float(shape.detach())}
         return seg + self.lam * shape
@@ -243,7 +272,8 @@ def run_acnn_seg(run_dir: str | Path, ship: bool = False, which: str = "both", l
             arch_args = fcn_args(width)
             torch.manual_seed(seed)
             net = BaiFCN(**arch_args)
-        loss = ShapeRegularisedLoss(shape_model if kind == "acnn" else None, lam if kind == "acnn" else 0.0)
+        loss = ShapeRegularisedLoss(shape_model if kind == "acnn" else None, lam if kind == "acnn" else 0.0,
+                                    downsample=gsp[1] / TARGET_MM)
         cfg = TrainConfig(epochs=epochs, iters_per_epoch=iters_per_epoch, lr=2e-4,
                           lr_milestones=(int(epochs * 0.6), int(epochs * 0.85)), seed=seed, device=device)
         t1 = time.time()
@@ -293,7 +323,8 @@ def run_acnn_seg(run_dir: str | Path, ship: bool = False, which: str = "both", l
             "command": "medlearn train acnn-seg --ship",
             "initialisation": init or "random",
             "loss": f"MONAI DiceCELoss over the slices + {lam} x mean squared difference of the {prior} codes of the "
-                    "softmax and of the truth, both resampled onto the prior's canonical grid (encoder frozen)",
+                    "softmax and of the truth, both low-passed in-plane (tent filter) and resampled onto the prior's "
+                    "canonical grid (encoder frozen)",
             "sample": f"one whole stack per step: every slice, 128 x 128 at 1.5 mm around the heart ({far_fraction:.0%} "
                       "of stacks centred anywhere in the field of view instead, where the shape code of the truth is "
                       "that of an empty map), one random rotation/scale/flip/shift + gamma/bias/noise for the stack",
