@@ -363,8 +363,9 @@ def run_lesions_uda(run_dir: str | Path, ship: bool = False, epochs: int = 8, it
             **ev,
             "baseline_source_only": base,
             "domain_probe_accuracy": {**probe, "meaning": "accuracy of a fresh discriminator trained to tell "
-                                      "synthetic from real (target) segments by the frozen model's features "
-                                      "(0.5: no trace of the domain)"},
+                                      "synthetic from real (target) segments by the frozen model's features, "
+                                      "segments of both domains drawn anywhere in the brain (0.5: no trace of "
+                                      "the domain)"},
         },
         "licence": {
             "weights": "CC BY-NC-SA 3.0 (adapted to images under that licence): non-commercial, share alike",
