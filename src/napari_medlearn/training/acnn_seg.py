@@ -73,9 +73,9 @@ class StackPool:
         _, h, w = img.shape
         if self.far_fraction and rng.random() < self.far_fraction:
             cy, cx = rng.uniform(0, h), rng.uniform(0, w)
-            return crop_square(img, cy, cx, size, np.float32), crop_square(lab, cy, cx, size, np.float32)
-        fg = np.argwhere(lab > 0)
-        cy, cx = (fg[:, 1:].mean(axis=0) if len(fg) else np.array([h / 2, w / 2])) + rng.normal(0, self.crop / 12, 2)
+        else:
+            fg = np.argwhere(lab > 0)
+            cy, cx = (fg[:, 1:].mean(axis=0) if len(fg) else np.array([h / 2, w / 2])) + rng.normal(0, self.crop / 12, 2)
         return crop_square(img, cy, cx, size, np.float32), crop_square(lab, cy, cx, size, np.float32)
 
     def batch(self, rng: np.random.Generator, device, grid=(12, 48, 48), grid_spacing=(10.0, 3.0, 3.0)):
