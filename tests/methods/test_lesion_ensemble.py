@@ -4,8 +4,9 @@ import torch
 
 from napari_medlearn import zoo
 from napari_medlearn.methods import segment_lesions
-from napari_medlearn.methods.lesions import (ensemble_uncertainty, normalise_channels, remove_small_lesions,
-                                             segment_lesions_steps, sliding_window_probabilities)
+from napari_medlearn.methods.lesions import (correct_class_priors, ensemble_uncertainty, normalise_channels,
+                                             remove_small_lesions, segment_lesions_steps,
+                                             sliding_window_probabilities)
 from napari_medlearn.nets import FCN3D, DeepMedic, UNet3D
 
 CARD = {"task": "brain-lesion-segmentation", "n_classes": 4, "label_values": [0, 1, 2, 4],
@@ -58,6 +59,39 @@ def test_ensemble_mean_uncertainty_and_members(members):
         assert res.extras["member_volumes_ml"][name] == s.volumes_ml
     mi, var = res.extras["mutual_information"], res.extras["variance"]
     assert mi.shape == var.shape == mask.shape and np.all(mi <= res.uncertainty + 1e-6)
+
+
+def test_class_prior_correction_known_answers():
+    p = np.zeros((4, 2, 1, 1), np.float32)
+    p[:, 0, 0, 0] = [0.25, 0.25, 0.25, 0.25]
+    p[:, 1, 0, 0] = [0.4, 0.6, 0.0, 0.0]
+    # trained with tumour classes 4x over-represented: a uniform posterior was in truth mostly background
+    q = correct_class_priors(p.copy(), [4.0, 1.0, 1.0, 1.0])
+    np.testing.assert_allclose(q[:, 0, 0, 0], [4 / 7, 1 / 7, 1 / 7, 1 / 7], rtol=1e-6)
+    np.testing.assert_allclose(q[:, 1, 0, 0], [1.6 / 2.2, 0.6 / 2.2, 0, 0], rtol=1e-6)
+    np.testing.assert_allclose(correct_class_priors(p.copy(), [2.0] * 4), p)     # equal priors: no change
+    with pytest.raises(ValueError, match="3 class weights for 4"):
+        correct_class_priors(p, [1.0, 1.0, 1.0])
+
+
+def test_card_prior_correction_applies_to_members(members):
+    ch, mask = _case()
+    net = members[2]
+    raw = segment_lesions(ch, (2.0, 2.0, 2.0), model=net)
+    try:
+        net.card = {**net.card, "prior_correction": {"training_prior": [0.5, 0.2, 0.2, 0.1],
+                                                     "target_prior": [0.9, 0.04, 0.04, 0.02]}}
+        fixed = segment_lesions(ch, (2.0, 2.0, 2.0), model=net)
+        inside = mask
+        w = np.array([1.8, 0.2, 0.2, 0.2], np.float32)
+        want = raw.probabilities[:, inside] * w[:, None]
+        np.testing.assert_allclose(fixed.probabilities[:, inside], want / want.sum(0), rtol=1e-4, atol=1e-6)
+        assert (fixed.labels > 0).sum() <= (raw.labels > 0).sum()
+        net.card = {**net.card, "prior_correction": {"training_prior": [0.5, 0.5], "target_prior": [0.9, 0.1]}}
+        with pytest.raises(ValueError, match="tiny-fcn.*prior_correction"):
+            segment_lesions(ch, (2.0, 2.0, 2.0), model=net)
+    finally:
+        net.card = {k: v for k, v in net.card.items() if k != "prior_correction"}
 
 
 def test_uncertainty_known_answers():

@@ -5,7 +5,7 @@ import torch
 from napari_medlearn.imaging.measures import dice
 from napari_medlearn.methods import segment_lesions
 from napari_medlearn.training.deepmedic import prepare_case
-from napari_medlearn.training.emma import (MEMBER_RECIPES, calibration_bins, calibration_summary,
+from napari_medlearn.training.emma import (MEMBER_RECIPES, calibration_bins, calibration_summary, class_priors,
                                            evaluate_with_calibration, flair_threshold_floor, save_reliability_figure,
                                            train_member, uncertainty_auroc)
 
@@ -71,6 +71,23 @@ def test_member_learns(member, tmp_path):
     assert sum(ev["calibration"]["count"]) == held[3].sum()          # every brain voxel, once
     ens = evaluate_with_calibration([model, model], [held])
     assert "uncertainty_auroc_mean" in ens["summary"]
+
+
+def test_class_priors_of_tumour_centred_sampling():
+    from napari_medlearn.training.deepmedic import sampler_geometry
+    from napari_medlearn.nets import UNet3D
+
+    cases = [prepare_case(*_case(s)[:4], name=str(s)) for s in range(2)]
+    geo = sampler_geometry(UNet3D(2, 4, base=2, levels=2), 9, 8)
+    pc = class_priors(cases, geo, fg_fraction=0.5, batch_size=4, n_batches=40)
+    train, target = np.array(pc["training_prior"]), np.array(pc["target_prior"])
+    assert train.sum() == pytest.approx(1.0, abs=1e-5) and target.sum() == pytest.approx(1.0, abs=1e-5)
+    # half the 8^3 patches centred on 5-voxel-radius lesions: tumour far above its share of the brain
+    assert train[2] + train[3] > 3 * (target[2] + target[3]) and train[1] == pytest.approx(1e-6)
+    brain = sum(c.mask.sum() for c in cases)
+    assert target[3] == pytest.approx(sum(((c.classes == 3) & c.mask).sum() for c in cases) / brain, rel=1e-6)
+    none = class_priors(cases, geo, fg_fraction=0.0, batch_size=4, n_batches=40)
+    assert none["training_prior"][2] + none["training_prior"][3] < train[2] + train[3]
 
 
 def test_reliability_figure(tmp_path):

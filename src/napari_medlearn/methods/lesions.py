@@ -22,6 +22,12 @@ Pipeline, the same in training (``training/deepmedic.py``) and here:
    skipped (background). Progress is reported per segment.
 6. **Labels**: the argmax class mapped to the BraTS values (0 background, 1 necrotic/non-enhancing
    core, 2 oedema, 4 enhancing), zero outside the brain mask.
+6a. **Class-prior correction** (when the card has ``prior_correction``): a network trained on
+   segments that over-sample tumour learns the posteriors of that sampling, so it over-predicts
+   tumour on whole scans. Each class's probability is multiplied by the ratio of its frequency in
+   the training brains to its frequency in the sampled training segments and renormalised
+   (Saerens et al., Neural Computation 2002; :func:`correct_class_priors`). Both frequencies come
+   from the training data alone. Labels follow from the corrected posteriors.
 7. **Component clean-up** (when the card's ``postprocess.min_component_fraction`` is set, or the
    ``min_component_fraction`` argument): whole-tumour connected components smaller than that
    fraction of the largest one are set to background (:func:`remove_small_lesions`). The
@@ -438,12 +444,46 @@ def _member_steps(net, arr: np.ndarray, sp, mask: np.ndarray, output_block: int,
             yield done, total, f"{label}{msg}"
     except StopIteration as stop:
         probs = stop.value
+    weights = prior_weights(card, probs.shape[0])
+    if weights is not None:
+        probs = correct_class_priors(probs, weights)
     if probs.shape[1:] != shape:
         probs = _resample(probs, shape, order=1)
         probs /= np.maximum(probs.sum(axis=0, keepdims=True), 1e-8)
     probs[:, ~mask] = 0.0
     probs[0, ~mask] = 1.0
     return probs
+
+
+def prior_weights(card: dict, n_classes: int) -> np.ndarray | None:
+    """Per-class factors of a card's ``prior_correction`` (``target_prior / training_prior``), or
+    None when the card has none. Raises ValueError naming the model when the entry is malformed."""
+    pc = card.get("prior_correction")
+    if not pc:
+        return None
+    try:
+        train = np.asarray(pc["training_prior"], np.float64)
+        target = np.asarray(pc["target_prior"], np.float64)
+    except (KeyError, TypeError, ValueError):
+        train = target = np.zeros(0)
+    if (train.shape != (n_classes,) or target.shape != (n_classes,) or not np.all(np.isfinite(train))
+            or not np.all(np.isfinite(target)) or np.any(train <= 0) or np.any(target <= 0)):
+        raise ValueError(f"model {card.get('name', '')!r}: its card's prior_correction needs training_prior and "
+                         f"target_prior, {n_classes} positive class frequencies each")
+    return target / train
+
+
+def correct_class_priors(probs: np.ndarray, weights) -> np.ndarray:
+    """Posteriors ``(K, ...)`` learnt under one class prior moved to another: ``p'(c|x)`` proportional
+    to ``p(c|x) * weights[c]`` (``weights`` = new prior / training prior), renormalised over ``K``.
+    In place when ``probs`` is float32; returns the corrected array."""
+    w = np.asarray(weights, np.float32).reshape((-1,) + (1,) * (np.ndim(probs) - 1))
+    if w.shape[0] != np.shape(probs)[0]:
+        raise ValueError(f"{w.shape[0]} class weights for {np.shape(probs)[0]} probability channels")
+    out = np.asarray(probs, np.float32)
+    out *= w
+    out /= np.maximum(out.sum(axis=0, keepdims=True), np.float32(1e-12))
+    return out
 
 
 def ensemble_uncertainty(member_probs: Sequence[np.ndarray]) -> dict[str, np.ndarray]:

@@ -115,12 +115,21 @@ class SegmentSampler:
         Standard deviations of the per-channel shift and (multiplicative) scale augmentation.
     flip
         Probability of a left-right (x) flip.
+    case_weights
+        Relative probability of drawing each case (default: all alike).
     """
 
     def __init__(self, cases: Sequence[LesionTrainingCase], geometry, fg_fraction: float = 0.5,
-                 intensity_shift: float = 0.1, intensity_scale: float = 0.1, flip: float = 0.5) -> None:
+                 intensity_shift: float = 0.1, intensity_scale: float = 0.1, flip: float = 0.5,
+                 case_weights: Sequence[float] | None = None) -> None:
         if not cases:
             raise ValueError("no training cases")
+        self.p = None
+        if case_weights is not None:
+            w = np.asarray(case_weights, np.float64)
+            if w.shape != (len(cases),) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+                raise ValueError(f"case_weights must be {len(cases)} non-negative numbers, not all 0")
+            self.p = w / w.sum()
         self.geo = geometry
         self.out = tuple(g.out for g in geometry)
         self.lo = tuple(g.out_start for g in geometry)
@@ -155,6 +164,11 @@ class SegmentSampler:
         y = self.classes[i][o[0]:o[0] + self.out[0], o[1]:o[1] + self.out[1], o[2]:o[2] + self.out[2]]
         return x, y, m
 
+    def _pick(self, rng: np.random.Generator) -> int:
+        if self.p is None:
+            return int(rng.integers(len(self.images)))
+        return int(rng.choice(len(self.images), p=self.p))
+
     def foreground_count(self, rng: np.random.Generator, batch_size: int) -> int:
         """Segments of a batch centred on tumour: ``batch_size * fg_fraction`` rounded up or down
         at random so that the expected share is ``fg_fraction`` for any batch size (plain rounding
@@ -171,7 +185,7 @@ class SegmentSampler:
         xs, ys = [], []
         n_fg = self.foreground_count(rng, batch_size)
         for b in range(batch_size):
-            i = int(rng.integers(len(self.images)))
+            i = self._pick(rng)
             x, y, m = self.segment(rng, i, foreground=b < n_fg)
             x = x.copy()
             if augment:
@@ -186,6 +200,20 @@ class SegmentSampler:
         x = torch.from_numpy(np.stack(xs))
         y = torch.from_numpy(np.stack(ys).astype(np.int64))
         return x.to(device), y.to(device)
+
+    def output_class_frequency(self, rng: np.random.Generator, n_batches: int, batch_size: int,
+                               n_classes: int = 4) -> np.ndarray:
+        """Class frequencies inside the brain over the output blocks of ``n_batches`` batches
+        drawn as :meth:`batch` draws them (the class prior the network is trained under)."""
+        counts = np.zeros(n_classes, np.float64)
+        sl = tuple(slice(lo, lo + o) for lo, o in zip(self.lo, self.out))
+        for _ in range(int(n_batches)):
+            n_fg = self.foreground_count(rng, batch_size)
+            for b in range(batch_size):
+                i = self._pick(rng)
+                _, y, m = self.segment(rng, i, foreground=b < n_fg)
+                counts += np.bincount(y[m[sl]].ravel(), minlength=n_classes)[:n_classes]
+        return counts / max(counts.sum(), 1.0)
 
 
 #: whole-tumour component clean-up rules compared in the BraTS preset (fraction of the largest component)
