@@ -43,8 +43,6 @@ MEMBER_RECIPES: dict[str, dict[str, Any]] = {
     "emma-fcn": {"arch": "fcn3d", "arch_args": {"base": 8, "fc": 64}, "loss": "ce", "fg_fraction": 1 / 3,
                  "patch": 48, "batch_size": 2, "inference": {"roi": 96, "overlap": 0.25}},
 }
-#: first seed of the synthetic cases a member may train on (apart from lesions-synthetic's 0-11)
-SYNTHETIC_SEED0 = 2000
 LOSS_TEXT = {"ce": "voxel-wise cross-entropy", "dice_ce": "soft Dice + cross-entropy (MONAI DiceCELoss, softmax, "
                                                           "one-hot targets)"}
 
@@ -261,21 +259,18 @@ def train_member(recipe: dict[str, Any], cases: Sequence, run_dir: str | Path, e
 
 
 def class_priors(cases: Sequence, geometry, fg_fraction: float, batch_size: int, n_batches: int = 300,
-                 seed: int = 0, case_weights: Sequence[float] | None = None,
-                 brain_cases: Sequence | None = None) -> dict[str, Any]:
+                 seed: int = 0, case_weights: Sequence[float] | None = None) -> dict[str, Any]:
     """The card's ``prior_correction`` of a model trained on ``cases`` by a
     :class:`~napari_medlearn.training.deepmedic.SegmentSampler` (``geometry``, ``fg_fraction``,
     ``batch_size``): the class frequencies in the sampled output blocks (the prior it learnt) and in
     the training brains (the prior of whole scans), both inside the brain. Training data only.
-    ``case_weights`` as the sampler's; ``brain_cases`` (default ``cases``): the subjects whose brains
-    give the prior of whole scans (the real ones, when synthetic cases join the training)."""
+    ``case_weights`` as the sampler's."""
     from .deepmedic import SegmentSampler
 
     sampler = SegmentSampler(cases, geometry, fg_fraction=fg_fraction, case_weights=case_weights)
     train = sampler.output_class_frequency(np.random.default_rng(seed), n_batches, batch_size)
     counts = np.zeros(train.size)
-    brain_cases = cases if brain_cases is None else brain_cases
-    for c in brain_cases:
+    for c in cases:
         counts += np.bincount(c.classes[c.mask].ravel(), minlength=train.size)[:train.size]
     target = counts / max(counts.sum(), 1.0)
     eps = 1e-6                                   # a class never seen in training keeps a finite factor
@@ -284,7 +279,7 @@ def class_priors(cases: Sequence, geometry, fg_fraction: float, batch_size: int,
             "rule": "posteriors x target_prior / training_prior, renormalised (Saerens et al., Neural "
                     "Computation 14(1), 2002): the training segments over-sample tumour, whole scans do not",
             "estimated_from": f"{n_batches} training batches of {batch_size} segments ({fg_fraction:.0%} on tumour) "
-                              f"and the brains of the {len(brain_cases)} training subjects"}
+                              f"and the brains of the {len(cases)} training subjects"}
 
 
 def evaluate_with_calibration(model, cases: Sequence[tuple], fig_path: Path | None = None,
@@ -333,14 +328,9 @@ def _brats_licence_block(root, subjects) -> dict[str, str]:
 def run_emma_member(run_dir: str | Path, member: str, ship: bool = False, epochs: int = 12,
                     iters_per_epoch: int = 150, data: str | None = None,
                     train_subjects: Sequence[str] = EMMA_TRAIN_SUBJECTS, width: float = 1.0,
-                    device: str = "auto", seed: int = 0, progress: bool = True, synthetic: int | None = None,
-                    synthetic_share: float | None = None) -> dict[str, Any]:
+                    device: str = "auto", seed: int = 0, progress: bool = True) -> dict[str, Any]:
     """Train EMMA member ``member`` (a key of :data:`MEMBER_RECIPES`) on the BraTS
-    ``train_subjects`` and judge it on the others (Dice, HD95, calibration + reliability figure).
-
-    ``synthetic`` (default: the recipe's, else 0) labelled cases of the synthetic generator
-    (scanner "A", at the real subjects' 1 mm) join the real ones, drawn for ``synthetic_share`` of
-    the segments."""
+    ``train_subjects`` and judge it on the others (Dice, HD95, calibration + reliability figure)."""
     from ..nets.unet3d import EMMA_PAPER, FCN_PAPER, UNET_PAPER
     from ..nets.deepmedic import PAPER as DM_PAPER
     from .deepmedic import LESION_LABELS, lesion_input_spec, load_brats_subject, prepare_case, sampler_geometry
@@ -355,22 +345,10 @@ def run_emma_member(run_dir: str | Path, member: str, ship: bool = False, epochs
     t0 = time.time()
     root, subjects, train_names, held_out = _brats_split(data, train_subjects)
     cases = [prepare_case(*load_brats_subject(root, s)[:4], name=s) for s in train_names]
-    n_real = len(cases)
-    n_syn = int(recipe.get("synthetic", 0) if synthetic is None else synthetic)
-    share = float(recipe.get("synthetic_share", 0.5) if synthetic_share is None else synthetic_share)
-    weights = None
-    if n_syn > 0:
-        from ..samples.brain_lesions import synthetic_lesion_case
-
-        for k in range(n_syn):
-            c = synthetic_lesion_case(seed=SYNTHETIC_SEED0 + k, domain="A", spacing_mm=1.0)
-            cases.append(prepare_case(c.channels, c.labels, c.spacing, c.brain_mask, name=f"synthetic {k}"))
-        weights = [(1.0 - share) / n_real] * n_real + [share / n_syn] * n_syn
     model, arch_args, cfg, hist = train_member(recipe, cases, run_dir, epochs, iters_per_epoch, width=width,
-                                               seed=seed, device=device, progress=progress, case_weights=weights)
+                                               seed=seed, device=device, progress=progress)
     geo = sampler_geometry(model, recipe.get("out", 9), recipe.get("patch", 48))
-    priors = class_priors(cases, geo, recipe["fg_fraction"], int(recipe["batch_size"]), seed=seed,
-                          case_weights=weights, brain_cases=cases[:n_real])
+    priors = class_priors(cases, geo, recipe["fg_fraction"], int(recipe["batch_size"]), seed=seed)
     del cases
     card_core = {"input": lesion_input_spec(), "n_classes": 4, "label_values": list(LABEL_VALUES),
                  "prior_correction": priors}
@@ -386,10 +364,7 @@ def run_emma_member(run_dir: str | Path, member: str, ship: bool = False, epochs
         "paper": f"{paper}; ensemble: {EMMA_PAPER}", **card_core, "labels": LESION_LABELS, "priority": -5,
         "description": f"EMMA member: {recipe['arch']} trained on 2 real BraTS subjects with "
                        f"{LOSS_TEXT[recipe['loss']]}; use it inside model='emma'. Research use only.",
-        "training": {"data": f"BraTS 2015 subjects {', '.join(train_names)} (DeepMedic examples), labels 3 -> 1"
-                             + (f"; and {n_syn} synthetic cases (samples.brain_lesions, scanner A, 1 mm, seeds "
-                                f"{SYNTHETIC_SEED0}..{SYNTHETIC_SEED0 + n_syn - 1}) drawn for {share:.0%} of the "
-                                "segments" if n_syn else ""),
+        "training": {"data": f"BraTS 2015 subjects {', '.join(train_names)} (DeepMedic examples), labels 3 -> 1",
                      "never_seen": held_out, "command": f"medlearn train {member} --ship",
                      "loss": LOSS_TEXT[recipe["loss"]],
                      "sampling": f"{recipe['fg_fraction']:.0%} of segments centred on tumour, the rest on brain",
