@@ -60,6 +60,20 @@ def test_adapt_makes_a_new_model_and_keeps_the_parent(user_zoo):
               iters_per_epoch=1)
 
 
+def test_adapted_copy_gets_the_class_prior_of_its_own_training(user_zoo):
+    card = json.loads((user_zoo / "tiny-parent.json").read_text())
+    card["prior_correction"] = {"training_prior": [0.25] * 4, "target_prior": [0.25] * 4}
+    zoo.write_json_atomic(card, user_zoo / "tiny-parent.json")
+    source = [(*_case(s)[:2], (2.0, 2.0, 2.0), _case(s)[2]) for s in range(2)]
+    adapt("tiny-parent", [_case(10, offset=1.5)[0]], (2.0, 2.0, 2.0), name="tiny-pc", source=source, epochs=1,
+          iters_per_epoch=2, batch_size=4)
+    pc = json.loads((user_zoo / "tiny-pc.json").read_text())["prior_correction"]
+    train, brain = np.array(pc["training_prior"]), np.array(pc["target_prior"])
+    lab, mask = _case(0)[1], _case(0)[2]
+    assert brain[0] == pytest.approx(((lab == 0) & mask).sum() / mask.sum(), rel=1e-6)
+    assert train[0] < brain[0] and train.sum() == pytest.approx(1.0, abs=1e-5)   # half the segments on tumour
+
+
 def test_adapt_regenerates_a_synthetic_source_from_the_card(user_zoo):
     card = json.loads((user_zoo / "tiny-parent.json").read_text())
     card["adaptation_source"] = {"generator": "samples.brain_lesions.synthetic_lesion_case", "domain": "A",

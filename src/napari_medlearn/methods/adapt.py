@@ -152,6 +152,12 @@ def adapt_steps(model, target_images, spacing=None, brain_masks=None, name: str 
         "evaluation": {"note": "not evaluated: the targets have no labels; compare it with its parent on "
                                "scans you can check"},
     })
+    if card.get("prior_correction"):     # the copy now learnt the class prior of the adaptation's source segments
+        from ..training.deepmedic import sampler_geometry
+        from ..training.emma import class_priors
+
+        new_card["prior_correction"] = class_priors(source_cases, sampler_geometry(student, 9, 48), 0.5,
+                                                    max(1, batch_size // 2))
     zoo.user_dir().mkdir(parents=True, exist_ok=True)
     sha = zoo.save_checkpoint(student, zoo.user_dir() / f"{name}.pt", arch, arch_args, card=new_card)
     zoo.write_json_atomic({**new_card, "sha256": sha}, zoo.user_dir() / f"{name}.json")
