@@ -52,6 +52,7 @@ def test_adapt_makes_a_new_model_and_keeps_the_parent(user_zoo):
     card = json.loads((user_zoo / "tiny-site-b.json").read_text())
     assert card["parent"]["name"] == "tiny-parent" and "no label used" in card["adaptation"]["target"]
     assert len(card["adaptation"]["task_loss_per_epoch"]) == 2
+    assert card["adaptation"]["settings"]["batchnorm"].startswith("frozen")     # the parent's statistics kept
     assert (user_zoo / "runs" / "tiny-site-b" / "last.pt").exists()        # checkpoint per epoch
     res = segment_lesions(targets[0], (2.0, 2.0, 2.0), model=name)
     assert res.model == name and res.labels.shape == targets[0].shape[1:]

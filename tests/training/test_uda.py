@@ -98,3 +98,26 @@ def test_resume_and_cancel(tmp_path):
     with pytest.raises(InterruptedError):
         _run(tmp_path / "c", 0.5, epochs=1, cancelled=lambda: True)
 
+
+
+def test_frozen_batchnorm_keeps_the_running_statistics(tmp_path):
+    torch.manual_seed(0)
+    net = DeepMedic(**TINY)
+    seg, out = net.segment_size(3), (3, 3, 3)
+
+    def source(rng, dev):
+        x = torch.from_numpy(rng.standard_normal((2, 2, *seg)).astype(np.float32))
+        return x, torch.zeros((2, *out), dtype=torch.long)
+
+    def bn_stats(m):
+        return [b.running_mean.clone() for b in m.modules() if isinstance(b, torch.nn.BatchNorm3d)]
+
+    before = bn_stats(net)
+    frozen = train_uda(net, source, lambda rng, dev: source(rng, dev)[0] * 3.0 + 2.0, F.cross_entropy,
+                       tmp_path / "f", "deepmedic", TINY, epochs=1, iters_per_epoch=3, lam_max=0.1, progress=False,
+                       freeze_batchnorm=True)
+    assert before and all(torch.equal(a, b) for a, b in zip(before, bn_stats(net)))
+    assert frozen["config"]["batchnorm"].startswith("frozen")
+    train_uda(net, source, lambda rng, dev: source(rng, dev)[0] * 3.0 + 2.0, F.cross_entropy, tmp_path / "m",
+              "deepmedic", TINY, epochs=1, iters_per_epoch=3, lam_max=0.1, progress=False)
+    assert not all(torch.equal(a, b) for a, b in zip(before, bn_stats(net)))

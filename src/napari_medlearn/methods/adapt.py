@@ -6,6 +6,10 @@ discriminator on its features is fooled into not telling the source from the use
 (:mod:`napari_medlearn.training.uda`). The user's scans are never labelled and never leave the
 machine. The result is a new model in the user zoo (:func:`napari_medlearn.zoo.user_dir`) with
 its own card (parent, targets, settings, losses), usable by name everywhere a model is asked for.
+The copy's batch-norm layers stay on the parent's running statistics: each batch holds source and
+target segments, and letting their joint batch statistics in undid part of what the parent had
+learnt (lesions-synthetic adapted to four unlabelled scanner-B cases, judged on six labelled
+others: whole-tumour Dice 0.733 vs the parent's 0.777; with frozen statistics 0.784).
 The parent model is not changed. A checkpoint is written every epoch (``<user zoo>/runs/<name>``)
 and an interrupted adaptation resumes from it when started again with the same name.
 
@@ -133,7 +137,7 @@ def adapt_steps(model, target_images, spacing=None, brain_masks=None, name: str 
     hist = yield from progress_from_thread(lambda report: adapt_lesion_segmenter(
         student, arch, arch_args, source_cases, target_cases, run_dir, epochs=epochs,
         iters_per_epoch=iters_per_epoch, batch_size=batch_size, lam_max=lam_max, device=device, progress=False,
-        cancelled=cancelled, report=report))
+        cancelled=cancelled, report=report, freeze_batchnorm=True))
     new_card = {k: v for k, v in card.items() if k not in ("sha256", "evaluation", "training", "priority")}
     new_card.update({
         "name": name, "task": TASK, "priority": -1,

@@ -112,13 +112,17 @@ def train_uda(model: nn.Module, source_batch: Callable, target_batch: Callable, 
               disc_width: int = 32, weight_decay: float = 1e-4, seed: int = 0, device: str = "auto",
               progress: bool = True, cancelled: Callable[[], bool] | None = None,
               on_epoch: Callable[[int, dict], None] | None = None,
-              report: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
+              report: Callable[[int, int, str], None] | None = None,
+              freeze_batchnorm: bool = False) -> dict[str, Any]:
     """Adversarial domain adaptation of ``model`` in place; returns the history.
 
     ``source_batch(rng, device) -> (x, y)`` gives labelled source segments, ``target_batch(rng,
     device) -> x`` unlabelled target segments of the same size. ``ramp`` (epochs) defaults to
     ``(0.2 * epochs, 0.6 * epochs)``. ``run_dir/last.pt`` holds the checkpoint (resumed when present).
     ``report(done, total, message)`` is called after every iteration (GUI progress).
+    ``freeze_batchnorm`` keeps the batch-norm layers on their running statistics (for a model that
+    was trained already: source and target segments share each batch, so batch statistics would
+    move every layer's input away from the one its weights were trained for).
     """
     from tqdm.auto import tqdm
 
@@ -139,6 +143,7 @@ def train_uda(model: nn.Module, source_batch: Callable, target_batch: Callable, 
     config = {"epochs": epochs, "iters_per_epoch": iters_per_epoch, "lr": lr, "lam_max": lam_max,
               "ramp_epochs": list(ramp), "disc_width": disc_width, "weight_decay": weight_decay, "seed": seed,
               "update": "gradient reversal, one optimiser (Adam) for segmenter and discriminator",
+              "batchnorm": "frozen (running statistics)" if freeze_batchnorm else "batch statistics of source + target",
               "discriminator_inputs": [int(f.shape[1]) for f in feats]}
     hist: dict[str, Any] = {"seg_loss": [], "domain_loss": [], "domain_accuracy": [], "lambda": [],
                             "wall_seconds": 0.0, "config": config}
@@ -158,6 +163,10 @@ def train_uda(model: nn.Module, source_batch: Callable, target_batch: Callable, 
     for epoch in range(start, epochs):
         rng = seed_everything(seed + 1000 * epoch)
         model.train()
+        if freeze_batchnorm:
+            for m in model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         disc.train()
         seg_l, dom_l, acc, lams = [], [], [], []
         bar = tqdm(range(iters_per_epoch), desc=f"adapt {epoch + 1}/{epochs}", disable=not progress, mininterval=5.0)
@@ -255,7 +264,8 @@ def adapt_lesion_segmenter(net: nn.Module, arch: str, arch_args: dict, source_ca
                            out: int = 9, patch: int = 48, fg_fraction: float = 0.5, seed: int = 0,
                            device: str = "auto", progress: bool = True, cancelled: Callable[[], bool] | None = None,
                            on_epoch: Callable[[int, dict], None] | None = None,
-                           report: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
+                           report: Callable[[int, int, str], None] | None = None,
+                           freeze_batchnorm: bool = False) -> dict[str, Any]:
     """Train ``net`` (in place) on labelled ``source_cases`` while adapting it adversarially to
     unlabelled ``target_cases`` (:class:`~napari_medlearn.training.deepmedic.LesionTrainingCase`
     lists; the targets' classes are never read). Half of each batch is source, half target."""
@@ -268,7 +278,8 @@ def adapt_lesion_segmenter(net: nn.Module, arch: str, arch_args: dict, source_ca
     return train_uda(net, lambda rng, dev: src.batch(rng, dev, half),
                      lambda rng, dev: tgt.batch(rng, dev, half)[0], F.cross_entropy, run_dir, arch, arch_args,
                      epochs=epochs, iters_per_epoch=iters_per_epoch, lr=lr, lam_max=lam_max, ramp=ramp, seed=seed,
-                     device=device, progress=progress, cancelled=cancelled, on_epoch=on_epoch, report=report)
+                     device=device, progress=progress, cancelled=cancelled, on_epoch=on_epoch, report=report,
+                     freeze_batchnorm=freeze_batchnorm)
 
 
 #: BraTS subjects whose images (never their labels) are the adaptation target of lesions-uda: the
