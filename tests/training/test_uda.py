@@ -75,15 +75,21 @@ def test_adversarial_training_confuses_the_discriminator(tmp_path):
     assert domain_probe_accuracy(plain, source, target, steps=20) > 0.85
 
 
-def test_deepmedic_features_feed_the_discriminator(tmp_path):
+def _deepmedic_and_source():
+    """A tiny DeepMedic and a source of noise segments, all background (3^3 outputs)."""
     torch.manual_seed(0)
     net = DeepMedic(**TINY)
-    seg, out = net.segment_size(3), (3, 3, 3)
+    seg = net.segment_size(3)
 
     def source(rng, dev):
         x = torch.from_numpy(rng.standard_normal((2, 2, *seg)).astype(np.float32))
-        return x, torch.zeros((2, *out), dtype=torch.long)
+        return x, torch.zeros((2, 3, 3, 3), dtype=torch.long)
 
+    return net, source
+
+
+def test_deepmedic_features_feed_the_discriminator(tmp_path):
+    net, source = _deepmedic_and_source()
     hist = train_uda(net, source, lambda rng, dev: source(rng, dev)[0] + 1.0, F.cross_entropy, tmp_path,
                      "deepmedic", TINY, epochs=1, iters_per_epoch=3, lam_max=0.1, progress=False)
     assert len(hist["seg_loss"]) == 1 and len(hist["config"]["discriminator_inputs"]) == 4
@@ -101,13 +107,7 @@ def test_resume_and_cancel(tmp_path):
 
 
 def test_frozen_batchnorm_keeps_the_running_statistics(tmp_path):
-    torch.manual_seed(0)
-    net = DeepMedic(**TINY)
-    seg, out = net.segment_size(3), (3, 3, 3)
-
-    def source(rng, dev):
-        x = torch.from_numpy(rng.standard_normal((2, 2, *seg)).astype(np.float32))
-        return x, torch.zeros((2, *out), dtype=torch.long)
+    net, source = _deepmedic_and_source()
 
     def bn_stats(m):
         return [b.running_mean.clone() for b in m.modules() if isinstance(b, torch.nn.BatchNorm3d)]
