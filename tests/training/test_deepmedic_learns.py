@@ -74,22 +74,6 @@ def test_small_batches_keep_the_tumour_share(batch_size, fraction):
     assert abs(np.mean(counts) / batch_size - fraction) < 0.02
 
 
-def test_case_weights_choose_the_cases_drawn():
-    geo = DeepMedic(**TINY).geometry(9)
-    cases = [prepare_case(c.channels, c.labels, c.spacing, c.brain_mask) for c in map(tiny_lesion_case, (0, 1))]
-    cases[1] = type(cases[1])(cases[1].image + 100.0, cases[1].classes, cases[1].mask, "shifted")
-    rng = np.random.default_rng(0)
-    only_first = SegmentSampler(cases, geo, case_weights=[1.0, 0.0])
-    assert float(only_first.batch(rng, "cpu", 16)[0].max()) < 50
-    mostly_second = SegmentSampler(cases, geo, case_weights=[1.0, 3.0])
-    x = np.concatenate([mostly_second.batch(rng, "cpu", 20, augment=False)[0].numpy() for _ in range(10)])
-    assert 0.65 < np.mean(x.reshape(len(x), -1).max(axis=1) > 50) < 0.85
-    with pytest.raises(ValueError, match="case_weights"):
-        SegmentSampler(cases, geo, case_weights=[1.0])
-    with pytest.raises(ValueError, match="case_weights"):
-        SegmentSampler(cases, geo, case_weights=[0.0, 0.0])
-
-
 def test_deepmedic_learns_on_tiny_lesion_cases(tmp_path):
     torch.set_num_threads(1)
     cases = [tiny_lesion_case(s) for s in range(3)]

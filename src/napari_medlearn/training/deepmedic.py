@@ -115,21 +115,12 @@ class SegmentSampler:
         Standard deviations of the per-channel shift and (multiplicative) scale augmentation.
     flip
         Probability of a left-right (x) flip.
-    case_weights
-        Relative probability of drawing each case (default: all alike).
     """
 
     def __init__(self, cases: Sequence[LesionTrainingCase], geometry, fg_fraction: float = 0.5,
-                 intensity_shift: float = 0.1, intensity_scale: float = 0.1, flip: float = 0.5,
-                 case_weights: Sequence[float] | None = None) -> None:
+                 intensity_shift: float = 0.1, intensity_scale: float = 0.1, flip: float = 0.5) -> None:
         if not cases:
             raise ValueError("no training cases")
-        self.p = None
-        if case_weights is not None:
-            w = np.asarray(case_weights, np.float64)
-            if w.shape != (len(cases),) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
-                raise ValueError(f"case_weights must be {len(cases)} non-negative numbers, not all 0")
-            self.p = w / w.sum()
         self.geo = geometry
         self.out = tuple(g.out for g in geometry)
         self.lo = tuple(g.out_start for g in geometry)
@@ -164,11 +155,6 @@ class SegmentSampler:
         y = self.classes[i][o[0]:o[0] + self.out[0], o[1]:o[1] + self.out[1], o[2]:o[2] + self.out[2]]
         return x, y, m
 
-    def _pick(self, rng: np.random.Generator) -> int:
-        if self.p is None:
-            return int(rng.integers(len(self.images)))
-        return int(rng.choice(len(self.images), p=self.p))
-
     def foreground_count(self, rng: np.random.Generator, batch_size: int) -> int:
         """Segments of a batch centred on tumour: ``batch_size * fg_fraction`` rounded up or down
         at random so that the expected share is ``fg_fraction`` for any batch size (plain rounding
@@ -185,7 +171,7 @@ class SegmentSampler:
         xs, ys = [], []
         n_fg = self.foreground_count(rng, batch_size)
         for b in range(batch_size):
-            i = self._pick(rng)
+            i = int(rng.integers(len(self.images)))
             x, y, m = self.segment(rng, i, foreground=b < n_fg)
             x = x.copy()
             if augment:
@@ -210,7 +196,7 @@ class SegmentSampler:
         for _ in range(int(n_batches)):
             n_fg = self.foreground_count(rng, batch_size)
             for b in range(batch_size):
-                i = self._pick(rng)
+                i = int(rng.integers(len(self.images)))
                 _, y, m = self.segment(rng, i, foreground=b < n_fg)
                 counts += np.bincount(y[m[sl]].ravel(), minlength=n_classes)[:n_classes]
         return counts / max(counts.sum(), 1.0)

@@ -235,7 +235,7 @@ def member_loss(kind: str):
 
 def train_member(recipe: dict[str, Any], cases: Sequence, run_dir: str | Path, epochs: int, iters_per_epoch: int,
                  width: float = 1.0, lr: float = 1e-3, seed: int = 0, device: str = "auto", progress: bool = True,
-                 batch_size: int | None = None, case_weights: Sequence[float] | None = None):
+                 batch_size: int | None = None):
     """Train one member on preprocessed :class:`~napari_medlearn.training.deepmedic.LesionTrainingCase` s
     with the shared trainer (checkpoint per epoch, resumable); return model, config, history."""
     from .. import nets
@@ -246,7 +246,7 @@ def train_member(recipe: dict[str, Any], cases: Sequence, run_dir: str | Path, e
     torch.manual_seed(seed)
     model = nets.build(recipe["arch"], **arch_args)
     geo = sampler_geometry(model, recipe.get("out", 9), recipe.get("patch", 48))
-    sampler = SegmentSampler(cases, geo, fg_fraction=recipe["fg_fraction"], case_weights=case_weights) if cases else None
+    sampler = SegmentSampler(cases, geo, fg_fraction=recipe["fg_fraction"]) if cases else None
     bs = int(batch_size or recipe["batch_size"])
     cfg = TrainConfig(epochs=epochs, iters_per_epoch=iters_per_epoch, lr=lr, weight_decay=1e-4,
                       lr_milestones=(int(epochs * 0.6), int(epochs * 0.85)), lr_gamma=0.3, seed=seed, device=device,
@@ -259,15 +259,14 @@ def train_member(recipe: dict[str, Any], cases: Sequence, run_dir: str | Path, e
 
 
 def class_priors(cases: Sequence, geometry, fg_fraction: float, batch_size: int, n_batches: int = 300,
-                 seed: int = 0, case_weights: Sequence[float] | None = None) -> dict[str, Any]:
+                 seed: int = 0) -> dict[str, Any]:
     """The card's ``prior_correction`` of a model trained on ``cases`` by a
     :class:`~napari_medlearn.training.deepmedic.SegmentSampler` (``geometry``, ``fg_fraction``,
     ``batch_size``): the class frequencies in the sampled output blocks (the prior it learnt) and in
-    the training brains (the prior of whole scans), both inside the brain. Training data only.
-    ``case_weights`` as the sampler's."""
+    the training brains (the prior of whole scans), both inside the brain. Training data only."""
     from .deepmedic import SegmentSampler
 
-    sampler = SegmentSampler(cases, geometry, fg_fraction=fg_fraction, case_weights=case_weights)
+    sampler = SegmentSampler(cases, geometry, fg_fraction=fg_fraction)
     train = sampler.output_class_frequency(np.random.default_rng(seed), n_batches, batch_size)
     counts = np.zeros(train.size)
     for c in cases:
