@@ -137,7 +137,7 @@ def adapt_steps(model, target_images, spacing=None, brain_masks=None, name: str 
     hist = yield from progress_from_thread(lambda report: adapt_lesion_segmenter(
         student, arch, arch_args, source_cases, target_cases, run_dir, epochs=epochs,
         iters_per_epoch=iters_per_epoch, batch_size=batch_size, lam_max=lam_max, device=device, progress=False,
-        cancelled=cancelled, report=report, freeze_batchnorm=True))
+        cancelled=cancelled, report=report, freeze_batchnorm=True, class_prior=bool(card.get("prior_correction"))))
     new_card = {k: v for k, v in card.items() if k not in ("sha256", "evaluation", "training", "priority")}
     new_card.update({
         "name": name, "task": TASK, "priority": -1,
@@ -156,12 +156,8 @@ def adapt_steps(model, target_images, spacing=None, brain_masks=None, name: str 
         "evaluation": {"note": "not evaluated: the targets have no labels; compare it with its parent on "
                                "scans you can check"},
     })
-    if card.get("prior_correction"):     # the copy now learnt the class prior of the adaptation's source segments
-        from ..training.deepmedic import sampler_geometry
-        from ..training.emma import class_priors
-
-        new_card["prior_correction"] = class_priors(source_cases, sampler_geometry(student, 9, 48), 0.5,
-                                                    max(1, batch_size // 2))
+    if "prior_correction" in hist:       # the copy now learnt the class prior of the adaptation's source segments
+        new_card["prior_correction"] = hist["prior_correction"]
     zoo.user_dir().mkdir(parents=True, exist_ok=True)
     sha = zoo.save_checkpoint(student, zoo.user_dir() / f"{name}.pt", arch, arch_args, card=new_card)
     zoo.write_json_atomic({**new_card, "sha256": sha}, zoo.user_dir() / f"{name}.json")

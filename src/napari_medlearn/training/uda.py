@@ -265,21 +265,28 @@ def adapt_lesion_segmenter(net: nn.Module, arch: str, arch_args: dict, source_ca
                            device: str = "auto", progress: bool = True, cancelled: Callable[[], bool] | None = None,
                            on_epoch: Callable[[int, dict], None] | None = None,
                            report: Callable[[int, int, str], None] | None = None,
-                           freeze_batchnorm: bool = False) -> dict[str, Any]:
+                           freeze_batchnorm: bool = False, class_prior: bool = False) -> dict[str, Any]:
     """Train ``net`` (in place) on labelled ``source_cases`` while adapting it adversarially to
     unlabelled ``target_cases`` (:class:`~napari_medlearn.training.deepmedic.LesionTrainingCase`
-    lists; the targets' classes are never read). Half of each batch is source, half target."""
+    lists; the targets' classes are never read). Half of each batch is source, half target.
+    ``class_prior``: the history also holds ``prior_correction``, the class priors of the source
+    segments and brains (:func:`~napari_medlearn.training.emma.class_priors`)."""
     from .deepmedic import SegmentSampler, sampler_geometry
 
     geo = sampler_geometry(net, out, patch)
     src = SegmentSampler(source_cases, geo, fg_fraction=fg_fraction)
     tgt = SegmentSampler(target_cases, geo, fg_fraction=0.0)
     half = max(1, batch_size // 2)
-    return train_uda(net, lambda rng, dev: src.batch(rng, dev, half),
+    hist = train_uda(net, lambda rng, dev: src.batch(rng, dev, half),
                      lambda rng, dev: tgt.batch(rng, dev, half)[0], F.cross_entropy, run_dir, arch, arch_args,
                      epochs=epochs, iters_per_epoch=iters_per_epoch, lr=lr, lam_max=lam_max, ramp=ramp, seed=seed,
                      device=device, progress=progress, cancelled=cancelled, on_epoch=on_epoch, report=report,
                      freeze_batchnorm=freeze_batchnorm)
+    if class_prior:      # the class prior of these source segments, for a card's prior_correction
+        from .emma import class_priors
+
+        hist["prior_correction"] = class_priors(source_cases, geo, fg_fraction, half)
+    return hist
 
 
 #: BraTS subjects whose images (never their labels) are the adaptation target of lesions-uda: the
