@@ -131,3 +131,14 @@ def test_adapt_command(modalities, user_zoo_with_ensemble, capsys):
     assert main(["adapt", "--model", "tiny-a", "--flair", str(paths["flair"]), str(paths["flair"]),
                  "--t1c", str(paths["t1c"])]) != 0
     assert "2 FLAIR files but 1 T1c" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "lesions-brats", "--train-subjects", "s1"], "--train-subjects is for"),
+    (["train", "emma-fcn", "--train-subjects", "s1", "--ship"], "--ship installs"),
+    (["train", "emma-fcn", "--with-fold", "card.json"], "--with-fold is for"),
+])
+def test_train_split_options_are_refused_where_they_do_not_apply(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1

@@ -485,6 +485,10 @@ def cmd_import_weights(args: argparse.Namespace) -> int:
     return 0
 
 
+#: presets whose BraTS subjects split into training (labels for EMMA, images for lesions-uda) and judging
+SPLIT_PRESETS = ("emma-deepmedic", "emma-unet", "emma-fcn", "emma", "lesions-uda")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .training.presets import PRESETS, run_preset
 
@@ -499,6 +503,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.preset != "lesions-brats":
             raise CLIError(f"--only-folds is for the cross-validated lesions-brats preset, not {args.preset!r}")
         kwargs["only_folds"] = args.only_folds
+    if args.train_subjects is not None:
+        if args.preset not in SPLIT_PRESETS:
+            raise CLIError(f"--train-subjects is for the BraTS-split presets ({', '.join(SPLIT_PRESETS)}), "
+                           f"not {args.preset!r}")
+        if args.ship:
+            raise CLIError("--ship installs the models of the default split; train the other fold of the "
+                           "cross-validation with --train-subjects and without --ship")
+        kwargs["train_subjects"] = args.train_subjects
+    if args.with_fold is not None:
+        if args.preset not in ("emma", "lesions-uda"):
+            raise CLIError(f"--with-fold is for the emma and lesions-uda presets, not {args.preset!r}")
+        kwargs["with_fold"] = args.with_fold
     card = run_preset(args.preset, args.run_dir, **kwargs)
     if "folds_done" in card:
         print(f"folds trained and evaluated so far: {card['folds_done']} of {card['folds']}; "
@@ -631,6 +647,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", default=None, help="data folder for presets trained on real data (e.g. ACDC)")
     s.add_argument("--only-folds", type=int, nargs="+", default=None, metavar="K",
                    help="cross-validated presets: train and evaluate only these folds (run folds in parallel)")
+    s.add_argument("--train-subjects", nargs="+", default=None, metavar="SUBJECT",
+                   help="EMMA members, emma and lesions-uda: the BraTS subjects used in training (their labels; "
+                        "lesions-uda: their images only); the others judge the model (the cross-validation's "
+                        "other fold; not with --ship)")
+    s.add_argument("--with-fold", default=None, metavar="CARD",
+                   help="emma and lesions-uda: the card (JSON) of the run with the other --train-subjects; the "
+                        "card written adds the cross-validation of both folds")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_train)
 

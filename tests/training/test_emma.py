@@ -113,3 +113,110 @@ def test_calibration_goes_into_a_card_without_touching_the_rest(tmp_path):
     assert (tmp_path / "m_reliability.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "m.json").exists()
     with pytest.raises(ValueError, match="never-seen"):
         calibrate_lesion_card("m", card={"name": "m", "training": {}})
+
+
+def _evaluation(names, seed, power):
+    rng = np.random.default_rng(seed)
+    p = rng.random(3000)
+    rows = [{"case": n, "dice_whole_tumour": 0.5 + 0.1 * i, "hd95_whole_tumour_mm": 4.0 * (i + 1)}
+            for i, n in enumerate(names)]
+    return {"cases": rows, "calibration": calibration_summary([calibration_bins(p, rng.random(p.size) < p ** power, 10)])}
+
+
+def test_folds_pool_into_one_evaluation():
+    from napari_medlearn.training.emma import pool_evaluations
+
+    a, b = _evaluation(["s1", "s2"], 0, 2.0), _evaluation(["s3"], 1, 0.5)     # over- and under-confident
+    pooled = pool_evaluations([a, b])
+    assert [r["case"] for r in pooled["cases"]] == ["s1", "s2", "s3"]
+    assert pooled["summary"]["dice_whole_tumour_mean"] == pytest.approx((0.5 + 0.6 + 0.5) / 3)
+    assert pooled["calibration"]["count"] == [x + y for x, y in zip(a["calibration"]["count"], b["calibration"]["count"])]
+    # the pooled ECE is that of all voxels binned together (not a mean of the folds' ECEs)
+    rng0, rng1 = np.random.default_rng(0), np.random.default_rng(1)
+    p0, p1 = rng0.random(3000), rng1.random(3000)
+    y0, y1 = rng0.random(3000) < p0 ** 2, rng1.random(3000) < p1 ** 0.5
+    whole = calibration_summary([calibration_bins(np.r_[p0, p1], np.r_[y0, y1], 10)])
+    assert pooled["summary"]["ece_whole_tumour"] == pytest.approx(whole["ece"], abs=1e-4)
+    assert pooled["summary"]["ece_whole_tumour"] < 0.5 * (a["calibration"]["ece"] + b["calibration"]["ece"]) / 2
+    with pytest.raises(ValueError, match="overlapping"):
+        pool_evaluations([a, a])
+
+
+def _write_brats(root, n=4, shape=(48, 48, 48)):
+    """A BraTS-like folder (FLAIR, T1c, labels, brain mask per subject) of :func:`_case` volumes."""
+    import nibabel as nib
+
+    from napari_medlearn.training.deepmedic import BRATS_FILES
+
+    names = []
+    for s in range(n):
+        ch, lab, sp, mask, _ = _case(s, shape)
+        d = root / f"brats_2013_pat{s:04d}_1"
+        d.mkdir(parents=True)
+        aff = np.diag([*sp, 1.0])
+        for key, arr in (("FLAIR", ch[0]), ("T1c", ch[1]), ("labels", lab), ("mask", mask.astype(np.uint8))):
+            # files are x, y, z; the arrays z, y, x
+            nib.save(nib.Nifti1Image(np.ascontiguousarray(arr.transpose(2, 1, 0)), aff), str(d / BRATS_FILES[key]))
+        names.append(d.name)
+    return names
+
+
+def test_emma_cross_validation_over_two_folds(tmp_path, capsys):
+    import json
+
+    from napari_medlearn.cli import main
+    from napari_medlearn.training.emma import run_emma_member
+
+    data = tmp_path / "brats"
+    names = _write_brats(data)
+    folds = {"a": names[:2], "b": names[2:]}
+    members = ["emma-unet", "emma-fcn"]                     # two of the three keep the test short
+    for f, train_on in folds.items():
+        for m in members:
+            run_emma_member(tmp_path / f / m, m, epochs=1, iters_per_epoch=2, data=str(data),
+                            train_subjects=train_on, width=0.25, device="cpu", progress=False)
+            card = json.loads((tmp_path / f / m / "model.json").read_text())
+            assert card["training"]["never_seen"] == [n for n in names if n not in train_on]
+            assert "--train-subjects" in card["training"]["command"]
+    common = ["train", "emma", "--data", str(data), "--device", "cpu"]
+    # fold b's members cannot judge fold a's held-out subjects (they were trained on them)
+    assert main([*common, "--train-subjects", *folds["a"], "--run-dir", str(tmp_path / "x")]) == 2
+    assert "not found" in capsys.readouterr().err
+    from napari_medlearn.training.emma import run_emma
+
+    (tmp_path / "x").mkdir(exist_ok=True)
+    for m in members:
+        (tmp_path / "x" / m).symlink_to(tmp_path / "b" / m)
+    with pytest.raises(ValueError, match="cannot judge"):
+        run_emma(tmp_path / "x", members=members, data=str(data), train_subjects=folds["a"], progress=False)
+    a = run_emma(tmp_path / "a", members=members, data=str(data), train_subjects=folds["a"], progress=False)
+    assert [r["case"] for r in a["evaluation"]["cases"]] == folds["b"] and "cross_validation" not in a
+    with pytest.raises(ValueError, match="judges"):
+        run_emma(tmp_path / "a", members=members, data=str(data), train_subjects=folds["a"],
+                 with_fold=tmp_path / "a" / "emma.json", progress=False)
+    b = run_emma(tmp_path / "b", members=members, data=str(data), train_subjects=folds["b"],
+                 with_fold=tmp_path / "a" / "emma.json", progress=False)
+    cv = b["cross_validation"]
+    assert [f["trained_on"] for f in cv["folds"]] == [folds["b"], folds["a"]]
+    assert sorted(r["case"] for r in cv["emma"]["cases"]) == names
+    assert sorted(r["case"] for r in cv["emma-fcn"]["cases"]) == names
+    assert len(cv["flair_threshold_floor"]["cases"]) == 4
+    dice = [r["dice_whole_tumour"] for r in a["evaluation"]["cases"] + b["evaluation"]["cases"]]
+    assert cv["emma"]["summary"]["dice_whole_tumour_mean"] == pytest.approx(np.mean(dice))
+    assert sum(cv["emma"]["calibration"]["count"]) == sum(a["evaluation"]["calibration"]["count"]) + sum(
+        b["evaluation"]["calibration"]["count"])
+
+
+def test_cross_validation_of_adaptation_cards():
+    from napari_medlearn.training.emma import cross_validation
+
+    def card(train, judged, seed):
+        ev = _evaluation(judged, seed, 1.0)
+        return {"training": {"subjects": train}, "evaluation": {**ev, "baseline_source_only": {
+            "name": "lesions-synthetic", **_evaluation(judged, seed + 10, 2.0)}}}
+
+    cv = cross_validation([card(["s1", "s2"], ["s3", "s4"], 0), card(["s3", "s4"], ["s1", "s2"], 1)],
+                          ["lesions-uda", "baseline_source_only"])
+    assert [f["judged"] for f in cv["folds"]] == [["s3", "s4"], ["s1", "s2"]]
+    assert cv["lesions-uda"]["summary"]["n_cases"] == 4 == cv["baseline_source_only"]["summary"]["n_cases"]
+    assert cv["baseline_source_only"]["summary"]["ece_whole_tumour"] > cv["lesions-uda"]["summary"]["ece_whole_tumour"]

@@ -76,6 +76,33 @@ def calibration_summary(bins: Sequence[dict[str, np.ndarray]]) -> dict[str, Any]
             "frequency": [None if np.isnan(v) else round(float(v), 5) for v in freq], "count": [int(v) for v in n]}
 
 
+def _bins_of(calibration: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Per-bin sums back from a :func:`calibration_summary` (confidence and frequency x count)."""
+    n = np.asarray(calibration["count"], float)
+    conf = np.array([0.0 if v is None else v for v in calibration["confidence"]], float)
+    freq = np.array([0.0 if v is None else v for v in calibration["frequency"]], float)
+    return {"sum_p": conf * n, "sum_y": freq * n, "count": n}
+
+
+def pool_evaluations(evaluations: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One evaluation (``summary``, ``cases``, ``calibration``) of the disjoint held-out cases of
+    several folds, as :func:`~napari_medlearn.training.deepmedic.evaluate_lesion_cases` gives for one:
+    the cases side by side, their means, and the calibration pooled over every case's brain."""
+    from .deepmedic import summarise_rows
+
+    names = [r["case"] for e in evaluations for r in e["cases"]]
+    if len(set(names)) != len(names):
+        raise ValueError(f"folds judge overlapping cases: {sorted(names)}")
+    rows = [r for e in evaluations for r in e["cases"]]
+    out = {"summary": summarise_rows(rows), "cases": rows,
+           "calibration": calibration_summary([_bins_of(e["calibration"]) for e in evaluations])}
+    out["summary"]["ece_whole_tumour"] = out["calibration"]["ece"]
+    auroc = [r["uncertainty_auroc_wrong_voxels"] for r in rows if "uncertainty_auroc_wrong_voxels" in r]
+    if auroc:
+        out["summary"]["uncertainty_auroc_mean"] = float(np.nanmean(auroc))
+    return out
+
+
 def whole_tumour_probability(probabilities: np.ndarray) -> np.ndarray:
     """P(whole tumour) = 1 - P(background) of ``(K, z, y, x)`` posteriors (index 0 background)."""
     return 1.0 - np.asarray(probabilities[0], np.float32)
@@ -315,6 +342,13 @@ def _brats_split(data, train_subjects):
     return root, subjects, list(train_subjects), held_out
 
 
+def _command(preset: str, train_subjects: Sequence[str], default: Sequence[str] = EMMA_TRAIN_SUBJECTS) -> str:
+    """The command that trains ``preset`` on ``train_subjects`` (the default split ships)."""
+    if tuple(train_subjects) == tuple(default):
+        return f"medlearn train {preset} --ship"
+    return f"medlearn train {preset} --train-subjects {' '.join(train_subjects)} --run-dir RUN/{preset}"
+
+
 def _brats_licence_block(root, subjects) -> dict[str, str]:
     from .deepmedic import BRATS_CITATION, brats_licence
 
@@ -322,6 +356,23 @@ def _brats_licence_block(root, subjects) -> dict[str, str]:
             "training_data": "BraTS 2015 (braintumorsegmentation.org), as modified by Konstantinos Kamnitsas for "
                              "the DeepMedic examples; CC BY-NC-SA 3.0 Switzerland",
             "citation": BRATS_CITATION, "attribution_text": brats_licence(root, subjects)}
+
+
+def _read_fold(path: str | Path, held_out: Sequence[str]) -> dict[str, Any]:
+    """The other fold's card (JSON); it must judge subjects disjoint from ``held_out``."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--with-fold: no card at {path}")
+    other = json.loads(path.read_text())
+    judged = [r["case"] for r in other.get("evaluation", {}).get("cases", [])]
+    if not judged:
+        raise ValueError(f"--with-fold: {path} has no evaluated cases")
+    both = sorted(set(judged) & set(held_out))
+    if both:
+        raise ValueError(f"--with-fold: {path} judges {', '.join(both)} too; folds must judge different subjects")
+    return other
 
 
 def run_emma_member(run_dir: str | Path, member: str, ship: bool = False, epochs: int = 12,
@@ -361,10 +412,11 @@ def run_emma_member(run_dir: str | Path, member: str, ship: bool = False, epochs
     card = {
         "name": member, "task": TASK, "architecture": recipe["arch"], "arch_args": arch_args,
         "paper": f"{paper}; ensemble: {EMMA_PAPER}", **card_core, "labels": LESION_LABELS, "priority": -5,
-        "description": f"EMMA member: {recipe['arch']} trained on 2 real BraTS subjects with "
+        "description": f"EMMA member: {recipe['arch']} trained on {len(train_names)} real BraTS subjects with "
                        f"{LOSS_TEXT[recipe['loss']]}; use it inside model='emma'. Research use only.",
         "training": {"data": f"BraTS 2015 subjects {', '.join(train_names)} (DeepMedic examples), labels 3 -> 1",
-                     "never_seen": held_out, "command": f"medlearn train {member} --ship",
+                     "subjects": list(train_names),
+                     "never_seen": held_out, "command": _command(member, train_names),
                      "loss": LOSS_TEXT[recipe["loss"]],
                      "sampling": f"{recipe['fg_fraction']:.0%} of segments centred on tumour, the rest on brain",
                      **training_record(cfg, hist, t0)},
@@ -382,11 +434,61 @@ def run_emma_member(run_dir: str | Path, member: str, ship: bool = False, epochs
     return card
 
 
+def _load_members(members: Sequence[str], run_dir: Path, shipped: bool, held_out: Sequence[str]) -> list:
+    """The members to judge: the shipped zoo models, or (another fold) ``run_dir/<member>/model.pt``;
+    refuses a member whose card does not list every judging subject as never seen."""
+    from .. import zoo
+
+    nets_ = []
+    for m in members:
+        src = m if shipped else run_dir / m / "model.pt"
+        if not shipped and not Path(src).is_file():
+            raise ValueError(f"member {m!r} of this fold not found: train it first with "
+                             f"medlearn train {m} --train-subjects ... --run-dir {run_dir / m}")
+        net = zoo.load(src, device="cpu")
+        seen = [s for s in held_out if s not in net.card.get("training", {}).get("never_seen", [])]
+        if seen:
+            raise ValueError(f"member {m!r} was not trained with {', '.join(seen)} held out; it cannot judge them")
+        nets_.append(net)
+    return nets_
+
+
+def cross_validation(cards: Sequence[dict[str, Any]], models: Sequence[str]) -> dict[str, Any]:
+    """The cross-validation of fold cards that judge disjoint subjects: for each of ``models``
+    (``"emma"``, a member, ``"baseline_source_only"``, ``"flair_threshold_floor"``), its
+    :func:`pool_evaluations` over the folds."""
+    ev = [c["evaluation"] for c in cards]
+
+    def of(e, m):
+        if m in ("emma", "lesions-uda"):
+            return e
+        if m == "flair_threshold_floor":
+            return e[m]
+        return e.get("members", {}).get(m) or e[m]
+
+    out: dict[str, Any] = {"folds": [{"trained_on": c["training"].get("subjects", []),
+                                      "judged": [r["case"] for r in e["cases"]]} for c, e in zip(cards, ev)]}
+    for m in models:
+        parts = [of(e, m) for e in ev]
+        if m == "flair_threshold_floor":
+            rows = [r for p in parts for r in p["cases"]]
+            out[m] = {"cases": rows, "dice_whole_tumour_mean": float(np.mean([r["dice_whole_tumour"] for r in rows]))}
+        else:
+            out[m] = pool_evaluations(parts)
+    return out
+
+
 def run_emma(run_dir: str | Path, ship: bool = False, members: Sequence[str] = tuple(MEMBER_RECIPES),
              data: str | None = None, train_subjects: Sequence[str] = EMMA_TRAIN_SUBJECTS,
-             progress: bool = True, **_: Any) -> dict[str, Any]:
-    """The ``emma`` ensemble card: judge the shipped members and their mean on the held-out BraTS
-    subjects (Dice, HD95, ECE, uncertainty AUROC), beside each member and the FLAIR threshold floor."""
+             with_fold: str | Path | None = None, progress: bool = True, **_: Any) -> dict[str, Any]:
+    """The ``emma`` ensemble card: judge the members and their mean on the held-out BraTS subjects
+    (Dice, HD95, ECE, uncertainty AUROC), beside each member and the FLAIR threshold floor.
+
+    With the default ``train_subjects`` the members are the shipped zoo models; with others (the
+    cross-validation's other fold) they are ``run_dir/<member>/model.pt``, trained by
+    ``medlearn train <member> --train-subjects ... --run-dir run_dir/<member>``. ``with_fold`` is the
+    other fold's ``emma.json``: the card then also carries the ``cross_validation`` of both folds.
+    """
     from .. import zoo
     from ..methods.lesions import LABEL_VALUES, TASK
     from ..nets.unet3d import EMMA_PAPER
@@ -395,7 +497,11 @@ def run_emma(run_dir: str | Path, ship: bool = False, members: Sequence[str] = t
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     root, subjects, train_names, held_out = _brats_split(data, train_subjects)
-    nets_ = [zoo.load(m, device="cpu") for m in members]
+    shipped = tuple(train_names) == tuple(EMMA_TRAIN_SUBJECTS)
+    if ship and not shipped:
+        raise ValueError("only the default split's ensemble ships")
+    other = _read_fold(with_fold, held_out) if with_fold else None
+    nets_ = _load_members(members, run_dir, shipped, held_out)
     ev_cases = [(*load_brats_subject(root, s)[:4], s) for s in held_out]
     per_member = {m: evaluate_with_calibration(n, ev_cases, progress=progress) for m, n in zip(members, nets_)}
     ens = evaluate_with_calibration(nets_, ev_cases, progress=progress)
@@ -415,16 +521,20 @@ def run_emma(run_dir: str | Path, ship: bool = False, members: Sequence[str] = t
                        "segments' class prior to that of whole brains by its card's prior_correction); labels = "
                        "argmax; uncertainty = "
                        "entropy of the mean / log K; also mutual information and member variance",
-        "training": {"members": {m: zoo.card(m).get("training", {}).get("command", "") for m in members},
-                     "command": "medlearn train emma --ship (after the members)"},
+        "training": {"members": {m: n.card.get("training", {}).get("command", "") for m, n in zip(members, nets_)},
+                     "subjects": list(train_names), "never_seen": held_out,
+                     "command": _command("emma", train_names).replace("RUN/emma", "RUN")
+                     + " (after the members)"},
         "evaluation": {"data": f"BraTS subjects {', '.join(held_out)}, never used by any member",
-                       **ens, "members": {m: {"summary": e["summary"], "calibration_ece": e["calibration"]["ece"]}
+                       **ens, "members": {m: {**e, "calibration_ece": e["calibration"]["ece"]}
                                           for m, e in per_member.items()},
                        "best_member": best, "flair_threshold_floor": floor,
                        "reliability_figure": "emma_reliability.png"},
         "licence": _brats_licence_block(root, subjects),
         "intended_use": "research use only, not for diagnosis",
     }
+    if other is not None:
+        card["cross_validation"] = cross_validation([card, other], ["emma", *members, "flair_threshold_floor"])
     zoo.write_json_atomic(card, run_dir / "emma.json")
     if ship:
         import shutil
@@ -434,6 +544,6 @@ def run_emma(run_dir: str | Path, ship: bool = False, members: Sequence[str] = t
     return card
 
 
-__all__ = ["EMMA_TRAIN_SUBJECTS", "MEMBER_RECIPES", "run_emma", "run_emma_member", "calibrate_lesion_card", "calibration_bins", "calibration_summary", "evaluate_with_calibration",
+__all__ = ["EMMA_TRAIN_SUBJECTS", "MEMBER_RECIPES", "run_emma", "run_emma_member", "calibrate_lesion_card", "calibration_bins", "calibration_summary", "cross_validation", "evaluate_with_calibration", "pool_evaluations",
            "flair_threshold_floor", "member_arch_args", "member_loss", "save_reliability_figure", "train_member",
            "uncertainty_auroc", "whole_tumour_probability"]

@@ -294,6 +294,8 @@ def _run_lesions_synthetic(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]
 def _run_lesions_uda(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
     from .uda import run_lesions_uda
 
+    if "train_subjects" in kwargs:                 # lesions-uda trains on these subjects' images only
+        kwargs["target_subjects"] = kwargs.pop("train_subjects")
     return run_lesions_uda(run_dir, **kwargs)
 
 

@@ -291,14 +291,15 @@ def adapt_lesion_segmenter(net: nn.Module, arch: str, arch_args: dict, source_ca
 
 #: BraTS subjects whose images (never their labels) are the adaptation target of lesions-uda: the
 #: EMMA members' training subjects, so the other subjects judge every issue-12 model unused
-from .emma import EMMA_TRAIN_SUBJECTS as UDA_TARGET_SUBJECTS, _brats_split  # noqa: E402
+from .emma import EMMA_TRAIN_SUBJECTS as UDA_TARGET_SUBJECTS, _brats_split, _command, _read_fold, cross_validation  # noqa: E402,E501
 
 
 def run_lesions_uda(run_dir: str | Path, ship: bool = False, epochs: int = 8, iters_per_epoch: int = 150,
                     n_train: int = 12, lam_max: float = 0.05, batch_size: int = 20, width: float = 1.0,
                     data: str | None = None, target_subjects: Sequence[str] = UDA_TARGET_SUBJECTS,
                     device: str = "auto", seed: int = 0, progress: bool = True, domain: str = "A",
-                    spacing_mm: float = 2.0, baseline: str | None = "lesions-synthetic") -> dict[str, Any]:
+                    spacing_mm: float = 2.0, baseline: str | None = "lesions-synthetic",
+                    with_fold: str | Path | None = None) -> dict[str, Any]:
     """``lesions-uda``: the ``lesions-synthetic`` recipe (same cases, architecture, segments and
     schedule) plus the real BraTS images of ``target_subjects`` as an unlabelled target.
 
@@ -306,6 +307,9 @@ def run_lesions_uda(run_dir: str | Path, ship: bool = False, epochs: int = 8, it
     The card compares it with ``baseline`` (the source-only model) on the BraTS subjects not in
     ``target_subjects``, which neither model has seen: BraTS region Dice and HD95, and a fresh
     discriminator's accuracy at telling synthetic from real segments by the model's features.
+    ``with_fold``: the card of the cross-validation's other fold (trained with other
+    ``target_subjects``, judged on these); the card then carries the ``cross_validation`` of both.
+    Only the default ``target_subjects`` ship.
     """
     from .. import zoo as _zoo
     from ..nets.deepmedic import DeepMedic
@@ -318,6 +322,9 @@ def run_lesions_uda(run_dir: str | Path, ship: bool = False, epochs: int = 8, it
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     root, subjects, _, held_out = _brats_split(data, target_subjects)
+    if ship and tuple(target_subjects) != tuple(UDA_TARGET_SUBJECTS):
+        raise ValueError("only the default split's lesions-uda ships")
+    other = _read_fold(with_fold, held_out) if with_fold else None
     spacing = (float(spacing_mm),) * 3
     source = []
     for s in range(seed, seed + n_train):
@@ -367,8 +374,9 @@ def run_lesions_uda(run_dir: str | Path, ship: bool = False, epochs: int = 8, it
                       f"{seed + n_train - 1}, domain {domain!r}, {spacing_mm:g} mm), with their labels",
             "target": f"BraTS images of {', '.join(target_subjects)} (FLAIR, T1c, brain mask), resampled to "
                       f"{spacing_mm:g} mm; NO label of any real subject is used in training",
+            "subjects": list(target_subjects),
             "never_seen": held_out,
-            "command": "medlearn train lesions-uda --ship",
+            "command": _command("lesions-uda", target_subjects, UDA_TARGET_SUBJECTS),
             "adversarial": "domain discriminator on the last layer of each pathway and the hidden FC layers; "
                            "gradient reversal with a linearly ramped weight",
             **cfg_rec,
@@ -394,6 +402,8 @@ def run_lesions_uda(run_dir: str | Path, ship: bool = False, epochs: int = 8, it
         },
         "intended_use": "research use only, not for diagnosis",
     }
+    if other is not None:
+        card["cross_validation"] = cross_validation([card, other], ["lesions-uda", "baseline_source_only"])
     card = _finish(model, "deepmedic", arch_args, card, run_dir, ship)
     if ship:
         from .emma import calibrate_lesion_card
