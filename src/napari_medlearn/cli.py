@@ -651,9 +651,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="EMMA members, emma and lesions-uda: the BraTS subjects used in training (their labels; "
                         "lesions-uda: their images only); the others judge the model (the cross-validation's "
                         "other fold; not with --ship)")
-    s.add_argument("--with-fold", default=None, metavar="CARD",
-                   help="emma and lesions-uda: the card (JSON) of the run with the other --train-subjects; the "
-                        "card written adds the cross-validation of both folds")
+    s.add_argument("--with-fold", nargs="+", default=None, metavar="CARD",
+                   help="emma and lesions-uda: the cards (JSON) of the runs with the other --train-subjects; the "
+                        "card written adds the cross-validation of all folds")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_train)
 

@@ -323,9 +323,11 @@ def evaluate_with_calibration(model, cases: Sequence[tuple], fig_path: Path | No
 # ---------------------------------------------------------------------------------------------
 # presets
 
-#: BraTS subjects whose labels train the EMMA members (and whose images are lesions-uda's target);
-#: the other subjects judge every issue-12 model and are never used by them in any way
-EMMA_TRAIN_SUBJECTS = ("brats_2013_pat0004_1", "brats_2013_pat0006_1")
+#: BraTS subjects whose labels train the shipped EMMA members: leave-one-subject-out, the shipped
+#: fold never saw pat0003 (the other folds, trained with ``--train-subjects``, judge the other three
+#: subjects for the card's cross-validation). Two training subjects were too few: members trained on
+#: pat0003 + pat0005 reached whole-tumour Dice 0.70-0.76 on pat0004 / pat0006, below a FLAIR threshold
+EMMA_TRAIN_SUBJECTS = ("brats_2013_pat0004_1", "brats_2013_pat0005_1", "brats_2013_pat0006_1")
 
 
 def _brats_split(data, train_subjects):
@@ -358,21 +360,25 @@ def _brats_licence_block(root, subjects) -> dict[str, str]:
             "citation": BRATS_CITATION, "attribution_text": brats_licence(root, subjects)}
 
 
-def _read_fold(path: str | Path, held_out: Sequence[str]) -> dict[str, Any]:
-    """The other fold's card (JSON); it must judge subjects disjoint from ``held_out``."""
+def _read_folds(paths: str | Path | Sequence[str | Path], held_out: Sequence[str]) -> list[dict[str, Any]]:
+    """The other folds' cards (JSON); each must judge subjects that no other fold judges."""
     import json
 
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"--with-fold: no card at {path}")
-    other = json.loads(path.read_text())
-    judged = [r["case"] for r in other.get("evaluation", {}).get("cases", [])]
-    if not judged:
-        raise ValueError(f"--with-fold: {path} has no evaluated cases")
-    both = sorted(set(judged) & set(held_out))
-    if both:
-        raise ValueError(f"--with-fold: {path} judges {', '.join(both)} too; folds must judge different subjects")
-    return other
+    cards, seen = [], set(held_out)
+    for path in [paths] if isinstance(paths, (str, Path)) else list(paths):
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"--with-fold: no card at {path}")
+        other = json.loads(path.read_text())
+        judged = [r["case"] for r in other.get("evaluation", {}).get("cases", [])]
+        if not judged:
+            raise ValueError(f"--with-fold: {path} has no evaluated cases")
+        both = sorted(set(judged) & seen)
+        if both:
+            raise ValueError(f"--with-fold: {path} judges {', '.join(both)} too; folds must judge different subjects")
+        seen.update(judged)
+        cards.append(other)
+    return cards
 
 
 def run_emma_member(run_dir: str | Path, member: str, ship: bool = False, epochs: int = 12,
@@ -480,14 +486,15 @@ def cross_validation(cards: Sequence[dict[str, Any]], models: Sequence[str]) -> 
 
 def run_emma(run_dir: str | Path, ship: bool = False, members: Sequence[str] = tuple(MEMBER_RECIPES),
              data: str | None = None, train_subjects: Sequence[str] = EMMA_TRAIN_SUBJECTS,
-             with_fold: str | Path | None = None, progress: bool = True, **_: Any) -> dict[str, Any]:
+             with_fold: str | Path | Sequence[str | Path] | None = None, progress: bool = True,
+             **_: Any) -> dict[str, Any]:
     """The ``emma`` ensemble card: judge the members and their mean on the held-out BraTS subjects
     (Dice, HD95, ECE, uncertainty AUROC), beside each member and the FLAIR threshold floor.
 
     With the default ``train_subjects`` the members are the shipped zoo models; with others (the
     cross-validation's other fold) they are ``run_dir/<member>/model.pt``, trained by
     ``medlearn train <member> --train-subjects ... --run-dir run_dir/<member>``. ``with_fold`` is the
-    other fold's ``emma.json``: the card then also carries the ``cross_validation`` of both folds.
+    other folds' ``emma.json``: the card then also carries the ``cross_validation`` of all folds.
     """
     from .. import zoo
     from ..methods.lesions import LABEL_VALUES, TASK
@@ -500,7 +507,7 @@ def run_emma(run_dir: str | Path, ship: bool = False, members: Sequence[str] = t
     shipped = tuple(train_names) == tuple(EMMA_TRAIN_SUBJECTS)
     if ship and not shipped:
         raise ValueError("only the default split's ensemble ships")
-    other = _read_fold(with_fold, held_out) if with_fold else None
+    others = _read_folds(with_fold, held_out) if with_fold else []
     nets_ = _load_members(members, run_dir, shipped, held_out)
     ev_cases = [(*load_brats_subject(root, s)[:4], s) for s in held_out]
     per_member = {m: evaluate_with_calibration(n, ev_cases, progress=progress) for m, n in zip(members, nets_)}
@@ -533,8 +540,8 @@ def run_emma(run_dir: str | Path, ship: bool = False, members: Sequence[str] = t
         "licence": _brats_licence_block(root, subjects),
         "intended_use": "research use only, not for diagnosis",
     }
-    if other is not None:
-        card["cross_validation"] = cross_validation([card, other], ["emma", *members, "flair_threshold_floor"])
+    if others:
+        card["cross_validation"] = cross_validation([card, *others], ["emma", *members, "flair_threshold_floor"])
     zoo.write_json_atomic(card, run_dir / "emma.json")
     if ship:
         import shutil

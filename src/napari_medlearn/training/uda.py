@@ -289,9 +289,11 @@ def adapt_lesion_segmenter(net: nn.Module, arch: str, arch_args: dict, source_ca
     return hist
 
 
-#: BraTS subjects whose images (never their labels) are the adaptation target of lesions-uda: the
-#: EMMA members' training subjects, so the other subjects judge every issue-12 model unused
-from .emma import EMMA_TRAIN_SUBJECTS as UDA_TARGET_SUBJECTS, _brats_split, _command, _read_fold, cross_validation  # noqa: E402,E501
+from .emma import _brats_split, _command, _read_folds, cross_validation  # noqa: E402
+
+#: BraTS subjects whose images (never their labels) are the adaptation target of lesions-uda; the
+#: other two judge it and its source-only baseline (pat0003 is never used by any issue-12 model)
+UDA_TARGET_SUBJECTS = ("brats_2013_pat0004_1", "brats_2013_pat0006_1")
 
 
 def run_lesions_uda(run_dir: str | Path, ship: bool = False, epochs: int = 8, iters_per_epoch: int = 150,
@@ -299,7 +301,7 @@ def run_lesions_uda(run_dir: str | Path, ship: bool = False, epochs: int = 8, it
                     data: str | None = None, target_subjects: Sequence[str] = UDA_TARGET_SUBJECTS,
                     device: str = "auto", seed: int = 0, progress: bool = True, domain: str = "A",
                     spacing_mm: float = 2.0, baseline: str | None = "lesions-synthetic",
-                    with_fold: str | Path | None = None) -> dict[str, Any]:
+                    with_fold: str | Path | Sequence[str | Path] | None = None) -> dict[str, Any]:
     """``lesions-uda``: the ``lesions-synthetic`` recipe (same cases, architecture, segments and
     schedule) plus the real BraTS images of ``target_subjects`` as an unlabelled target.
 
@@ -307,8 +309,8 @@ def run_lesions_uda(run_dir: str | Path, ship: bool = False, epochs: int = 8, it
     The card compares it with ``baseline`` (the source-only model) on the BraTS subjects not in
     ``target_subjects``, which neither model has seen: BraTS region Dice and HD95, and a fresh
     discriminator's accuracy at telling synthetic from real segments by the model's features.
-    ``with_fold``: the card of the cross-validation's other fold (trained with other
-    ``target_subjects``, judged on these); the card then carries the ``cross_validation`` of both.
+    ``with_fold``: the cards of the cross-validation's other folds (trained with other
+    ``target_subjects``, judged on these); the card then carries the ``cross_validation`` of all.
     Only the default ``target_subjects`` ship.
     """
     from .. import zoo as _zoo
@@ -324,7 +326,7 @@ def run_lesions_uda(run_dir: str | Path, ship: bool = False, epochs: int = 8, it
     root, subjects, _, held_out = _brats_split(data, target_subjects)
     if ship and tuple(target_subjects) != tuple(UDA_TARGET_SUBJECTS):
         raise ValueError("only the default split's lesions-uda ships")
-    other = _read_fold(with_fold, held_out) if with_fold else None
+    others = _read_folds(with_fold, held_out) if with_fold else []
     spacing = (float(spacing_mm),) * 3
     source = []
     for s in range(seed, seed + n_train):
@@ -402,8 +404,8 @@ def run_lesions_uda(run_dir: str | Path, ship: bool = False, epochs: int = 8, it
         },
         "intended_use": "research use only, not for diagnosis",
     }
-    if other is not None:
-        card["cross_validation"] = cross_validation([card, other], ["lesions-uda", "baseline_source_only"])
+    if others:
+        card["cross_validation"] = cross_validation([card, *others], ["lesions-uda", "baseline_source_only"])
     card = _finish(model, "deepmedic", arch_args, card, run_dir, ship)
     if ship:
         from .emma import calibrate_lesion_card
