@@ -21,8 +21,8 @@ measured along the way.
 - ``planes``: the fetal ultrasound sweep sample through Standard plane detection (score plot,
   checklist, saliency heat map, boxes); the best frames clicked in the checklist; live mode.
 
-- ``emma``: an ensemble of lesion models on held-out BraTS pat0005: uncertainty heat map over the
-  FLAIR, the review outline at 0.3, the members' volumes.
+- ``emma``: an ensemble of lesion models on a BraTS subject its members never saw: uncertainty
+  heat map over the FLAIR, the review outline at 0.3, the members' volumes.
 
 Usage: ``xvfb-run -a python benchmarks/screenshots.py OUT_DIR [sample|acdc|dicom|recon|lesions|planes|emma ...]``
 """
@@ -367,7 +367,8 @@ SCENARIOS["lesions"] = scenario_lesions
 
 
 def scenario_emma(viewer, out: Path):
-    """An ensemble on a held-out BraTS subject (pat0005): uncertainty heat map, review outline.
+    """An ensemble on a BraTS subject its members never saw (the ``emma`` card's, else pat0003):
+    uncertainty heat map, review outline.
 
     The members are ``$MEDLEARN_EMMA_MEMBERS`` (comma-separated), else the ``emma`` card's, else
     every single lesion model shipped.
@@ -377,7 +378,8 @@ def scenario_emma(viewer, out: Path):
     from napari_medlearn import zoo
     from napari_medlearn.methods.lesions import TASK
 
-    subject = BRATS_SUBJECT.parent / "brats_2013_pat0005_1"
+    never_seen = zoo.card("emma").get("training", {}).get("never_seen") if "emma" in zoo.available(TASK) else None
+    subject = BRATS_SUBJECT.parent / never_seen[0] if never_seen else BRATS_SUBJECT
     for name in ("Flair_subtrMeanDivStd.nii.gz", "T1c_subtrMeanDivStd.nii.gz"):
         viewer.open(str(subject / name), plugin="napari-medlearn")
     flair = viewer.layers["Flair_subtrMeanDivStd"]
