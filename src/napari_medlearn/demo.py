@@ -500,10 +500,14 @@ def demo_robust_lesions(out: Path, device: str = "auto") -> list[str]:
                   "`robust/volumes.csv` (one row per member too), `robust/uncertainty.png`.", "",
                   "![uncertainty](robust/uncertainty.png)", ""]
     if "emma" in zoo.available(TASK):
-        ev = zoo.card("emma").get("evaluation", {})
+        card = zoo.card("emma")
+        cv = card.get("cross_validation")
+        ev = cv["emma"] if cv else card.get("evaluation", {})
         per_case = ", ".join(f"{r['dice_whole_tumour']:.3f}" for r in ev.get("cases", []))
+        judged = (f"leave-one-subject-out over {len(ev.get('cases', []))} BraTS subjects, each judged by members "
+                  "that never saw it" if cv else "on BraTS subjects none of them saw")
         lines += [f"For real skull-stripped FLAIR + T1c scans (BraTS-like), `--model emma` averages "
-                  f"{', '.join(zoo.card('emma')['members'])}; its card, on BraTS subjects none of them saw: whole "
+                  f"{', '.join(card['members'])}; its card, {judged}: whole "
                   f"tumour Dice {per_case}, ECE {ev.get('summary', {}).get('ece_whole_tumour', float('nan')):.4f}, "
                   f"uncertainty AUROC {ev.get('summary', {}).get('uncertainty_auroc_mean', float('nan')):.3f} "
                   "(not run here: this synthetic scanner is outside its members' domain).", ""]
