@@ -473,7 +473,8 @@ def cross_validation(cards: Sequence[dict[str, Any]], models: Sequence[str]) -> 
         return e.get("members", {}).get(m) or e[m]
 
     out: dict[str, Any] = {"folds": [{"trained_on": c["training"].get("subjects", []),
-                                      "judged": [r["case"] for r in e["cases"]]} for c, e in zip(cards, ev)]}
+                                      "judged": [r["case"] for r in e["cases"]],
+                                      "command": c["training"].get("command", "")} for c, e in zip(cards, ev)]}
     for m in models:
         parts = [of(e, m) for e in ev]
         if m == "flair_threshold_floor":
