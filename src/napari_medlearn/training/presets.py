@@ -406,25 +406,24 @@ PRESETS: dict[str, Preset] = {
     ),
     "emma-deepmedic": Preset(
         "emma-deepmedic", "emma-deepmedic",
-        "EMMA member: DeepMedic, cross-entropy, 50% tumour segments, on 3 BraTS subjects (~25 min on 1 CPU thread)",
+        "EMMA member: DeepMedic, cross-entropy, 50% tumour segments, on 2 BraTS subjects (~25 min on 1 CPU thread)",
         _run_emma_member("emma-deepmedic"),
     ),
     "emma-unet": Preset(
         "emma-unet", "emma-unet",
-        "EMMA member: 3D U-Net, Dice + cross-entropy, 1/2 tumour patches, on 3 BraTS subjects (~25 min on 1 CPU "
+        "EMMA member: 3D U-Net, Dice + cross-entropy, 1/2 tumour patches, on 2 BraTS subjects (~25 min on 1 CPU "
         "thread)",
         _run_emma_member("emma-unet"),
     ),
     "emma-fcn": Preset(
         "emma-fcn", "emma-fcn",
-        "EMMA member: 3D FCN-8s, cross-entropy, 1/3 tumour patches, on 3 BraTS subjects (~10 min on 1 CPU thread)",
+        "EMMA member: 3D FCN-8s, cross-entropy, 1/3 tumour patches, on 2 BraTS subjects (~5 min on 1 CPU thread)",
         _run_emma_member("emma-fcn"),
     ),
     "emma": Preset(
         "emma", "emma",
-        "EMMA ensemble card: judges the members and their mean on the BraTS subject(s) they never saw (ECE, "
-        "uncertainty AUROC, FLAIR threshold floor; ~5 min); with --with-fold, the leave-one-subject-out "
-        "cross-validation of all folds",
+        "EMMA ensemble card: judges the members and their mean on the BraTS subjects they never saw (ECE, "
+        "uncertainty AUROC, FLAIR threshold floor; ~5 min); with --with-fold, the cross-validation of all folds",
         _run_emma,
     ),
     "sr-brain": Preset(

@@ -292,7 +292,7 @@ def adapt_lesion_segmenter(net: nn.Module, arch: str, arch_args: dict, source_ca
 from .emma import _brats_split, _command, _read_folds, cross_validation  # noqa: E402
 
 #: BraTS subjects whose images (never their labels) are the adaptation target of lesions-uda; the
-#: other two judge it and its source-only baseline (pat0003 is never used by any issue-12 model)
+#: other two judge it and its source-only baseline, as they judge the EMMA members
 UDA_TARGET_SUBJECTS = ("brats_2013_pat0004_1", "brats_2013_pat0006_1")
 
 
