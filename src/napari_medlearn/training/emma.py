@@ -344,11 +344,13 @@ def _brats_split(data, train_subjects):
     return root, subjects, list(train_subjects), held_out
 
 
-def _command(preset: str, train_subjects: Sequence[str], default: Sequence[str] = EMMA_TRAIN_SUBJECTS) -> str:
-    """The command that trains ``preset`` on ``train_subjects`` (the default split ships)."""
+def _command(preset: str, train_subjects: Sequence[str], default: Sequence[str] = EMMA_TRAIN_SUBJECTS,
+             run_dir: str | None = None) -> str:
+    """The command that trains ``preset`` on ``train_subjects`` (the default split ships; another
+    split's run folder is ``run_dir``, default ``RUN/<preset>``)."""
     if tuple(train_subjects) == tuple(default):
         return f"medlearn train {preset} --ship"
-    return f"medlearn train {preset} --train-subjects {' '.join(train_subjects)} --run-dir RUN/{preset}"
+    return f"medlearn train {preset} --train-subjects {' '.join(train_subjects)} --run-dir {run_dir or 'RUN/' + preset}"
 
 
 def _brats_licence_block(root, subjects) -> dict[str, str]:
@@ -531,8 +533,7 @@ def run_emma(run_dir: str | Path, ship: bool = False, members: Sequence[str] = t
                        "entropy of the mean / log K; also mutual information and member variance",
         "training": {"members": {m: n.card.get("training", {}).get("command", "") for m, n in zip(members, nets_)},
                      "subjects": list(train_names), "never_seen": held_out,
-                     "command": _command("emma", train_names).replace("RUN/emma", "RUN")
-                     + " (after the members)"},
+                     "command": _command("emma", train_names, run_dir="RUN") + " (after the members)"},
         "evaluation": {"data": f"BraTS subjects {', '.join(held_out)}, never used by any member",
                        **ens, "members": {m: {**e, "calibration_ece": e["calibration"]["ece"]}
                                           for m, e in per_member.items()},
