@@ -504,8 +504,8 @@ def demo_robust_lesions(out: Path, device: str = "auto") -> list[str]:
         cv = card.get("cross_validation")
         ev = cv["emma"] if cv else card.get("evaluation", {})
         per_case = ", ".join(f"{r['dice_whole_tumour']:.3f}" for r in ev.get("cases", []))
-        judged = (f"leave-one-subject-out over {len(ev.get('cases', []))} BraTS subjects, each judged by members "
-                  "that never saw it" if cv else "on BraTS subjects none of them saw")
+        judged = (f"{len(cv['folds'])}-fold cross-validation over {len(ev.get('cases', []))} BraTS subjects, each "
+                  "judged by members that never saw it" if cv else "on BraTS subjects none of them saw")
         lines += [f"For real skull-stripped FLAIR + T1c scans (BraTS-like), `--model emma` averages "
                   f"{', '.join(card['members'])}; its card, {judged}: whole "
                   f"tumour Dice {per_case}, ECE {ev.get('summary', {}).get('ece_whole_tumour', float('nan')):.4f}, "
