@@ -220,9 +220,9 @@ def evaluate_lesion_cases(model, cases, progress: bool = False, save_dir: Path |
     keeps each case's raw labels (``pred_<name>.npz``).
     """
     from ..methods.lesions import lesion_volumes, remove_small_lesions, segment_lesions
-    from .emma import calibration_bins, calibration_summary, uncertainty_auroc, whole_tumour_probability
+    from .emma import calibration_bins, uncertainty_auroc, whole_tumour_probability
 
-    rows, bins, auroc = [], [], []
+    rows, bins = [], []
     for channels, labels, spacing, mask, name in cases:
         res = segment_lesions(channels, spacing, model=model, brain_mask=mask,
                               min_component_fraction=0.0 if fractions else None)
@@ -237,7 +237,6 @@ def evaluate_lesion_cases(model, cases, progress: bool = False, save_dir: Path |
         if res.uncertainty is not None:
             row["uncertainty_auroc_wrong_voxels"] = uncertainty_auroc(res.uncertainty, (res.labels > 0) != truth,
                                                                       res.brain_mask)
-            auroc.append(row["uncertainty_auroc_wrong_voxels"])
         if fractions:
             row["clean"] = {f"{f:g}": M.brats_region_metrics(remove_small_lesions(res.labels, f), labels, spacing)
                             for f in fractions}
@@ -248,8 +247,18 @@ def evaluate_lesion_cases(model, cases, progress: bool = False, save_dir: Path |
         if progress:
             print(f"  {name}: Dice WT {row['dice_whole_tumour']:.3f} TC {row['dice_tumour_core']:.3f} "
                   f"ET {row['dice_enhancing']:.3f}  HD95 WT {row['hd95_whole_tumour_mm']:.1f} mm", flush=True)
-    out = {"summary": summarise_rows(rows), "cases": rows, "calibration": calibration_summary(bins)}
+    return evaluation_of(rows, bins)
+
+
+def evaluation_of(rows: Sequence[dict], bins: Sequence[dict]) -> dict[str, Any]:
+    """A card's evaluation of per-case ``rows`` and their :func:`~napari_medlearn.training.emma.calibration_bins`:
+    the rows, their means, the pooled calibration (its ECE in the summary) and, for an ensemble,
+    the mean uncertainty AUROC."""
+    from .emma import calibration_summary
+
+    out = {"summary": summarise_rows(rows), "cases": list(rows), "calibration": calibration_summary(bins)}
     out["summary"]["ece_whole_tumour"] = out["calibration"]["ece"]
+    auroc = [r["uncertainty_auroc_wrong_voxels"] for r in rows if "uncertainty_auroc_wrong_voxels" in r]
     if auroc:
         out["summary"]["uncertainty_auroc_mean"] = float(np.nanmean(auroc))
     return out

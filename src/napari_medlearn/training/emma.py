@@ -88,19 +88,13 @@ def pool_evaluations(evaluations: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """One evaluation (``summary``, ``cases``, ``calibration``) of the disjoint held-out cases of
     several folds, as :func:`~napari_medlearn.training.deepmedic.evaluate_lesion_cases` gives for one:
     the cases side by side, their means, and the calibration pooled over every case's brain."""
-    from .deepmedic import summarise_rows
+    from .deepmedic import evaluation_of
 
-    names = [r["case"] for e in evaluations for r in e["cases"]]
+    rows = [r for e in evaluations for r in e["cases"]]
+    names = [r["case"] for r in rows]
     if len(set(names)) != len(names):
         raise ValueError(f"folds judge overlapping cases: {sorted(names)}")
-    rows = [r for e in evaluations for r in e["cases"]]
-    out = {"summary": summarise_rows(rows), "cases": rows,
-           "calibration": calibration_summary([_bins_of(e["calibration"]) for e in evaluations])}
-    out["summary"]["ece_whole_tumour"] = out["calibration"]["ece"]
-    auroc = [r["uncertainty_auroc_wrong_voxels"] for r in rows if "uncertainty_auroc_wrong_voxels" in r]
-    if auroc:
-        out["summary"]["uncertainty_auroc_mean"] = float(np.nanmean(auroc))
-    return out
+    return evaluation_of(rows, [_bins_of(e["calibration"]) for e in evaluations])
 
 
 def whole_tumour_probability(probabilities: np.ndarray) -> np.ndarray:
