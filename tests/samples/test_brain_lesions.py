@@ -66,6 +66,27 @@ def test_deterministic_and_paired_across_domains():
     assert not np.array_equal(synthetic_lesion_case(seed=6).labels, a.labels)
 
 
+def test_necrosis_ranges_from_solid_to_cystic():
+    # seed 15: one necrotic tumour; the same labels and scanner, only the necrotic centre's content differs
+    solid, cyst = (synthetic_lesion_case(seed=15, n_lesions=1, mass_effect=0.0, necrosis_fluid=f) for f in (0.0, 1.0))
+    assert np.array_equal(solid.labels, cyst.labels) and solid.domain == cyst.domain
+    from scipy import ndimage as ndi
+
+    centre = ndi.binary_erosion(solid.labels == 1, iterations=1)     # past the blur of the rim
+    wm = solid.brain_mask & (solid.labels == 0)
+    med = lambda img, m: float(np.median(img[m]))  # noqa: E731
+    assert med(solid.channels[0], centre) > med(solid.channels[0], wm)          # solid: FLAIR-bright
+    assert med(cyst.channels[0], centre) < 0.6 * med(cyst.channels[0], wm)      # fluid: suppressed like CSF
+    assert med(cyst.channels[1], centre) < med(solid.channels[1], centre)       # and darker on T1c
+    unchanged = ndi.distance_transform_edt(solid.labels != 1) > 4    # beyond the soft edge of the centre
+    np.testing.assert_array_equal(solid.channels[:, unchanged], cyst.channels[:, unchanged])
+    # by default both kinds occur across seeds, and a case without a necrotic centre has no fluid
+    draws = [synthetic_lesion_case(seed=s).params for s in range(12)]
+    fluid = [p["necrosis_fluid"] for p in draws]
+    assert 0 < sum(f > 0 for f in fluid) < len(fluid)
+    assert all(p["necrosis_fluid"] == 0 for p in draws if all(les["kind"] != "necrotic" for les in p["lesions"]))
+
+
 def _stats(c):
     """Brain-normalised statistics of one case that a z-score cannot remove."""
     flair = c.channels[0]
@@ -123,6 +144,7 @@ def test_one_millimetre_option():
     (dict(spacing_mm=0.5), "spacing_mm"),
     (dict(n_lesions=3), "n_lesions"),
     (dict(mass_effect=2.0), "mass_effect"),
+    (dict(necrosis_fluid=1.5), "necrosis_fluid"),
 ])
 def test_bad_arguments(kwargs, word):
     with pytest.raises(ValueError, match=word):

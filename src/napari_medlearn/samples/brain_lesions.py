@@ -12,7 +12,10 @@ is downloaded. On it the generator grows a glioma-like lesion and renders two MR
 Lesions are irregular blobs: level sets of an anisotropic, randomly rotated radial distance
 plus band-limited (Gaussian-smoothed) noise. The whole tumour spreads preferentially along
 white matter and spares CSF, like vasogenic oedema; inside it a tumour core, and inside the
-core a necrotic centre surrounded by an enhancing rim. Labels follow the BraTS convention the
+core a necrotic centre surrounded by an enhancing rim. The necrotic centre ranges from solid
+(FLAIR-bright, as coagulative necrosis mixed with tumour) to liquefied or cystic (fluid that
+FLAIR suppresses like CSF and T1c shows dark): a tumour property, drawn per case
+(``necrosis_fluid``, 0 solid to 1 fluid), the same on every scanner. Labels follow the BraTS convention the
 plugin uses everywhere: 0 background, 1 necrotic (and non-enhancing) core, 2 oedema,
 4 enhancing tumour (no label 3). Optionally the tumour pushes the surrounding tissue away
 (mass effect, a smooth radial displacement that vanishes at the skull).
@@ -457,8 +460,10 @@ def _degrade_resolution(img: np.ndarray, spacing: float, slice_mm: float, inplan
     return out
 
 
-def _render(anat, gm, wm, csf, labels, lesion_box, dom, mod, rng) -> np.ndarray:
-    mu = dom["intensities"][mod]
+def _render(anat, gm, wm, csf, labels, lesion_box, dom, mod, rng, necrosis_fluid: float = 0.0) -> np.ndarray:
+    mu = dict(dom["intensities"][mod])
+    # liquefied necrosis takes on the scanner's CSF signal in proportion to its fluid content
+    mu["necrotic"] = (1.0 - necrosis_fluid) * mu["necrotic"] + necrosis_fluid * mu["csf"]
     img = (csf * mu["csf"] + gm * mu["gm"] + wm * mu["wm"]).astype(np.float32)
     if lesion_box is not None:
         lab = labels[lesion_box]
@@ -491,6 +496,7 @@ def synthetic_lesion_case(
     spacing_mm: float = 2.0,
     n_lesions: int | None = None,
     mass_effect: float | None = None,
+    necrosis_fluid: float | None = None,
 ) -> LesionCase:
     """Render one synthetic brain-tumour case on the MNI152 anatomy.
 
@@ -511,6 +517,10 @@ def synthetic_lesion_case(
     mass_effect
         Displacement of the surrounding tissue as a fraction of the core radius, 0 to 0.6
         (0: none; default random 0-0.45).
+    necrosis_fluid
+        Fluid content of the necrotic centre (inside an enhancing rim), 0 (solid: FLAIR-bright)
+        to 1 (cystic: the CSF signal on every modality); default random per seed: 0 for half of
+        the cases, else uniform 0.3-1. No effect on a case without a necrotic centre.
 
     Returns
     -------
@@ -522,6 +532,8 @@ def synthetic_lesion_case(
         raise ValueError(f"n_lesions must be 1 or 2, got {n_lesions!r}")
     if mass_effect is not None and not 0.0 <= float(mass_effect) <= 0.6:
         raise ValueError(f"mass_effect must be between 0 and 0.6, got {mass_effect!r}")
+    if necrosis_fluid is not None and not 0.0 <= float(necrosis_fluid) <= 1.0:
+        raise ValueError(f"necrosis_fluid must be between 0 and 1, got {necrosis_fluid!r}")
     seed = int(seed)
     spec = _domain_spec(domain)
     anat = _anatomy(float(spacing_mm))
@@ -539,10 +551,15 @@ def synthetic_lesion_case(
     labels[~anat.mask] = 0
     union = tuple(slice(min(b[i].start for b in boxes), max(b[i].stop for b in boxes)) for i in range(3))
 
+    if necrosis_fluid is None:     # its own stream: the lesion and scanner draws stay as they were
+        fluid_rng = np.random.default_rng([seed, 2])
+        necrosis_fluid = float(fluid_rng.uniform(0.3, 1.0)) if fluid_rng.random() < 0.5 else 0.0
+    if not any(p["kind"] == "necrotic" for p in lesions):
+        necrosis_fluid = 0.0       # a solid or non-enhancing core has no necrotic centre to liquefy
     dom = _draw_domain(spec, scanner_rng)
-    channels = np.stack([_render(anat, gm, wm, csf, labels, union, dom, mod, scanner_rng)
+    channels = np.stack([_render(anat, gm, wm, csf, labels, union, dom, mod, scanner_rng, float(necrosis_fluid))
                          for mod in CHANNEL_NAMES])
     s = float(spacing_mm)
     return LesionCase(channels=channels, labels=labels, brain_mask=anat.mask.copy(), spacing=(s, s, s),
                       affine=anat.affine.copy(), domain=dom, seed=seed,
-                      params={"lesions": lesions, "n_lesions": n})
+                      params={"lesions": lesions, "n_lesions": n, "necrosis_fluid": float(necrosis_fluid)})
