@@ -62,6 +62,18 @@ def test_sampler_is_class_balanced_and_shapes_fit_the_net():
     assert net(x).shape[2:] == y.shape[1:]
 
 
+def test_sampler_pads_a_volume_smaller_than_the_patch():
+    from napari_medlearn.training.deepmedic import PatchGeometry
+
+    case = tiny_lesion_case(0)
+    pc = prepare_case(case.channels, case.labels, case.spacing, case.brain_mask)
+    big = [n + 6 for n in pc.classes.shape]           # a same-size patch larger than the volume on every axis
+    s = SegmentSampler([pc], tuple(PatchGeometry(n, n) for n in big))
+    x, y = s.batch(np.random.default_rng(0), "cpu", batch_size=2)
+    assert tuple(x.shape[2:]) == tuple(big) and tuple(y.shape[1:]) == tuple(big)
+    assert int((y > 0).sum()) == 2 * int((pc.classes > 0).sum())     # the whole case, padded with background
+
+
 @pytest.mark.parametrize("batch_size, fraction", [(2, 0.25), (2, 1 / 3), (3, 0.5), (10, 0.5)])
 def test_small_batches_keep_the_tumour_share(batch_size, fraction):
     """A batch of 2 at 25 % must still see tumour a quarter of the time (plain rounding gave none)."""

@@ -90,6 +90,38 @@ def test_class_priors_of_tumour_centred_sampling():
     assert none["training_prior"][2] + none["training_prior"][3] < train[2] + train[3]
 
 
+def test_synthetic_share_of_member_batches_and_priors():
+    from napari_medlearn.training.deepmedic import SegmentSampler, sampler_geometry
+    from napari_medlearn.training.emma import mixed_batches
+    from napari_medlearn.nets import UNet3D
+
+    geo = sampler_geometry(UNet3D(2, 4, base=2, levels=2), 9, 8)
+    real = [prepare_case(*_case(s)[:4], name=str(s)) for s in range(2)]
+    # "synthetic" cases whose brains are all 100: a batch tells which sampler it came from
+    syn = [prepare_case(*_case(s)[:4], name=str(s)) for s in (5, 6)]
+    for c in syn:
+        c.image[:, c.mask] = 100.0
+    rs, ss = SegmentSampler(real, geo, 0.5), SegmentSampler(syn, geo, 0.5)
+    rng = np.random.default_rng(0)
+    for share, lo, hi in ((0.0, 0, 0), (0.25, 0.18, 0.32), (1.0, 1, 1)):
+        draw = mixed_batches(rs, ss, share, 2)
+        frac = np.mean([float(draw(rng, "cpu")[0].max()) > 50 for _ in range(400)])
+        assert lo <= frac <= hi, (share, frac)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        mixed_batches(rs, ss, 1.5, 2)
+    with pytest.raises(ValueError, match="needs synthetic"):
+        mixed_batches(rs, None, 0.25, 2)
+    # the prior learnt is the mixture of both samplers'; whole scans keep the real brains' prior
+    for c in syn:          # synthetic brains with twice the lesion
+        c.classes[c.classes == 0] = np.where(np.random.default_rng(1).random((c.classes == 0).sum()) < 0.3, 2, 0)
+    plain = class_priors(real, geo, 0.5, 4, n_batches=40)
+    mixed = class_priors(real, geo, 0.5, 4, n_batches=40, synthetic=syn, synthetic_share=0.5)
+    only = class_priors(syn, geo, 0.5, 4, n_batches=40)
+    np.testing.assert_allclose(mixed["training_prior"],
+                               0.5 * np.array(plain["training_prior"]) + 0.5 * np.array(only["training_prior"]), atol=1e-6)
+    assert mixed["target_prior"] == plain["target_prior"] and "synthetic" in mixed["estimated_from"]
+
+
 def test_reliability_figure(tmp_path):
     rng = np.random.default_rng(0)
     p = rng.random(5000)
@@ -174,8 +206,10 @@ def test_emma_cross_validation_over_two_folds(tmp_path, capsys):
     for f, train_on in folds.items():
         for m in members:
             run_emma_member(tmp_path / f / m, m, epochs=1, iters_per_epoch=2, data=str(data),
-                            train_subjects=train_on, width=0.25, device="cpu", progress=False)
+                            train_subjects=train_on, width=0.25, device="cpu", progress=False,
+                            synthetic={"share": 0.5, "n_cases": 1, "spacing_mm": 4.0})
             card = json.loads((tmp_path / f / m / "model.json").read_text())
+            assert card["training"]["synthetic"]["share"] == 0.5 and "synthetic" in card["training"]["data"]
             assert card["training"]["never_seen"] == [n for n in names if n not in train_on]
             assert "--train-subjects" in card["training"]["command"]
     common = ["train", "emma", "--data", str(data), "--device", "cpu"]

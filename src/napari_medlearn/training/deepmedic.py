@@ -132,7 +132,8 @@ class SegmentSampler:
         self.can_flip = self.lo[2] == self.hi[2]
         self.images, self.classes, self.masks, self.fg, self.bg = [], [], [], [], []
         for c in cases:
-            pads = [(a, b) for a, b in zip(self.lo, self.hi)]
+            # a volume smaller than the output block is padded (background, outside the brain) up to it
+            pads = [(a, b + max(0, o - n)) for a, b, o, n in zip(self.lo, self.hi, self.out, c.classes.shape)]
             self.images.append(np.pad(c.image, [(0, 0)] + pads))
             self.classes.append(np.pad(c.classes, pads))
             self.masks.append(np.pad(c.mask, pads))
