@@ -80,8 +80,9 @@ def test_necrosis_ranges_from_solid_to_cystic():
     assert med(cyst.channels[1], centre) < med(solid.channels[1], centre)       # and darker on T1c
     unchanged = ndi.distance_transform_edt(solid.labels != 1) > 4    # beyond the soft edge of the centre
     np.testing.assert_array_equal(solid.channels[:, unchanged], cyst.channels[:, unchanged])
-    # by default both kinds occur across seeds, and a case without a necrotic centre has no fluid
-    draws = [synthetic_lesion_case(seed=s).params for s in range(12)]
+    assert synthetic_lesion_case(seed=15, n_lesions=1, mass_effect=0.0).params["necrosis_fluid"] == 0.0   # default
+    # drawn per case: both kinds occur across seeds, and a case without a necrotic centre has no fluid
+    draws = [synthetic_lesion_case(seed=s, necrosis_fluid=None).params for s in range(12)]
     fluid = [p["necrosis_fluid"] for p in draws]
     assert 0 < sum(f > 0 for f in fluid) < len(fluid)
     assert all(p["necrosis_fluid"] == 0 for p in draws if all(les["kind"] != "necrotic" for les in p["lesions"]))

@@ -14,8 +14,8 @@ plus band-limited (Gaussian-smoothed) noise. The whole tumour spreads preferenti
 white matter and spares CSF, like vasogenic oedema; inside it a tumour core, and inside the
 core a necrotic centre surrounded by an enhancing rim. The necrotic centre ranges from solid
 (FLAIR-bright, as coagulative necrosis mixed with tumour) to liquefied or cystic (fluid that
-FLAIR suppresses like CSF and T1c shows dark): a tumour property, drawn per case
-(``necrosis_fluid``, 0 solid to 1 fluid), the same on every scanner. Labels follow the BraTS convention the
+FLAIR suppresses like CSF and T1c shows dark): a tumour property (``necrosis_fluid``, 0 solid to
+1 fluid, or drawn per case), the same on every scanner. Labels follow the BraTS convention the
 plugin uses everywhere: 0 background, 1 necrotic (and non-enhancing) core, 2 oedema,
 4 enhancing tumour (no label 3). Optionally the tumour pushes the surrounding tissue away
 (mass effect, a smooth radial displacement that vanishes at the skull).
@@ -496,7 +496,7 @@ def synthetic_lesion_case(
     spacing_mm: float = 2.0,
     n_lesions: int | None = None,
     mass_effect: float | None = None,
-    necrosis_fluid: float | None = None,
+    necrosis_fluid: float | None = 0.0,
 ) -> LesionCase:
     """Render one synthetic brain-tumour case on the MNI152 anatomy.
 
@@ -518,9 +518,10 @@ def synthetic_lesion_case(
         Displacement of the surrounding tissue as a fraction of the core radius, 0 to 0.6
         (0: none; default random 0-0.45).
     necrosis_fluid
-        Fluid content of the necrotic centre (inside an enhancing rim), 0 (solid: FLAIR-bright)
-        to 1 (cystic: the CSF signal on every modality); default random per seed: 0 for half of
-        the cases, else uniform 0.3-1. No effect on a case without a necrotic centre.
+        Fluid content of the necrotic centre (inside an enhancing rim), 0 (solid: FLAIR-bright;
+        the default, the cases the shipped synthetic-domain models learnt) to 1 (cystic: the CSF
+        signal on every modality); ``None``: random per seed, 0 for half of the cases, else
+        uniform 0.3-1. No effect on a case without a necrotic centre.
 
     Returns
     -------
