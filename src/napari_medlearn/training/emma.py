@@ -287,6 +287,12 @@ def synthetic_training_cases(n_cases: int, spacing_mm: float = 1.0, domains: str
     return out
 
 
+def _fluid_text(necrosis_fluid: float | None) -> str:
+    if necrosis_fluid is None:
+        return "necrotic centres solid or liquefied, drawn per case"
+    return f"necrotic centres of fluid content {float(necrosis_fluid):g}"
+
+
 def mixed_batches(real, synthetic, share: float, batch_size: int):
     """``batch(rng, device)`` drawing a whole batch from the ``synthetic``
     :class:`~napari_medlearn.training.deepmedic.SegmentSampler` with probability ``share``, else from
@@ -380,7 +386,8 @@ def evaluate_with_calibration(model, cases: Sequence[tuple], fig_path: Path | No
 #: BraTS subjects whose labels train the shipped EMMA members; pat0003 and pat0005 judge them, and
 #: the cross-validation's other fold (``--train-subjects`` pat0003 pat0005) judges pat0004 and
 #: pat0006. Members trained leave-one-subject-out on three subjects were tried and not shipped: on
-#: pat0003 / pat0005 their ensemble scored whole-tumour Dice 0.897 / 0.617 against these 0.920 / 0.657
+#: pat0003 / pat0005 their ensemble scored whole-tumour Dice 0.897 / 0.617 against 0.920 / 0.657 for the
+#: two-subject members of that time (trained on the real subjects alone)
 EMMA_TRAIN_SUBJECTS = ("brats_2013_pat0004_1", "brats_2013_pat0006_1")
 
 
@@ -489,7 +496,8 @@ def run_emma_member(run_dir: str | Path, member: str, ship: bool = False, epochs
                              + (f"; {share:.0%} of the batches from {syn_spec['n_cases']} synthetic cases "
                                 f"(samples.brain_lesions.synthetic_lesion_case seeds {syn_spec['seed']}.."
                                 f"{syn_spec['seed'] + syn_spec['n_cases'] - 1}, scanners {', '.join(syn_spec['domains'])} "
-                                f"in turn, {syn_spec['spacing_mm']:g} mm)" if share > 0 else ""),
+                                f"in turn, {syn_spec['spacing_mm']:g} mm, "
+                                f"{_fluid_text(syn_spec['necrosis_fluid'])})" if share > 0 else ""),
                      "synthetic": syn_spec if share > 0 else None,
                      "subjects": list(train_names),
                      "never_seen": held_out, "command": _command(member, train_names),
