@@ -115,7 +115,7 @@ def test_synthetic_preset_end_to_end(tmp_path, monkeypatch):
     from napari_medlearn.training import deepmedic as T
 
     monkeypatch.setattr(brain_lesions, "synthetic_lesion_case",
-                        lambda seed, domain="A", spacing_mm=2.0: tiny_lesion_case(seed))
+                        lambda seed, domain="A", spacing_mm=2.0, **_: tiny_lesion_case(seed))
     monkeypatch.setattr(T, "deepmedic_args", lambda width=1.0: dict(TINY))
     card = T.run_lesions_synthetic(tmp_path, epochs=1, iters_per_epoch=2, n_train=2, n_eval=1,
                                    batch_size=2, device="cpu", progress=False)

@@ -70,6 +70,26 @@ def prepare_case(channels: np.ndarray, labels: np.ndarray, spacing, brain_mask=N
     return LesionTrainingCase(normalise_channels(arr, mask), classes, mask, name)
 
 
+def synthetic_training_cases(n_cases: int, spacing_mm: float = 2.0, domains: Sequence = ("A",), seed: int = 0,
+                             necrosis_fluid: float | None = 0.0, progress: bool = False) -> list[LesionTrainingCase]:
+    """``n_cases`` synthetic lesion cases (seeds ``seed``.., scanner domains cycling through
+    ``domains``: names such as ``"ABC"`` or domain dicts; ``necrosis_fluid`` as
+    :func:`~napari_medlearn.samples.brain_lesions.synthetic_lesion_case` takes it), preprocessed as
+    training cases on their own grid."""
+    from ..samples.brain_lesions import synthetic_lesion_case
+
+    out = []
+    for k in range(int(n_cases)):
+        domain = domains[k % len(domains)]
+        c = synthetic_lesion_case(seed=seed + k, domain=domain, spacing_mm=spacing_mm, necrosis_fluid=necrosis_fluid)
+        label = domain if isinstance(domain, str) else domain.get("name", "custom")
+        out.append(prepare_case(c.channels, c.labels, c.spacing, c.brain_mask, channel_names=tuple(c.channel_names),
+                                name=f"synthetic seed {seed + k} ({label})"))
+        if progress:
+            print(f"synthetic case {k + 1}/{n_cases}", flush=True)
+    return out
+
+
 @dataclass(frozen=True)
 class PatchGeometry:
     """Training patch of a same-size network (U-Net, FCN): input and output are the same voxels."""
@@ -554,13 +574,7 @@ def run_lesions_synthetic(run_dir: str | Path, ship: bool = False, epochs: int =
     run_dir = Path(run_dir)
     t0 = time.time()
     arch_args = deepmedic_args(width)
-    cases = []
-    for s in range(seed, seed + n_train):
-        c = synthetic_lesion_case(seed=s, domain=domain, spacing_mm=spacing_mm)
-        cases.append(prepare_case(c.channels, c.labels, c.spacing, c.brain_mask,
-                                  channel_names=tuple(c.channel_names), name=f"seed {s}"))
-        if progress:
-            print(f"case {s - seed + 1}/{n_train}", flush=True)
+    cases = synthetic_training_cases(n_train, spacing_mm, [domain], seed, progress=progress)
     model, cfg, hist = train_deepmedic(cases, arch_args, run_dir, epochs, iters_per_epoch, batch_size=batch_size,
                                        seed=seed, device=device, progress=progress)
     del cases

@@ -268,25 +268,6 @@ def member_loss(kind: str):
     raise ValueError(f"loss {kind!r} not supported; known: ce, dice_ce")
 
 
-def synthetic_training_cases(n_cases: int, spacing_mm: float = 1.0, domains: str = "ABC", seed: int = 0,
-                             necrosis_fluid: float | None = None, progress: bool = False) -> list:
-    """``n_cases`` synthetic lesion cases (seeds ``seed``.., scanner domains cycling through
-    ``domains``, ``necrosis_fluid`` as :func:`~napari_medlearn.samples.brain_lesions.synthetic_lesion_case`
-    takes it), preprocessed as training cases."""
-    from ..samples.brain_lesions import synthetic_lesion_case
-    from .deepmedic import prepare_case
-
-    out = []
-    for k in range(int(n_cases)):
-        c = synthetic_lesion_case(seed=seed + k, domain=domains[k % len(domains)], spacing_mm=spacing_mm,
-                                  necrosis_fluid=necrosis_fluid)
-        out.append(prepare_case(c.channels, c.labels, c.spacing, c.brain_mask, channel_names=tuple(c.channel_names),
-                                name=f"synthetic seed {seed + k} ({c.domain['name']})"))
-        if progress:
-            print(f"synthetic case {k + 1}/{n_cases}", flush=True)
-    return out
-
-
 def _fluid_text(necrosis_fluid: float | None) -> str:
     if necrosis_fluid is None:
         return "necrotic centres solid or liquefied, drawn per case"
@@ -455,7 +436,8 @@ def run_emma_member(run_dir: str | Path, member: str, ship: bool = False, epochs
     calibration + reliability figure)."""
     from ..nets.unet3d import EMMA_PAPER, FCN_PAPER, UNET_PAPER
     from ..nets.deepmedic import PAPER as DM_PAPER
-    from .deepmedic import LESION_LABELS, lesion_input_spec, load_brats_subject, prepare_case, sampler_geometry
+    from .deepmedic import (LESION_LABELS, lesion_input_spec, load_brats_subject, prepare_case, sampler_geometry,
+                            synthetic_training_cases)
     from .presets import _finish, training_record
     from ..methods.lesions import LABEL_VALUES, TASK
 
@@ -631,6 +613,6 @@ def run_emma(run_dir: str | Path, ship: bool = False, members: Sequence[str] = t
     return card
 
 
-__all__ = ["EMMA_TRAIN_SUBJECTS", "MEMBER_RECIPES", "SYNTHETIC_TRAINING", "mixed_batches", "synthetic_training_cases", "run_emma", "run_emma_member", "calibrate_lesion_card", "calibration_bins", "calibration_summary", "cross_validation", "evaluate_with_calibration", "pool_evaluations",
+__all__ = ["EMMA_TRAIN_SUBJECTS", "MEMBER_RECIPES", "SYNTHETIC_TRAINING", "mixed_batches", "run_emma", "run_emma_member", "calibrate_lesion_card", "calibration_bins", "calibration_summary", "cross_validation", "evaluate_with_calibration", "pool_evaluations",
            "flair_threshold_floor", "member_arch_args", "member_loss", "save_reliability_figure", "train_member",
            "uncertainty_auroc", "whole_tumour_probability"]

@@ -315,9 +315,9 @@ def run_lesions_uda(run_dir: str | Path, ship: bool = False, epochs: int = 8, it
     """
     from .. import zoo as _zoo
     from ..nets.deepmedic import DeepMedic
-    from ..samples.brain_lesions import synthetic_lesion_case
     from .deepmedic import (BRATS_CITATION, SegmentSampler, _common_card, deepmedic_args, brats_licence,
-                            evaluate_lesion_cases, load_brats_subject, prepare_case, unlabelled_case, _attach_card)
+                            evaluate_lesion_cases, load_brats_subject, synthetic_training_cases, unlabelled_case,
+                            _attach_card)
     from .presets import _finish
 
     run_dir = Path(run_dir)
@@ -328,11 +328,7 @@ def run_lesions_uda(run_dir: str | Path, ship: bool = False, epochs: int = 8, it
         raise ValueError("only the default split's lesions-uda ships")
     others = _read_folds(with_fold, held_out) if with_fold else []
     spacing = (float(spacing_mm),) * 3
-    source = []
-    for s in range(seed, seed + n_train):
-        c = synthetic_lesion_case(seed=s, domain=domain, spacing_mm=spacing_mm)
-        source.append(prepare_case(c.channels, c.labels, c.spacing, c.brain_mask,
-                                   channel_names=tuple(c.channel_names), name=f"seed {s}"))
+    source = synthetic_training_cases(n_train, spacing_mm, [domain], seed)
     target = []
     for s in target_subjects:
         ch, _, sp, mask, _ = load_brats_subject(root, s)     # the labels are not even kept
