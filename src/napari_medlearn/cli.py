@@ -210,6 +210,7 @@ def write_lesion_outputs(out: Path, ref, result, source: str) -> dict[str, Path]
     write_json_atomic({"source": source, "model": result.model, "model_sha256": result.model_sha256,
                        "members": list(result.members), "member_volumes_ml": member_volumes,
                        "channels": list(result.channel_names), "label_values": list(result.label_values),
+                       "postprocess": result.extras.get("postprocess"),
                        "volumes_ml": result.volumes_ml, "seconds": round(result.seconds, 2)}, paths["json"])
     return paths
 

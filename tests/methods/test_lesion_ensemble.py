@@ -199,5 +199,19 @@ def test_ensemble_card_in_the_zoo(members, tmp_path, monkeypatch):
     ch, _ = _case()
     res = segment_lesions(ch, (2.0, 2.0, 2.0), model="tiny-emma")
     assert res.model == "tiny-emma" and res.members == ("tiny-dm", "tiny-unet", "tiny-fcn")
+    assert res.extras["postprocess"] == {"min_component_fraction": 0.0, "fill_holes": False}
+    # the ensemble card's label post-processing applies to the ensemble and its members' labels
+    from napari_medlearn.methods.lesions import postprocess_labels
+
+    post = {"min_component_fraction": 0.5, "fill_holes": True}
+    zoo.write_json_atomic({"name": "tiny-emma", "kind": "ensemble", "task": CARD["task"], "postprocess": post,
+                           "members": ["tiny-dm", "tiny-unet", "tiny-fcn"]}, tmp_path / "tiny-emma.json")
+    done = segment_lesions(ch, (2.0, 2.0, 2.0), model="tiny-emma")
+    assert done.extras["postprocess"] == post
+    assert np.array_equal(done.labels, postprocess_labels(res.labels, **post))
+    for name, lab in res.extras["member_labels"].items():
+        assert np.array_equal(done.extras["member_labels"][name], postprocess_labels(lab, **post))
+    raw = segment_lesions(ch, (2.0, 2.0, 2.0), model="tiny-emma", min_component_fraction=0, fill_holes=False)
+    assert np.array_equal(raw.labels, res.labels)
     (tmp_path / "tiny-fcn.pt").unlink()
     assert "tiny-emma" not in zoo.available(CARD["task"])

@@ -161,3 +161,28 @@ def test_brats_regions():
     assert m["dice_whole_tumour"] == 1 and m["dice_tumour_core"] == 1
     assert m["dice_enhancing"] == pytest.approx(2 * 56 / (64 + 56))
     assert m["hd95_whole_tumour_mm"] == 0
+
+
+def test_fill_lesion_holes_fills_the_core_inside_its_rim_and_nothing_outside():
+    from napari_medlearn.methods.lesions import fill_lesion_holes
+
+    zz, yy, xx = np.indices((20, 30, 30))
+    r = np.sqrt((zz - 10) ** 2 + (yy - 15) ** 2 + (xx - 15) ** 2)
+    lab = np.zeros(r.shape, np.uint8)
+    lab[r < 9] = 2                                   # oedema
+    lab[r < 6] = 4                                   # enhancing rim ...
+    lab[r < 4] = 0                                   # ... around a cavity the network left out
+    lab[(r < 2)] = 2                                 # and oedema called inside it
+    lab[10, 15, 7:9] = 0                             # a notch in the oedema open to the outside (not a hole)
+    ring = np.zeros_like(lab)
+    ring[10, 5:25, 5:25] = 2                         # an oedema ring in one slice: its centre is enclosed in 2D
+    ring[10, 8:22, 8:22] = 0
+    before = lab.copy()
+    out = fill_lesion_holes(lab)
+    assert np.array_equal(lab, before)               # the input is not changed
+    assert (out[r < 4] == 1).all()                   # cavity (and oedema in it) -> necrotic core
+    assert np.array_equal(out[r >= 4], lab[r >= 4])  # rim, oedema, outside untouched
+    assert (out[10, 15, 7:9] == 0).all()
+    ring_out = fill_lesion_holes(ring)
+    assert (ring_out[10, 8:22, 8:22] == 2).all() and (ring_out[9] == 0).all() and (ring_out[11] == 0).all()
+    assert not fill_lesion_holes(np.zeros((3, 4, 5), np.uint8)).any()

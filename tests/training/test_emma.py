@@ -235,7 +235,22 @@ def test_emma_cross_validation_over_two_folds(tmp_path, capsys):
     assert sorted(r["case"] for r in cv["emma"]["cases"]) == names
     assert sorted(r["case"] for r in cv["emma-fcn"]["cases"]) == names
     assert len(cv["flair_threshold_floor"]["cases"]) == 4
-    dice = [r["dice_whole_tumour"] for r in a["evaluation"]["cases"] + b["evaluation"]["cases"]]
+    # b's label post-processing was chosen on a's held-out rows, a's on b's; each fold's rows are its
+    # raw rows after its own choice
+    from napari_medlearn.training.deepmedic import choose_postprocess, postprocess_of
+
+    key_b, key_a = choose_postprocess(a["evaluation"]["cases"]), choose_postprocess(b["evaluation"]["cases"])
+    assert {k: b["postprocess"][k] for k in ("min_component_fraction", "fill_holes")} == postprocess_of(key_b)
+    assert b["postprocess"]["chosen_on"] == folds["b"]
+    assert cv["postprocess_per_fold"] == [postprocess_of(key_b), postprocess_of(key_a)]
+    for r in b["evaluation"]["cases"]:
+        assert r["dice_whole_tumour"] == r["clean"][key_b]["dice_whole_tumour"]
+    assert set(b["evaluation"]["postprocess_variants"]) == set(b["evaluation"]["cases"][0]["clean"])
+    assert "0.1+fill" in b["evaluation"]["postprocess_variants"]
+    assert b["evaluation"]["without_postprocess"]["dice_whole_tumour_mean"] == pytest.approx(
+        b["evaluation"]["postprocess_variants"]["0"]["dice_whole_tumour_mean"])
+    dice = ([r["clean"][key_a]["dice_whole_tumour"] for r in a["evaluation"]["cases"]]
+            + [r["dice_whole_tumour"] for r in b["evaluation"]["cases"]])
     assert cv["emma"]["summary"]["dice_whole_tumour_mean"] == pytest.approx(np.mean(dice))
     assert sum(cv["emma"]["calibration"]["count"]) == sum(a["evaluation"]["calibration"]["count"]) + sum(
         b["evaluation"]["calibration"]["count"])
@@ -254,3 +269,20 @@ def test_cross_validation_of_adaptation_cards():
     assert [f["judged"] for f in cv["folds"]] == [["s3", "s4"], ["s1", "s2"]]
     assert cv["lesions-uda"]["summary"]["n_cases"] == 4 == cv["baseline_source_only"]["summary"]["n_cases"]
     assert cv["baseline_source_only"]["summary"]["ece_whole_tumour"] > cv["lesions-uda"]["summary"]["ece_whole_tumour"]
+
+
+def test_postprocess_choice_prefers_less_on_ties():
+    from napari_medlearn.training.deepmedic import choose_component_fraction, choose_postprocess, postprocess_of
+
+    def row(**dice):
+        return {"clean": {k.replace("_", ".").replace("fill", "+fill"): {"dice_whole_tumour": v}
+                          for k, v in dice.items()}}
+
+    rows = [row(**{"0": 0.5, "0_1": 0.7, "0fill": 0.7, "0_1fill": 0.7})]
+    assert choose_postprocess(rows) == "0.1" and choose_component_fraction(rows) == 0.1
+    rows = [row(**{"0": 0.5, "0_1": 0.6, "0fill": 0.55, "0_1fill": 0.8}), row(**{"0": 0.9, "0_1": 0.9, "0fill": 0.9, "0_1fill": 0.9})]
+    assert choose_postprocess(rows) == "0.1+fill"
+    assert postprocess_of("0.1+fill") == {"min_component_fraction": 0.1, "fill_holes": True}
+    assert postprocess_of("0") == {"min_component_fraction": 0.0, "fill_holes": False}
+    with pytest.raises(ValueError, match="post-processing"):
+        postprocess_of("0.1+dilate")

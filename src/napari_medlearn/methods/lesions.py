@@ -32,6 +32,12 @@ Pipeline, the same in training (``training/deepmedic.py``) and here:
    ``min_component_fraction`` argument): whole-tumour connected components smaller than that
    fraction of the largest one are set to background (:func:`remove_small_lesions`). The
    probabilities are left as the network gave them.
+8. **Hole filling** (when the card's ``postprocess.fill_holes`` is true, or the ``fill_holes``
+   argument): a tumour is one solid region. Voxels enclosed by the tumour core (necrotic core or
+   enhancing, in 3D or in an axial slice) are necrotic core, as the BraTS labelling protocol
+   defines the core inside an enhancing rim; background enclosed by the whole tumour is oedema
+   (:func:`fill_lesion_holes`). A liquefied necrosis is dark on FLAIR like CSF and a network
+   may leave it out; its rim tells where it is.
 
 ``segment_lesions_steps`` yields ``(done, total, message)`` and returns a :class:`LesionResult`;
 ``segment_lesions`` drains it. ``lesion_volumes`` recomputes volumes from (hand-edited) labels.
@@ -94,7 +100,8 @@ class LesionResult:
     uncertainty, members
         Optional, for ensembles (issue 12): ``(z, y, x)`` uncertainty map and member names.
     extras
-        Further optional outputs of other model kinds (e.g. mutual information), by name.
+        Further optional outputs of other model kinds (e.g. mutual information), by name, and the
+        label ``postprocess`` applied (component clean-up fraction, hole filling).
     """
 
     labels: np.ndarray
@@ -529,6 +536,44 @@ def remove_small_lesions(labels: np.ndarray, min_fraction: float) -> np.ndarray:
     return lab
 
 
+def fill_lesion_holes(labels: np.ndarray) -> np.ndarray:
+    """Labels with the tumour's enclosed holes filled; a new array (the input is not changed).
+
+    Background or oedema enclosed by the tumour core (labels 1 and 4) in 3D or within an axial
+    slice (the first axis) becomes necrotic core (1); background still enclosed by the whole
+    tumour (labels > 0) becomes oedema (2). Other labels are never changed, and nothing outside
+    the tumour's hull is added.
+    """
+    from scipy import ndimage as ndi
+
+    lab = np.array(labels, copy=True)
+    if not lab.any():
+        return lab
+
+    def enclosed(mask):
+        filled = ndi.binary_fill_holes(mask)
+        filled |= np.stack([ndi.binary_fill_holes(s) for s in mask])
+        return filled & ~mask
+
+    core = (lab == NECROTIC_CORE) | (lab == ENHANCING)
+    if core.any():
+        lab[enclosed(core) & ((lab == 0) | (lab == OEDEMA))] = NECROTIC_CORE
+    lab[enclosed(lab > 0) & (lab == 0)] = OEDEMA
+    return lab
+
+
+def postprocess_labels(labels: np.ndarray, min_component_fraction: float = 0.0, fill_holes: bool = False,
+                       brain_mask: np.ndarray | None = None) -> np.ndarray:
+    """Labels after a card's ``postprocess``: :func:`remove_small_lesions`, then
+    :func:`fill_lesion_holes`, zero outside ``brain_mask``; a new array."""
+    out = remove_small_lesions(labels, float(min_component_fraction or 0.0))
+    if fill_holes:
+        out = fill_lesion_holes(out)
+        if brain_mask is not None:
+            out[~np.asarray(brain_mask, bool)] = 0
+    return out
+
+
 def segment_lesions_steps(
     channels,
     spacing,
@@ -538,6 +583,7 @@ def segment_lesions_steps(
     output_block: int = DEFAULT_OUTPUT_BLOCK,
     cancelled: Callable[[], bool] | None = None,
     min_component_fraction: float | None = None,
+    fill_holes: bool | None = None,
 ) -> Generator[tuple[int, int, str], None, LesionResult]:
     """Segment lesions, yielding ``(segments_done, segments_total, message)``; returns the result.
 
@@ -575,13 +621,16 @@ def segment_lesions_steps(
         label = f"{nm} ({i + 1}/{len(nets)}): " if ens else ""
         member_probs.append((yield from _member_steps(net, arr, sp, mask, output_block, cancelled, label)))
     card = ens[1] if ens else cards[0]
+    post = card.get("postprocess") or {}
     if min_component_fraction is None:
-        min_component_fraction = (card.get("postprocess") or {}).get("min_component_fraction")
+        min_component_fraction = post.get("min_component_fraction")
+    if fill_holes is None:
+        fill_holes = bool(post.get("fill_holes", False))
 
     def to_labels(p):
         lab = np.asarray(values, np.uint8)[np.argmax(p, axis=0)]
         lab[~mask] = 0
-        return remove_small_lesions(lab, float(min_component_fraction)) if min_component_fraction else lab
+        return postprocess_labels(lab, min_component_fraction, fill_holes, mask)
 
     probs = member_probs[0] if not ens else np.mean(member_probs, axis=0, dtype=np.float32)
     labels = to_labels(probs)
@@ -592,6 +641,8 @@ def segment_lesions_steps(
         member_labels = {nm: to_labels(p) for nm, p in zip(names_of, member_probs)}
         extras = {**maps, "member_labels": member_labels,
                   "member_volumes_ml": {nm: lesion_volumes(lab, sp) for nm, lab in member_labels.items()}}
+    extras["postprocess"] = {"min_component_fraction": float(min_component_fraction or 0.0),
+                             "fill_holes": bool(fill_holes)}
     return LesionResult(
         labels=labels, probabilities=probs.astype(np.float32, copy=False),
         volumes_ml=lesion_volumes(labels, sp),
@@ -611,6 +662,7 @@ def segment_lesions(
     device: str = "auto",
     output_block: int = DEFAULT_OUTPUT_BLOCK,
     min_component_fraction: float | None = None,
+    fill_holes: bool | None = None,
 ) -> LesionResult:
     """Segment a brain tumour (necrotic core, oedema, enhancing) in co-registered MR modalities.
 
@@ -636,12 +688,16 @@ def segment_lesions(
     min_component_fraction
         Drop whole-tumour components smaller than this fraction of the largest
         (:func:`remove_small_lesions`); None takes the card's ``postprocess`` setting, 0 keeps all.
+    fill_holes
+        Fill the tumour's enclosed holes (:func:`fill_lesion_holes`), after the component
+        clean-up; None takes the card's ``postprocess`` setting.
     """
     return drain(segment_lesions_steps(channels, spacing, model, brain_mask, device, output_block,
-                                       min_component_fraction=min_component_fraction), progress)
+                                       min_component_fraction=min_component_fraction, fill_holes=fill_holes),
+                 progress)
 
 
 __all__ = ["LABEL_NAMES", "LABEL_VALUES", "LesionResult", "VOLUME_KEYS", "dense_probabilities",
-           "derive_brain_mask", "ensemble_members", "ensemble_uncertainty", "lesion_volumes",
-           "member_probabilities", "sliding_window_probabilities", "normalise_channels", "remove_small_lesions", "segment_lesions",
+           "derive_brain_mask", "ensemble_members", "ensemble_uncertainty", "fill_lesion_holes", "lesion_volumes",
+           "member_probabilities", "sliding_window_probabilities", "normalise_channels", "postprocess_labels", "remove_small_lesions", "segment_lesions",
            "segment_lesions_steps", "validate_channels"]

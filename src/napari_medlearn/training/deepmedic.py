@@ -228,7 +228,7 @@ COMPONENT_FRACTIONS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
 def evaluate_lesion_cases(model, cases, progress: bool = False, save_dir: Path | None = None,
-                          fractions: Sequence[float] = ()) -> dict[str, Any]:
+                          fractions: Sequence[float] = (), fill: bool = False) -> dict[str, Any]:
     """Segment each ``(channels, labels, spacing, brain_mask, name)`` case; BraTS region metrics.
 
     Returns per-case rows (Dice and HD95 for whole tumour, tumour core, enhancing; volumes) and
@@ -237,16 +237,20 @@ def evaluate_lesion_cases(model, cases, progress: bool = False, save_dir: Path |
     ensemble, the uncertainty AUROC for its wrong voxels (:mod:`napari_medlearn.training.emma`).
     The rows are of the model's own output (its card's clean-up, if any). With ``fractions``,
     each row also has ``clean`` metrics of the raw labels (no clean-up) after
-    :func:`~napari_medlearn.methods.lesions.remove_small_lesions` at each fraction. ``save_dir``
-    keeps each case's raw labels (``pred_<name>.npz``).
+    :func:`~napari_medlearn.methods.lesions.remove_small_lesions` at each fraction (keys ``"0.1"``),
+    and with ``fill`` also followed by :func:`~napari_medlearn.methods.lesions.fill_lesion_holes`
+    (keys ``"0.1+fill"``; :func:`postprocess_of`). ``save_dir`` keeps each case's raw labels
+    (``pred_<name>.npz``).
     """
-    from ..methods.lesions import lesion_volumes, remove_small_lesions, segment_lesions
+    from ..methods.lesions import lesion_volumes, postprocess_labels, segment_lesions
     from .emma import calibration_bins, uncertainty_auroc, whole_tumour_probability
 
+    keys = [f"{f:g}" for f in fractions] + ([f"{f:g}+fill" for f in fractions] if fill else [])
     rows, bins = [], []
     for channels, labels, spacing, mask, name in cases:
         res = segment_lesions(channels, spacing, model=model, brain_mask=mask,
-                              min_component_fraction=0.0 if fractions else None)
+                              min_component_fraction=0.0 if fractions else None,
+                              fill_holes=False if fractions else None)
         row = {"case": name, **M.brats_region_metrics(res.labels, labels, spacing)}
         tv = lesion_volumes(np.asarray(labels).astype(np.uint8), spacing)
         row["whole_tumour_mL_true"] = tv["whole_tumour_mL"]
@@ -258,9 +262,16 @@ def evaluate_lesion_cases(model, cases, progress: bool = False, save_dir: Path |
         if res.uncertainty is not None:
             row["uncertainty_auroc_wrong_voxels"] = uncertainty_auroc(res.uncertainty, (res.labels > 0) != truth,
                                                                       res.brain_mask)
-        if fractions:
-            row["clean"] = {f"{f:g}": M.brats_region_metrics(remove_small_lesions(res.labels, f), labels, spacing)
-                            for f in fractions}
+        if keys:
+            row["clean"] = {}
+            for k in keys:
+                lab = postprocess_labels(res.labels, **postprocess_of(k), brain_mask=res.brain_mask)
+                m = {**M.brats_region_metrics(lab, labels, spacing),
+                     "whole_tumour_mL_pred": lesion_volumes(lab, spacing)["whole_tumour_mL"]}
+                if res.uncertainty is not None:
+                    m["uncertainty_auroc_wrong_voxels"] = uncertainty_auroc(res.uncertainty, (lab > 0) != truth,
+                                                                            res.brain_mask)
+                row["clean"][k] = m
         if save_dir is not None:
             Path(save_dir).mkdir(parents=True, exist_ok=True)
             np.savez_compressed(Path(save_dir) / f"pred_{name}.npz", labels=res.labels)
@@ -294,11 +305,40 @@ def summarise_rows(rows: Sequence[dict]) -> dict[str, Any]:
     return summary
 
 
-def choose_component_fraction(rows: Sequence[dict]) -> float:
-    """The clean-up fraction with the best mean whole-tumour Dice over ``rows`` (ties: the smaller)."""
+def postprocess_of(key: str) -> dict[str, Any]:
+    """The ``postprocess`` entry of a card for a clean-up key of :func:`evaluate_lesion_cases`
+    (``"0.1"``: components under 10 % of the largest dropped; ``"0.1+fill"``: then holes filled)."""
+    frac, _, rest = str(key).partition("+")
+    if rest not in ("", "fill"):
+        raise ValueError(f"unknown post-processing key {key!r}")
+    return {"min_component_fraction": float(frac), "fill_holes": rest == "fill"}
+
+
+def choose_postprocess(rows: Sequence[dict]) -> str:
+    """The clean-up key with the best mean whole-tumour Dice over ``rows`` (ties: the first, i.e.
+    the smaller fraction, and no hole filling before filling)."""
     keys = list(rows[0]["clean"])
     means = [np.mean([r["clean"][k]["dice_whole_tumour"] for r in rows]) for k in keys]
-    return float(keys[int(np.argmax(np.round(means, 6)))])
+    return keys[int(np.argmax(np.round(means, 6)))]
+
+
+def choose_component_fraction(rows: Sequence[dict]) -> float:
+    """The clean-up fraction with the best mean whole-tumour Dice over ``rows`` (ties: the smaller)."""
+    return float(postprocess_of(choose_postprocess(rows))["min_component_fraction"])
+
+
+def postprocessed_evaluation(evaluation: dict[str, Any], key: str) -> dict[str, Any]:
+    """An :func:`evaluate_lesion_cases` result (run with ``fractions``) as the model gives it with
+    the clean-up ``key``: each row's region metrics, predicted volume and uncertainty AUROC from its
+    ``clean[key]`` entry, the summary recomputed; the calibration (of the probabilities, which the
+    clean-up does not change) and each row's ``clean`` entries kept."""
+    rows = [{**r, **r["clean"][key]} for r in evaluation["cases"]]
+    out = {**evaluation, "cases": rows, "summary": summarise_rows(rows)}
+    out["summary"]["ece_whole_tumour"] = evaluation["calibration"]["ece"]
+    auroc = [r["uncertainty_auroc_wrong_voxels"] for r in rows if "uncertainty_auroc_wrong_voxels" in r]
+    if auroc:
+        out["summary"]["uncertainty_auroc_mean"] = float(np.nanmean(auroc))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -350,12 +350,13 @@ def class_priors(cases: Sequence, geometry, fg_fraction: float, batch_size: int,
 
 
 def evaluate_with_calibration(model, cases: Sequence[tuple], fig_path: Path | None = None,
-                              progress: bool = False) -> dict[str, Any]:
+                              progress: bool = False, **clean: Any) -> dict[str, Any]:
     """:func:`~napari_medlearn.training.deepmedic.evaluate_lesion_cases` (region metrics,
-    whole-tumour calibration, an ensemble's uncertainty AUROC) plus the reliability figure."""
+    whole-tumour calibration, an ensemble's uncertainty AUROC; ``clean``: its ``fractions`` and
+    ``fill``) plus the reliability figure."""
     from .deepmedic import evaluate_lesion_cases
 
-    out = evaluate_lesion_cases(model, cases, progress=progress)
+    out = evaluate_lesion_cases(model, cases, progress=progress, **clean)
     if fig_path is not None:
         save_reliability_figure({str(getattr(model, "zoo_name", "model")): out["calibration"]}, fig_path)
     return out
@@ -547,6 +548,39 @@ def cross_validation(cards: Sequence[dict[str, Any]], models: Sequence[str]) -> 
     return out
 
 
+#: the ensemble's label post-processing is chosen among these (component clean-up fractions, each
+#: with and without hole filling) on the other folds' held-out subjects
+EMMA_POSTPROCESS_FRACTIONS = (0.0, 0.05, 0.1, 0.2, 0.5)
+POSTPROCESS_RULE = ("whole-tumour components smaller than min_component_fraction of the largest are set to "
+                    "background, then (fill_holes) voxels enclosed by the tumour core become necrotic core and "
+                    "background enclosed by the whole tumour oedema; chosen (best mean whole-tumour Dice; ties: "
+                    "less post-processing) on the held-out predictions of the cross-validation's other fold, "
+                    "whose members were trained on this card's judging subjects and judged the subjects this "
+                    "card's members were trained on")
+
+
+def choose_fold_postprocess(card: dict[str, Any], others: Sequence[dict[str, Any]]) -> str | None:
+    """The post-processing key for the fold of ``card``, chosen on the ensemble rows of the
+    ``others`` (None when they carry no post-processing variants)."""
+    from .deepmedic import choose_postprocess
+
+    rows = [r for o in others for r in o.get("evaluation", {}).get("cases", [])]
+    if not rows or any("clean" not in r for r in rows):
+        return None
+    if set(rows[0]["clean"]) != set(card["evaluation"]["cases"][0].get("clean", {})):
+        return None
+    return choose_postprocess(rows)
+
+
+def _with_postprocess(card: dict[str, Any], key: str | None) -> dict[str, Any]:
+    """``card`` whose ensemble evaluation is that of its labels after post-processing ``key``."""
+    from .deepmedic import postprocessed_evaluation
+
+    if key is None:
+        return card
+    return {**card, "evaluation": {**card["evaluation"], **postprocessed_evaluation(card["evaluation"], key)}}
+
+
 def run_emma(run_dir: str | Path, ship: bool = False, members: Sequence[str] = tuple(MEMBER_RECIPES),
              data: str | None = None, train_subjects: Sequence[str] = EMMA_TRAIN_SUBJECTS,
              with_fold: str | Path | Sequence[str | Path] | None = None, progress: bool = True,
@@ -574,7 +608,8 @@ def run_emma(run_dir: str | Path, ship: bool = False, members: Sequence[str] = t
     nets_ = _load_members(members, run_dir, shipped, held_out)
     ev_cases = [(*load_brats_subject(root, s)[:4], s) for s in held_out]
     per_member = {m: evaluate_with_calibration(n, ev_cases, progress=progress) for m, n in zip(members, nets_)}
-    ens = evaluate_with_calibration(nets_, ev_cases, progress=progress)
+    ens = evaluate_with_calibration(nets_, ev_cases, progress=progress, fractions=EMMA_POSTPROCESS_FRACTIONS,
+                                    fill=True)
     train_cases = [(*load_brats_subject(root, s)[:4], s) for s in train_names]
     floor = flair_threshold_floor(train_cases, ev_cases)
     del ev_cases, train_cases
@@ -602,7 +637,23 @@ def run_emma(run_dir: str | Path, ship: bool = False, members: Sequence[str] = t
         "licence": _brats_licence_block(root, subjects),
         "intended_use": "research use only, not for diagnosis",
     }
-    if others:
+    key = choose_fold_postprocess(card, others) if others else None
+    if key is not None:
+        from .deepmedic import postprocess_of, summarise_rows
+
+        raw_card, raw = card, card["evaluation"]
+        card = _with_postprocess(raw_card, key)
+        card["postprocess"] = {**postprocess_of(key), "rule": POSTPROCESS_RULE,
+                               "chosen_on": [r["case"] for o in others for r in o["evaluation"]["cases"]]}
+        card["evaluation"]["without_postprocess"] = raw["summary"]
+        card["evaluation"]["postprocess_variants"] = {
+            k: summarise_rows([r["clean"][k] for r in raw["cases"]]) for k in raw["cases"][0]["clean"]}
+        fold_cards = [raw_card, *others]
+        keys = [key] + [choose_fold_postprocess(o, [x for x in fold_cards if x is not o]) for o in others]
+        folds = [card] + [_with_postprocess(o, k) for o, k in zip(others, keys[1:])]
+        card["cross_validation"] = cross_validation(folds, ["emma", *members, "flair_threshold_floor"])
+        card["cross_validation"]["postprocess_per_fold"] = [postprocess_of(k) if k else None for k in keys]
+    elif others:
         card["cross_validation"] = cross_validation([card, *others], ["emma", *members, "flair_threshold_floor"])
     zoo.write_json_atomic(card, run_dir / "emma.json")
     if ship:
