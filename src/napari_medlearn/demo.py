@@ -506,6 +506,12 @@ def demo_robust_lesions(out: Path, device: str = "auto") -> list[str]:
         per_case = ", ".join(f"{r['dice_whole_tumour']:.3f}" for r in ev.get("cases", []))
         judged = (f"{len(cv['folds'])}-fold cross-validation over {len(ev.get('cases', []))} BraTS subjects, each "
                   "judged by members that never saw it" if cv else "on BraTS subjects none of them saw")
+        post = card.get("postprocess")
+        if post:
+            judged += (f", labels post-processed as its card says (components under "
+                       f"{post['min_component_fraction']:.0%} of the largest dropped"
+                       + (", holes in the tumour filled" if post.get("fill_holes") else "")
+                       + "; chosen on the other fold)")
         lines += [f"For real skull-stripped FLAIR + T1c scans (BraTS-like), `--model emma` averages "
                   f"{', '.join(card['members'])}; its card, {judged}: whole "
                   f"tumour Dice {per_case}, ECE {ev.get('summary', {}).get('ece_whole_tumour', float('nan')):.4f}, "
