@@ -121,3 +121,61 @@ def test_frozen_batchnorm_keeps_the_running_statistics(tmp_path):
     train_uda(net, source, lambda rng, dev: source(rng, dev)[0] * 3.0 + 2.0, F.cross_entropy, tmp_path / "m",
               "deepmedic", TINY, epochs=1, iters_per_epoch=3, lam_max=0.1, progress=False)
     assert not all(torch.equal(a, b) for a, b in zip(before, bn_stats(net)))
+
+
+def test_domain_loss_compares_source_segments_drawn_as_the_target_ones(tmp_path):
+    """Half of the source segments are 'centred on a lesion' (channel 1 raised), which no target
+    segment is; the rest are drawn as the target ones. Told which, the discriminator has no cue;
+    given every source segment, it learns to spot the lesion-centred ones."""
+    source, target = _toy(offset=0.0)
+
+    def marked(rng, dev):
+        x, y = source(rng, dev)
+        on_lesion = torch.arange(x.shape[0]) < x.shape[0] // 2
+        x[on_lesion, 1] += 3.0
+        return x, y, ~on_lesion
+
+    def run(src, name):
+        torch.manual_seed(0)
+        net = UNet3D(**UNET)
+        return train_uda(net, src, target, F.cross_entropy, tmp_path / name, "unet3d", UNET, epochs=3,
+                         iters_per_epoch=25, lr=1e-3, lam_max=0.0, disc_width=8, progress=False)
+
+    told = run(marked, "told")
+    untold = run(lambda rng, dev: marked(rng, dev)[:2], "untold")
+    assert "drawn as the target" in told["config"]["domain_loss_source_segments"]
+    assert untold["config"]["domain_loss_source_segments"] == "every source segment"
+    assert np.mean(untold["domain_accuracy"][-2:]) > 0.6
+    assert np.mean(told["domain_accuracy"][-2:]) < np.mean(untold["domain_accuracy"][-2:]) - 0.08
+    with pytest.raises(ValueError, match="drawn as the target"):
+        train_uda(UNet3D(**UNET), lambda rng, dev: (*source(rng, dev), torch.zeros(4, dtype=torch.bool)), target,
+                  F.cross_entropy, tmp_path / "none", "unet3d", UNET, epochs=1, iters_per_epoch=1, progress=False)
+
+
+def test_lesion_adaptation_passes_brain_centred_source_segments(tmp_path, monkeypatch):
+    from napari_medlearn.training import uda
+
+    seen = {}
+
+    def fake_train(net, source_batch, target_batch, *a, **k):
+        rng = np.random.default_rng(0)
+        x, y, alike = source_batch(rng, "cpu")
+        seen.update(x=x, y=y, alike=alike)
+        return {"config": {}}
+
+    monkeypatch.setattr(uda, "train_uda", fake_train)
+    from tests.training.test_emma import _case
+    from napari_medlearn.training.deepmedic import prepare_case
+
+    cases = [prepare_case(*_case(s)[:4], name=str(s)) for s in range(2)]
+    torch.manual_seed(0)
+    net = UNet3D(2, 4, base=4, levels=3)
+    uda.adapt_lesion_segmenter(net, "unet3d", {}, cases, cases, tmp_path, batch_size=8, fg_fraction=0.5,
+                               patch=16, device="cpu", progress=False)
+    y, alike = seen["y"], seen["alike"]
+    assert alike.dtype == torch.bool and alike.tolist() == [False] * 2 + [True] * 2
+    c = tuple(n // 2 for n in y.shape[1:])
+    assert (y[~alike][:, c[0], c[1], c[2]] > 0).all() and (y[alike][:, c[0], c[1], c[2]] == 0).all()
+    with pytest.raises(ValueError, match="fg_fraction"):
+        uda.adapt_lesion_segmenter(net, "unet3d", {}, cases, cases, tmp_path, fg_fraction=1.0, device="cpu",
+                                   progress=False)
