@@ -508,10 +508,11 @@ def demo_robust_lesions(out: Path, device: str = "auto") -> list[str]:
                   "judged by members that never saw it" if cv else "on BraTS subjects none of them saw")
         post = card.get("postprocess")
         if post:
-            judged += (f", labels post-processed as its card says (components under "
-                       f"{post['min_component_fraction']:.0%} of the largest dropped"
-                       + (", holes in the tumour filled" if post.get("fill_holes") else "")
-                       + "; chosen on the other fold)")
+            steps = ([f"tumour components under {post['min_component_fraction']:.0%} of the largest dropped"]
+                     if post.get("min_component_fraction") else []) + (
+                     ["holes in the tumour filled"] if post.get("fill_holes") else [])
+            judged += (f", labels post-processed ({', '.join(steps) or 'nothing'}; each fold's choice made on "
+                       "the other fold)")
         lines += [f"For real skull-stripped FLAIR + T1c scans (BraTS-like), `--model emma` averages "
                   f"{', '.join(card['members'])}; its card, {judged}: whole "
                   f"tumour Dice {per_case}, ECE {ev.get('summary', {}).get('ece_whole_tumour', float('nan')):.4f}, "
