@@ -186,15 +186,11 @@ class SegmentSampler:
             n += 1
         return n
 
-    def batch(self, rng: np.random.Generator, device, batch_size: int = 10, augment: bool = True,
-              with_centres: bool = False, foreground: bool | None = None):
+    def batch(self, rng: np.random.Generator, device, batch_size: int = 10, augment: bool = True):
         """``(B, C, *segment)`` float32 inputs and ``(B, *out)`` long class targets; the first
-        :meth:`foreground_count` centred on tumour, the rest on brain background (``foreground``
-        True or False: all of them). ``with_centres``: also a bool ``(B,)`` tensor, True for the
-        segments centred on tumour."""
+        :meth:`foreground_count` centred on tumour, the rest on brain background."""
         xs, ys = [], []
-        n_fg = (self.foreground_count(rng, batch_size) if foreground is None
-                else batch_size if foreground else 0)
+        n_fg = self.foreground_count(rng, batch_size)
         for b in range(batch_size):
             i = int(rng.integers(len(self.images)))
             x, y, m = self.segment(rng, i, foreground=b < n_fg)
@@ -210,8 +206,6 @@ class SegmentSampler:
             ys.append(np.ascontiguousarray(y))
         x = torch.from_numpy(np.stack(xs))
         y = torch.from_numpy(np.stack(ys).astype(np.int64))
-        if with_centres:
-            return x.to(device), y.to(device), torch.arange(batch_size) < n_fg
         return x.to(device), y.to(device)
 
     def output_class_frequency(self, rng: np.random.Generator, n_batches: int, batch_size: int,

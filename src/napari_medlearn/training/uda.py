@@ -16,14 +16,6 @@ segmenter is pushed to make them indistinguishable. As in the paper:
   learns its task;
 - no target label is used anywhere: target segments are drawn anywhere inside the brain mask.
 
-The discriminator compares like with like: when the source sampler says which of its segments
-were drawn the way the target ones are (anywhere in the brain, not centred on a lesion), only
-those source segments enter the domain loss, and the two domains weigh equally in it. Otherwise
-the segments centred on source lesions, which no target batch has at that rate, would let the
-discriminator tell the domains apart by *whether a lesion is there*, and the reversed gradient
-would push the segmenter to hide its lesion features (a label shift posing as a domain shift).
-The segmentation loss still sees every source segment.
-
 The update is the gradient-reversal form (Ganin & Lempitsky, ICML 2015), equivalent to the
 paper's alternating minimax in one step: the discriminator descends its loss, the segmenter
 receives ``-lambda`` times the same gradient. Source and target segments pass through the
@@ -124,10 +116,8 @@ def train_uda(model: nn.Module, source_batch: Callable, target_batch: Callable, 
               freeze_batchnorm: bool = False) -> dict[str, Any]:
     """Adversarial domain adaptation of ``model`` in place; returns the history.
 
-    ``source_batch(rng, device) -> (x, y)`` gives labelled source segments, or ``(x, y, alike)``
-    with ``alike`` a bool ``(B,)`` tensor marking the segments drawn as the target ones are (only
-    those enter the domain loss); ``target_batch(rng, device) -> x`` unlabelled target segments of
-    the same size. ``ramp`` (epochs) defaults to
+    ``source_batch(rng, device) -> (x, y)`` gives labelled source segments, ``target_batch(rng,
+    device) -> x`` unlabelled target segments of the same size. ``ramp`` (epochs) defaults to
     ``(0.2 * epochs, 0.6 * epochs)``. ``run_dir/last.pt`` holds the checkpoint (resumed when present).
     ``report(done, total, message)`` is called after every iteration (GUI progress).
     ``freeze_batchnorm`` keeps the batch-norm layers on their running statistics (for a model that
@@ -142,8 +132,7 @@ def train_uda(model: nn.Module, source_batch: Callable, target_batch: Callable, 
     model.to(dev)
     ramp = tuple(ramp) if ramp is not None else (0.2 * epochs, 0.6 * epochs)
     rng = seed_everything(seed)
-    first = source_batch(rng, dev)
-    x_s, like_only = first[0], len(first) > 2
+    x_s, _ = source_batch(rng, dev)
     model.eval()
     with torch.no_grad():
         _, feats = feature_list(model, x_s[:1])
@@ -155,10 +144,7 @@ def train_uda(model: nn.Module, source_batch: Callable, target_batch: Callable, 
               "ramp_epochs": list(ramp), "disc_width": disc_width, "weight_decay": weight_decay, "seed": seed,
               "update": "gradient reversal, one optimiser (Adam) for segmenter and discriminator",
               "batchnorm": "frozen (running statistics)" if freeze_batchnorm else "batch statistics of source + target",
-              "discriminator_inputs": [int(f.shape[1]) for f in feats],
-              "domain_loss_source_segments": ("those drawn as the target's (anywhere in the brain, not centred on a "
-                                              "lesion); source and target weigh equally" if like_only else
-                                              "every source segment")}
+              "discriminator_inputs": [int(f.shape[1]) for f in feats]}
     hist: dict[str, Any] = {"seg_loss": [], "domain_loss": [], "domain_accuracy": [], "lambda": [],
                             "wall_seconds": 0.0, "config": config}
     start = 0
@@ -188,23 +174,14 @@ def train_uda(model: nn.Module, source_batch: Callable, target_batch: Callable, 
             if cancelled is not None and cancelled():
                 raise InterruptedError("adaptation cancelled")
             lam = adversarial_weight(epoch + it / iters_per_epoch, ramp, lam_max)
-            x_s, y_s, *alike = source_batch(rng, dev)
+            x_s, y_s = source_batch(rng, dev)
             x_t = target_batch(rng, dev)
             logits, feats = feature_list(model, torch.cat([x_s, x_t]))
-            ns, nt = x_s.shape[0], x_t.shape[0]
+            ns = x_s.shape[0]
             loss_seg = seg_loss(logits[:ns], y_s)
             d = disc([grad_reverse(f, lam) for f in feats])
-            dom_y = torch.cat([torch.zeros(ns), torch.ones(nt)]).to(d.device)
-            if alike:
-                keep = torch.cat([alike[0].to(d.device).bool(), torch.ones(nt, dtype=torch.bool, device=d.device)])
-                if not bool(keep[:ns].any()):
-                    raise ValueError("no source segment of this batch is drawn as the target ones are")
-                d, dom_y = d[keep], dom_y[keep]
-                n_s = float(ns - int((~keep).sum()))
-                w = torch.where(dom_y > 0.5, 0.5 / nt, 0.5 / n_s)
-                loss_dom = (F.binary_cross_entropy_with_logits(d, dom_y, reduction="none") * w).sum()
-            else:
-                loss_dom = F.binary_cross_entropy_with_logits(d, dom_y)
+            dom_y = torch.cat([torch.zeros(ns), torch.ones(x_t.shape[0])]).to(d.device)
+            loss_dom = F.binary_cross_entropy_with_logits(d, dom_y)
             opt.zero_grad(set_to_none=True)
             (loss_seg + loss_dom).backward()
             opt.step()
@@ -300,18 +277,7 @@ def adapt_lesion_segmenter(net: nn.Module, arch: str, arch_args: dict, source_ca
     src = SegmentSampler(source_cases, geo, fg_fraction=fg_fraction)
     tgt = SegmentSampler(target_cases, geo, fg_fraction=0.0)
     half = max(1, batch_size // 2)
-    if fg_fraction >= 1.0:
-        raise ValueError("fg_fraction must leave some source segments drawn anywhere in the brain, as target ones are")
-
-    def source_batch(rng, dev):
-        x, y, on_lesion = src.batch(rng, dev, half, with_centres=True)
-        if bool(on_lesion.all()):        # a batch too small for a brain segment: draw one more
-            x2, y2 = src.batch(rng, dev, 1, foreground=False)
-            x, y = torch.cat([x, x2]), torch.cat([y, y2])
-            on_lesion = torch.cat([on_lesion, torch.zeros(1, dtype=torch.bool)])
-        return x, y, ~on_lesion
-
-    hist = train_uda(net, source_batch,
+    hist = train_uda(net, lambda rng, dev: src.batch(rng, dev, half),
                      lambda rng, dev: tgt.batch(rng, dev, half)[0], F.cross_entropy, run_dir, arch, arch_args,
                      epochs=epochs, iters_per_epoch=iters_per_epoch, lr=lr, lam_max=lam_max, ramp=ramp, seed=seed,
                      device=device, progress=progress, cancelled=cancelled, on_epoch=on_epoch, report=report,
