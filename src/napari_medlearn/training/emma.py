@@ -578,7 +578,7 @@ def _with_postprocess(card: dict[str, Any], key: str | None) -> dict[str, Any]:
 
     if key is None:
         return card
-    return {**card, "evaluation": {**card["evaluation"], **postprocessed_evaluation(card["evaluation"], key)}}
+    return {**card, "evaluation": postprocessed_evaluation(card["evaluation"], key)}
 
 
 def run_emma(run_dir: str | Path, ship: bool = False, members: Sequence[str] = tuple(MEMBER_RECIPES),
