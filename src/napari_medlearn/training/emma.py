@@ -596,7 +596,7 @@ def run_emma(run_dir: str | Path, ship: bool = False, members: Sequence[str] = t
     from .. import zoo
     from ..methods.lesions import LABEL_VALUES, TASK
     from ..nets.unet3d import EMMA_PAPER
-    from .deepmedic import LESION_LABELS, load_brats_subject
+    from .deepmedic import LESION_LABELS, load_brats_subject, postprocess_of
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -637,24 +637,26 @@ def run_emma(run_dir: str | Path, ship: bool = False, members: Sequence[str] = t
         "licence": _brats_licence_block(root, subjects),
         "intended_use": "research use only, not for diagnosis",
     }
+    raw_card = card
     key = choose_fold_postprocess(card, others) if others else None
     if key is not None:
-        from .deepmedic import postprocess_of, summarise_rows
+        from .deepmedic import summarise_rows
 
-        raw_card, raw = card, card["evaluation"]
+        raw = raw_card["evaluation"]
         card = _with_postprocess(raw_card, key)
         card["postprocess"] = {**postprocess_of(key), "rule": POSTPROCESS_RULE,
                                "chosen_on": [r["case"] for o in others for r in o["evaluation"]["cases"]]}
         card["evaluation"]["without_postprocess"] = raw["summary"]
         card["evaluation"]["postprocess_variants"] = {
             k: summarise_rows([r["clean"][k] for r in raw["cases"]]) for k in raw["cases"][0]["clean"]}
+    if others:
+        # each other fold's post-processing is chosen on the rest (this fold's raw rows among them)
         fold_cards = [raw_card, *others]
         keys = [key] + [choose_fold_postprocess(o, [x for x in fold_cards if x is not o]) for o in others]
         folds = [card] + [_with_postprocess(o, k) for o, k in zip(others, keys[1:])]
         card["cross_validation"] = cross_validation(folds, ["emma", *members, "flair_threshold_floor"])
-        card["cross_validation"]["postprocess_per_fold"] = [postprocess_of(k) if k else None for k in keys]
-    elif others:
-        card["cross_validation"] = cross_validation([card, *others], ["emma", *members, "flair_threshold_floor"])
+        if any(keys):
+            card["cross_validation"]["postprocess_per_fold"] = [postprocess_of(k) if k else None for k in keys]
     zoo.write_json_atomic(card, run_dir / "emma.json")
     if ship:
         import shutil
