@@ -1,4 +1,5 @@
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -55,6 +56,13 @@ def test_segment_lesions_writes_labels_probabilities_and_volumes(modalities, tin
     rows = list(csv.DictReader(open(out / "volumes.csv")))
     assert {"necrotic_core_mL", "oedema_mL", "enhancing_mL", "whole_tumour_mL"} <= set(rows[0])
     assert "whole tumour" in capsys.readouterr().out
+    assert json.loads((out / "lesions.json").read_text())["postprocess"]["decision"] == "argmax"
+    ed = tmp_path / "ed"
+    assert main(["segment-lesions", "--flair", str(paths["flair"]), "--t1c", str(paths["t1c"]), "--mask",
+                 str(paths["mask"]), "--out", str(ed), "--model", tiny_lesion_model, "--quiet",
+                 "--decision", "expected_dice"]) == 0
+    post = json.loads((ed / "lesions.json").read_text())["postprocess"]
+    assert post["decision"] == "expected_dice" and 0 < post["whole_tumour_threshold"] <= 1
     # outputs are never silently replaced
     rc = main(["segment-lesions", "--flair", str(paths["flair"]), "--t1c", str(paths["t1c"]),
                "--out", str(out), "--model", tiny_lesion_model, "--quiet"])

@@ -263,7 +263,7 @@ def cmd_segment_lesions(args: argparse.Namespace) -> int:
     channels, ref, mask = _read_modalities(args.flair, args.t1c, args.mask, model)
     out = _out_dir(args.out, LESION_OUTPUTS, args.overwrite)
     res = segment_lesions(channels, ref.spacing, model=model, brain_mask=mask,
-                          device=args.device,
+                          device=args.device, decision=args.decision,
                           progress=None if args.quiet else _progress_printer("segment-lesions"))
     paths = write_lesion_outputs(out, ref, res, f"FLAIR {args.flair}; T1c {args.t1c}")
     v = res.volumes_ml
@@ -587,6 +587,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mask", default=None, help="brain mask on the same grid (default: derived from the images)")
     s.add_argument("--out", required=True, help="output directory")
     s.add_argument("--model", default=None, help="zoo name or checkpoint path (default: best shipped)")
+    s.add_argument("--decision", default=None, choices=("argmax", "expected_dice"),
+                   help="labels from the probabilities: the most probable class, or the whole tumour of maximal "
+                        "expected Dice found per scan (default: as the model card says, else argmax)")
     common(s)
     s.set_defaults(func=cmd_segment_lesions)
 

@@ -199,7 +199,7 @@ def test_ensemble_card_in_the_zoo(members, tmp_path, monkeypatch):
     ch, _ = _case()
     res = segment_lesions(ch, (2.0, 2.0, 2.0), model="tiny-emma")
     assert res.model == "tiny-emma" and res.members == ("tiny-dm", "tiny-unet", "tiny-fcn")
-    assert res.extras["postprocess"] == {"min_component_fraction": 0.0, "fill_holes": False}
+    assert res.extras["postprocess"] == {"decision": "argmax", "min_component_fraction": 0.0, "fill_holes": False}
     # the ensemble card's label post-processing applies to the ensemble and its members' labels
     from napari_medlearn.methods.lesions import postprocess_labels
 
@@ -207,11 +207,57 @@ def test_ensemble_card_in_the_zoo(members, tmp_path, monkeypatch):
     zoo.write_json_atomic({"name": "tiny-emma", "kind": "ensemble", "task": CARD["task"], "postprocess": post,
                            "members": ["tiny-dm", "tiny-unet", "tiny-fcn"]}, tmp_path / "tiny-emma.json")
     done = segment_lesions(ch, (2.0, 2.0, 2.0), model="tiny-emma")
-    assert done.extras["postprocess"] == post
+    assert done.extras["postprocess"] == {"decision": "argmax", **post}
     assert np.array_equal(done.labels, postprocess_labels(res.labels, **post))
     for name, lab in res.extras["member_labels"].items():
         assert np.array_equal(done.extras["member_labels"][name], postprocess_labels(lab, **post))
     raw = segment_lesions(ch, (2.0, 2.0, 2.0), model="tiny-emma", min_component_fraction=0, fill_holes=False)
     assert np.array_equal(raw.labels, res.labels)
+    # ... and so does its label decision, to the ensemble's and each member's probabilities
+    from napari_medlearn.methods.lesions import decide_labels
+
+    zoo.write_json_atomic({"name": "tiny-emma", "kind": "ensemble", "task": CARD["task"],
+                           "postprocess": {"decision": "expected_dice"},
+                           "members": ["tiny-dm", "tiny-unet", "tiny-fcn"]}, tmp_path / "tiny-emma.json")
+    ed = segment_lesions(ch, (2.0, 2.0, 2.0), model="tiny-emma")
+    lab, t = decide_labels(res.probabilities, res.label_values, res.brain_mask, "expected_dice")
+    assert np.array_equal(ed.labels, lab) and ed.extras["postprocess"]["whole_tumour_threshold"] == t
+    assert ed.extras["postprocess"]["decision"] == "expected_dice"
+    assert set(ed.extras["member_labels"]) == set(res.extras["member_labels"])
+    with pytest.raises(ValueError, match="label decision"):
+        segment_lesions(ch, (2.0, 2.0, 2.0), model="tiny-emma", decision="median")
     (tmp_path / "tiny-fcn.pt").unlink()
     assert "tiny-emma" not in zoo.available(CARD["task"])
+
+
+def test_expected_dice_threshold_known_answers():
+    from napari_medlearn.methods.lesions import expected_dice_threshold
+
+    # sets of the most probable voxels: {0.9}: 1.8/3.1, {0.9, 0.8}: 3.4/4.1 (best), + 0.3: 4.0/5.1, all: 4.2/6.1
+    assert expected_dice_threshold(np.array([0.1, 0.9, 0.3, 0.8])) == pytest.approx(0.8)
+    # ten voxels at 0.45: none is more likely tumour than not, yet taking all ten is the best guess
+    q = np.zeros((4, 5, 5), np.float32)
+    q[1, 1:3, :] = 0.45
+    assert expected_dice_threshold(q) == pytest.approx(0.45)
+    assert expected_dice_threshold(np.zeros((3, 3))) == 1.0
+    assert expected_dice_threshold(np.full((3, 3), 0.005)) == 1.0
+
+
+def test_decide_labels_expected_dice_takes_the_likely_tumour_the_argmax_leaves_out():
+    from napari_medlearn.methods.lesions import LABEL_VALUES, decide_labels
+
+    p = np.zeros((4, 2, 4, 4), np.float32)
+    p[0] = 1.0
+    p[:, 0, :2, :] = np.array([0.55, 0.05, 0.30, 0.10])[:, None, None]    # tumour 0.45, mostly oedema
+    p[:, 0, 2, :] = np.array([0.1, 0.5, 0.1, 0.3])[:, None]                # core
+    mask = np.ones(p.shape[1:], bool)
+    mask[0, 0, 0] = False
+    arg, t0 = decide_labels(p, LABEL_VALUES, mask)
+    assert t0 is None and set(np.unique(arg)) == {0, 1} and arg[0, 2].tolist() == [1, 1, 1, 1]
+    lab, t = decide_labels(p, LABEL_VALUES, mask, "expected_dice")
+    assert t == pytest.approx(0.45, abs=1e-6)
+    assert (lab[0, :2] == 2).sum() == 7 and lab[0, 0, 0] == 0          # outside the brain mask: 0
+    assert lab[0, 2].tolist() == [1, 1, 1, 1] and not lab[1].any() and not lab[0, 3].any()
+    assert p[0, 0, 0, 0] == pytest.approx(0.55)                          # the probabilities are untouched
+    with pytest.raises(ValueError, match="label decision"):
+        decide_labels(p, LABEL_VALUES, mask, "mode")

@@ -28,6 +28,14 @@ Pipeline, the same in training (``training/deepmedic.py``) and here:
    the training brains to its frequency in the sampled training segments and renormalised
    (Saerens et al., Neural Computation 2002; :func:`correct_class_priors`). Both frequencies come
    from the training data alone. Labels follow from the corrected posteriors.
+6b. **Expected-Dice decision** (when the card's ``postprocess.decision`` is ``"expected_dice"``,
+   or the ``decision`` argument): instead of the argmax, the whole tumour is the set of voxels
+   whose tumour probability ``1 - p(background)`` is at least the threshold that maximises the
+   Dice *expected* under the probabilities themselves, found per scan from its own
+   probabilities (no label, no tuned parameter; :func:`expected_dice_threshold`; Nowozin, CVPR
+   2014; Lipton et al., ECML 2014). Inside it each voxel takes its most probable tumour class.
+   Argmax labels are the Bayes decision for voxel accuracy; for Dice, whose optimum with
+   calibrated probabilities lies below 0.5, they under-segment.
 7. **Component clean-up** (when the card's ``postprocess.min_component_fraction`` is set, or the
    ``min_component_fraction`` argument): whole-tumour connected components smaller than that
    fraction of the largest one are set to background (:func:`remove_small_lesions`). The
@@ -562,6 +570,51 @@ def fill_lesion_holes(labels: np.ndarray) -> np.ndarray:
     return lab
 
 
+#: label decisions from the probabilities: the argmax, or the whole tumour of maximal expected Dice
+DECISIONS = ("argmax", "expected_dice")
+
+
+def expected_dice_threshold(prob: np.ndarray, floor: float = 0.01) -> float:
+    """The threshold ``t`` on a region's probability map ``prob`` (voxels outside the region's
+    possible extent at 0) whose set ``{prob >= t}`` maximises the Dice expected when each voxel
+    is in the region with its probability: ``2 * sum(prob[S]) / (|S| + sum(prob))`` over the sets
+    ``S`` of the most probable voxels (the best set of each size). Voxels under ``floor`` are never
+    chosen; returns 1.0 (an empty region) when no voxel reaches it or the expected size is 0.
+    """
+    q = np.asarray(prob, np.float32)
+    total = float(q.sum(dtype=np.float64))
+    v = q[q >= floor]
+    if v.size == 0 or total <= 0:
+        return 1.0
+    v = np.sort(v)[::-1].astype(np.float64)
+    expected = 2.0 * np.cumsum(v) / (np.arange(1, v.size + 1) + total)
+    return float(v[int(np.argmax(expected))])
+
+
+def decide_labels(probs: np.ndarray, values: Sequence[int], mask: np.ndarray, decision: str = "argmax"
+                  ) -> tuple[np.ndarray, float | None]:
+    """Labels ``(z, y, x)`` (uint8, BraTS values, 0 outside ``mask``) from posteriors ``(K, z, y, x)``
+    with index 0 background, and the whole-tumour threshold used (None for the argmax).
+
+    ``decision`` is ``"argmax"`` (the most probable class) or ``"expected_dice"``: tumour where
+    ``1 - p(background)`` reaches :func:`expected_dice_threshold`, each such voxel labelled with its
+    most probable tumour class.
+    """
+    if decision not in DECISIONS:
+        raise ValueError(f"unknown label decision {decision!r}; choose one of {', '.join(DECISIONS)}")
+    vals = np.asarray(values, np.uint8)
+    mask = np.asarray(mask, bool)
+    if decision == "argmax":
+        lab = vals[np.argmax(probs, axis=0)]
+        lab[~mask] = 0
+        return lab, None
+    tumour = np.where(mask, 1.0 - np.asarray(probs[0], np.float32), np.float32(0.0))
+    t = expected_dice_threshold(tumour)
+    lab = vals[1:][np.argmax(probs[1:], axis=0)]
+    lab[~(mask & (tumour >= t))] = 0
+    return lab, t
+
+
 def postprocess_labels(labels: np.ndarray, min_component_fraction: float = 0.0, fill_holes: bool = False,
                        brain_mask: np.ndarray | None = None) -> np.ndarray:
     """Labels after a card's ``postprocess``: :func:`remove_small_lesions`, then
@@ -584,6 +637,7 @@ def segment_lesions_steps(
     cancelled: Callable[[], bool] | None = None,
     min_component_fraction: float | None = None,
     fill_holes: bool | None = None,
+    decision: str | None = None,
 ) -> Generator[tuple[int, int, str], None, LesionResult]:
     """Segment lesions, yielding ``(segments_done, segments_total, message)``; returns the result.
 
@@ -612,6 +666,12 @@ def segment_lesions_steps(
             raise ValueError(f"model {nm} gives {n.n_classes} classes but its card lists label values {values}")
     if output_block < 1:
         raise ValueError(f"output_block must be >= 1, got {output_block}")
+    card = ens[1] if ens else cards[0]
+    post = card.get("postprocess") or {}
+    if decision is None:
+        decision = str(post.get("decision", "argmax"))
+    if decision not in DECISIONS:
+        raise ValueError(f"unknown label decision {decision!r}; choose one of {', '.join(DECISIONS)}")
     t0 = time.time()
     yield 0, 1, "preparing"
     if mask is None:
@@ -620,16 +680,16 @@ def segment_lesions_steps(
     for i, (net, nm) in enumerate(zip(nets, names_of)):
         label = f"{nm} ({i + 1}/{len(nets)}): " if ens else ""
         member_probs.append((yield from _member_steps(net, arr, sp, mask, output_block, cancelled, label)))
-    card = ens[1] if ens else cards[0]
-    post = card.get("postprocess") or {}
     if min_component_fraction is None:
         min_component_fraction = post.get("min_component_fraction")
     if fill_holes is None:
         fill_holes = bool(post.get("fill_holes", False))
 
+    thresholds = []
+
     def to_labels(p):
-        lab = np.asarray(values, np.uint8)[np.argmax(p, axis=0)]
-        lab[~mask] = 0
+        lab, t = decide_labels(p, values, mask, decision)
+        thresholds.append(t)
         return postprocess_labels(lab, min_component_fraction, fill_holes, mask)
 
     probs = member_probs[0] if not ens else np.mean(member_probs, axis=0, dtype=np.float32)
@@ -641,8 +701,10 @@ def segment_lesions_steps(
         member_labels = {nm: to_labels(p) for nm, p in zip(names_of, member_probs)}
         extras = {**maps, "member_labels": member_labels,
                   "member_volumes_ml": {nm: lesion_volumes(lab, sp) for nm, lab in member_labels.items()}}
-    extras["postprocess"] = {"min_component_fraction": float(min_component_fraction or 0.0),
+    extras["postprocess"] = {"decision": decision, "min_component_fraction": float(min_component_fraction or 0.0),
                              "fill_holes": bool(fill_holes)}
+    if decision == "expected_dice":
+        extras["postprocess"]["whole_tumour_threshold"] = thresholds[0]
     return LesionResult(
         labels=labels, probabilities=probs.astype(np.float32, copy=False),
         volumes_ml=lesion_volumes(labels, sp),
@@ -663,6 +725,7 @@ def segment_lesions(
     output_block: int = DEFAULT_OUTPUT_BLOCK,
     min_component_fraction: float | None = None,
     fill_holes: bool | None = None,
+    decision: str | None = None,
 ) -> LesionResult:
     """Segment a brain tumour (necrotic core, oedema, enhancing) in co-registered MR modalities.
 
@@ -691,13 +754,18 @@ def segment_lesions(
     fill_holes
         Fill the tumour's enclosed holes (:func:`fill_lesion_holes`), after the component
         clean-up; None takes the card's ``postprocess`` setting.
+    decision
+        How labels follow from the probabilities (:func:`decide_labels`): ``"argmax"`` or
+        ``"expected_dice"`` (the whole tumour of maximal expected Dice, found per scan); None
+        takes the card's ``postprocess.decision``, else the argmax.
     """
     return drain(segment_lesions_steps(channels, spacing, model, brain_mask, device, output_block,
-                                       min_component_fraction=min_component_fraction, fill_holes=fill_holes),
+                                       min_component_fraction=min_component_fraction, fill_holes=fill_holes,
+                                       decision=decision),
                  progress)
 
 
 __all__ = ["LABEL_NAMES", "LABEL_VALUES", "LesionResult", "VOLUME_KEYS", "dense_probabilities",
-           "derive_brain_mask", "ensemble_members", "ensemble_uncertainty", "fill_lesion_holes", "lesion_volumes",
+           "DECISIONS", "decide_labels", "derive_brain_mask", "ensemble_members", "expected_dice_threshold", "ensemble_uncertainty", "fill_lesion_holes", "lesion_volumes",
            "member_probabilities", "sliding_window_probabilities", "normalise_channels", "postprocess_labels", "remove_small_lesions", "segment_lesions",
            "segment_lesions_steps", "validate_channels"]
