@@ -508,7 +508,9 @@ def demo_robust_lesions(out: Path, device: str = "auto") -> list[str]:
                   "judged by members that never saw it" if cv else "on BraTS subjects none of them saw")
         post = card.get("postprocess")
         if post:
-            steps = ([f"tumour components under {post['min_component_fraction']:.0%} of the largest dropped"]
+            steps = (["whole tumour at the threshold of maximal expected Dice, found per scan"]
+                     if post.get("decision") == "expected_dice" else []) + (
+                     [f"tumour components under {post['min_component_fraction']:.0%} of the largest dropped"]
                      if post.get("min_component_fraction") else []) + (
                      ["holes in the tumour filled"] if post.get("fill_holes") else [])
             judged += (f", labels post-processed ({', '.join(steps) or 'nothing'}; each fold's choice made on "

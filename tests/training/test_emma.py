@@ -240,13 +240,19 @@ def test_emma_cross_validation_over_two_folds(tmp_path, capsys):
     from napari_medlearn.training.deepmedic import choose_postprocess, postprocess_of
 
     key_b, key_a = choose_postprocess(a["evaluation"]["cases"]), choose_postprocess(b["evaluation"]["cases"])
-    assert {k: b["postprocess"][k] for k in ("min_component_fraction", "fill_holes")} == postprocess_of(key_b)
+    assert {k: b["postprocess"][k] for k in ("decision", "min_component_fraction", "fill_holes")} == postprocess_of(key_b)
     assert b["postprocess"]["chosen_on"] == folds["b"]
     assert cv["postprocess_per_fold"] == [postprocess_of(key_b), postprocess_of(key_a)]
     for r in b["evaluation"]["cases"]:
         assert r["dice_whole_tumour"] == r["clean"][key_b]["dice_whole_tumour"]
     assert set(b["evaluation"]["postprocess_variants"]) == set(b["evaluation"]["cases"][0]["clean"])
-    assert "0.1+fill" in b["evaluation"]["postprocess_variants"]
+    assert {"0.1+fill", "0.1+fill+ed", "0+ed"} <= set(b["evaluation"]["postprocess_variants"])
+    # the members are reported under the ensemble's post-processing, raw figures kept beside
+    for m in members:
+        ev_m = b["evaluation"]["members"][m]
+        assert [r["dice_whole_tumour"] for r in ev_m["cases"]] == [r["clean"][key_b]["dice_whole_tumour"]
+                                                                 for r in ev_m["cases"]]
+        assert "dice_whole_tumour_mean" in b["evaluation"]["members_without_postprocess"][m]
     assert b["evaluation"]["without_postprocess"]["dice_whole_tumour_mean"] == pytest.approx(
         b["evaluation"]["postprocess_variants"]["0"]["dice_whole_tumour_mean"])
     dice = ([r["clean"][key_a]["dice_whole_tumour"] for r in a["evaluation"]["cases"]]
@@ -282,7 +288,13 @@ def test_postprocess_choice_prefers_less_on_ties():
     assert choose_postprocess(rows) == "0.1" and choose_component_fraction(rows) == 0.1
     rows = [row(**{"0": 0.5, "0_1": 0.6, "0fill": 0.55, "0_1fill": 0.8}), row(**{"0": 0.9, "0_1": 0.9, "0fill": 0.9, "0_1fill": 0.9})]
     assert choose_postprocess(rows) == "0.1+fill"
-    assert postprocess_of("0.1+fill") == {"min_component_fraction": 0.1, "fill_holes": True}
-    assert postprocess_of("0") == {"min_component_fraction": 0.0, "fill_holes": False}
-    with pytest.raises(ValueError, match="post-processing"):
-        postprocess_of("0.1+dilate")
+    assert postprocess_of("0.1+fill") == {"decision": "argmax", "min_component_fraction": 0.1, "fill_holes": True}
+    assert postprocess_of("0") == {"decision": "argmax", "min_component_fraction": 0.0, "fill_holes": False}
+    assert postprocess_of("0.05+fill+ed") == {"decision": "expected_dice", "min_component_fraction": 0.05,
+                                              "fill_holes": True}
+    assert postprocess_of("0+ed")["decision"] == "expected_dice"
+    for bad in ("0.1+dilate", "0.1+ed+fill", "0.1+fill+fill"):
+        with pytest.raises(ValueError, match="post-processing"):
+            postprocess_of(bad)
+    # ties go to the argmax before the expected-Dice labels
+    assert choose_postprocess([{"clean": {"0": {"dice_whole_tumour": 0.7}, "0+ed": {"dice_whole_tumour": 0.7}}}]) == "0"

@@ -228,7 +228,8 @@ COMPONENT_FRACTIONS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
 def evaluate_lesion_cases(model, cases, progress: bool = False, save_dir: Path | None = None,
-                          fractions: Sequence[float] = (), fill: bool = False) -> dict[str, Any]:
+                          fractions: Sequence[float] = (), fill: bool = False,
+                          decisions: Sequence[str] = ("argmax",)) -> dict[str, Any]:
     """Segment each ``(channels, labels, spacing, brain_mask, name)`` case; BraTS region metrics.
 
     Returns per-case rows (Dice and HD95 for whole tumour, tumour core, enhancing; volumes) and
@@ -239,18 +240,23 @@ def evaluate_lesion_cases(model, cases, progress: bool = False, save_dir: Path |
     each row also has ``clean`` metrics of the raw labels (no clean-up) after
     :func:`~napari_medlearn.methods.lesions.remove_small_lesions` at each fraction (keys ``"0.1"``),
     and with ``fill`` also followed by :func:`~napari_medlearn.methods.lesions.fill_lesion_holes`
-    (keys ``"0.1+fill"``; :func:`postprocess_of`). ``save_dir`` keeps each case's raw labels
-    (``pred_<name>.npz``).
+    (keys ``"0.1+fill"``); each of these for the argmax labels and, when ``decisions`` has
+    ``"expected_dice"``, for the expected-Dice labels (:func:`~napari_medlearn.methods.lesions.decide_labels`;
+    keys ``"0.1+ed"``, ``"0.1+fill+ed"``; :func:`postprocess_of`). ``save_dir`` keeps each case's
+    raw labels (``pred_<name>.npz``).
     """
-    from ..methods.lesions import lesion_volumes, postprocess_labels, segment_lesions
+    from ..methods.lesions import decide_labels, lesion_volumes, postprocess_labels, segment_lesions
     from .emma import calibration_bins, uncertainty_auroc, whole_tumour_probability
 
     keys = [f"{f:g}" for f in fractions] + ([f"{f:g}+fill" for f in fractions] if fill else [])
+    if fractions and "expected_dice" in decisions:
+        keys += [f"{k}+ed" for k in keys]
     rows, bins = [], []
     for channels, labels, spacing, mask, name in cases:
         res = segment_lesions(channels, spacing, model=model, brain_mask=mask,
                               min_component_fraction=0.0 if fractions else None,
-                              fill_holes=False if fractions else None)
+                              fill_holes=False if fractions else None,
+                              decision="argmax" if fractions else None)
         row = {"case": name, **M.brats_region_metrics(res.labels, labels, spacing)}
         tv = lesion_volumes(np.asarray(labels).astype(np.uint8), spacing)
         row["whole_tumour_mL_true"] = tv["whole_tumour_mL"]
@@ -264,8 +270,13 @@ def evaluate_lesion_cases(model, cases, progress: bool = False, save_dir: Path |
                                                                       res.brain_mask)
         if keys:
             row["clean"] = {}
+            raw = {"argmax": res.labels}
+            if any(k.endswith("+ed") for k in keys):
+                raw["expected_dice"] = decide_labels(res.probabilities, res.label_values, res.brain_mask,
+                                                     "expected_dice")[0]
             for k in keys:
-                lab = postprocess_labels(res.labels, **postprocess_of(k), brain_mask=res.brain_mask)
+                post = postprocess_of(k)
+                lab = postprocess_labels(raw[post.pop("decision")], **post, brain_mask=res.brain_mask)
                 m = {**M.brats_region_metrics(lab, labels, spacing),
                      "whole_tumour_mL_pred": lesion_volumes(lab, spacing)["whole_tumour_mL"]}
                 if res.uncertainty is not None:
@@ -307,16 +318,18 @@ def summarise_rows(rows: Sequence[dict]) -> dict[str, Any]:
 
 def postprocess_of(key: str) -> dict[str, Any]:
     """The ``postprocess`` entry of a card for a clean-up key of :func:`evaluate_lesion_cases`
-    (``"0.1"``: components under 10 % of the largest dropped; ``"0.1+fill"``: then holes filled)."""
-    frac, _, rest = str(key).partition("+")
-    if rest not in ("", "fill"):
+    (``"0.1"``: argmax labels, components under 10 % of the largest dropped; ``"0.1+fill"``: then
+    holes filled; ``"+ed"`` at the end: the expected-Dice labels instead of the argmax)."""
+    frac, *rest = str(key).split("+")
+    if rest not in ([], ["fill"], ["ed"], ["fill", "ed"]):
         raise ValueError(f"unknown post-processing key {key!r}")
-    return {"min_component_fraction": float(frac), "fill_holes": rest == "fill"}
+    return {"decision": "expected_dice" if "ed" in rest else "argmax", "min_component_fraction": float(frac),
+            "fill_holes": "fill" in rest}
 
 
 def choose_postprocess(rows: Sequence[dict]) -> str:
     """The clean-up key with the best mean whole-tumour Dice over ``rows`` (ties: the first, i.e.
-    the smaller fraction, and no hole filling before filling)."""
+    the smaller fraction, no hole filling before filling, the argmax before expected Dice)."""
     keys = list(rows[0]["clean"])
     means = [np.mean([r["clean"][k]["dice_whole_tumour"] for r in rows]) for k in keys]
     return keys[int(np.argmax(np.round(means, 6)))]

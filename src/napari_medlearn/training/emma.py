@@ -551,7 +551,11 @@ def cross_validation(cards: Sequence[dict[str, Any]], models: Sequence[str]) -> 
 #: the ensemble's label post-processing is chosen among these (component clean-up fractions, each
 #: with and without hole filling) on the other folds' held-out subjects
 EMMA_POSTPROCESS_FRACTIONS = (0.0, 0.05, 0.1, 0.2, 0.5)
-POSTPROCESS_RULE = ("whole-tumour components smaller than min_component_fraction of the largest are set to "
+#: ... and each of those for the argmax labels and the expected-Dice ones (methods.lesions.decide_labels)
+EMMA_DECISIONS = ("argmax", "expected_dice")
+POSTPROCESS_RULE = ("labels by the argmax, or (decision expected_dice) the whole tumour where 1 - p(background) "
+                    "reaches the threshold of maximal expected Dice found per scan from its own probabilities; "
+                    "then whole-tumour components smaller than min_component_fraction of the largest are set to "
                     "background, then (fill_holes) voxels enclosed by the tumour core become necrotic core and "
                     "background enclosed by the whole tumour oedema; chosen (best mean whole-tumour Dice; ties: "
                     "less post-processing) on the held-out predictions of the cross-validation's other fold, "
@@ -572,13 +576,23 @@ def choose_fold_postprocess(card: dict[str, Any], others: Sequence[dict[str, Any
     return choose_postprocess(rows)
 
 
+def _best_member(members: dict[str, dict[str, Any]]) -> str:
+    return max(members, key=lambda m: members[m]["summary"]["dice_whole_tumour_mean"])
+
+
 def _with_postprocess(card: dict[str, Any], key: str | None) -> dict[str, Any]:
-    """``card`` whose ensemble evaluation is that of its labels after post-processing ``key``."""
+    """``card`` whose ensemble evaluation is that of its labels after post-processing ``key``, and
+    so are its members' when they were judged with the same variants."""
     from .deepmedic import postprocessed_evaluation
 
     if key is None:
         return card
-    return {**card, "evaluation": postprocessed_evaluation(card["evaluation"], key)}
+    ev = postprocessed_evaluation(card["evaluation"], key)
+    members = {m: postprocessed_evaluation(e, key) if key in e["cases"][0].get("clean", {}) else e
+               for m, e in ev.get("members", {}).items()}
+    if members:
+        ev = {**ev, "members": members, "best_member": _best_member(members)}
+    return {**card, "evaluation": ev}
 
 
 def run_emma(run_dir: str | Path, ship: bool = False, members: Sequence[str] = tuple(MEMBER_RECIPES),
@@ -607,16 +621,18 @@ def run_emma(run_dir: str | Path, ship: bool = False, members: Sequence[str] = t
     others = _read_folds(with_fold, held_out) if with_fold else []
     nets_ = _load_members(members, run_dir, shipped, held_out)
     ev_cases = [(*load_brats_subject(root, s)[:4], s) for s in held_out]
-    per_member = {m: evaluate_with_calibration(n, ev_cases, progress=progress) for m, n in zip(members, nets_)}
-    ens = evaluate_with_calibration(nets_, ev_cases, progress=progress, fractions=EMMA_POSTPROCESS_FRACTIONS,
-                                    fill=True)
+    # the members are judged with every post-processing variant too, so that the card compares the
+    # ensemble with each member under the same post-processing
+    variants = {"fractions": EMMA_POSTPROCESS_FRACTIONS, "fill": True, "decisions": EMMA_DECISIONS}
+    per_member = {m: evaluate_with_calibration(n, ev_cases, progress=progress, **variants)
+                  for m, n in zip(members, nets_)}
+    ens = evaluate_with_calibration(nets_, ev_cases, progress=progress, **variants)
     train_cases = [(*load_brats_subject(root, s)[:4], s) for s in train_names]
     floor = flair_threshold_floor(train_cases, ev_cases)
     del ev_cases, train_cases
     curves = {m: e["calibration"] for m, e in per_member.items()}
     curves["emma"] = ens["calibration"]
     save_reliability_figure(curves, run_dir / "emma_reliability.png", "EMMA and its members, held-out BraTS")
-    best = max(per_member, key=lambda m: per_member[m]["summary"]["dice_whole_tumour_mean"])
     card = {
         "name": "emma", "kind": "ensemble", "task": TASK, "members": list(members), "paper": EMMA_PAPER,
         "n_classes": 4, "labels": LESION_LABELS, "label_values": list(LABEL_VALUES), "priority": 5,
@@ -624,7 +640,7 @@ def run_emma(run_dir: str | Path, ship: bool = False, members: Sequence[str] = t
                        "losses and sampling; uncertainty = entropy of the mean. Research use only.",
         "combination": "mean of the members' posteriors (each on the input grid, each moved from its training "
                        "segments' class prior to that of whole brains by its card's prior_correction); labels = "
-                       "argmax; uncertainty = "
+                       "argmax, or as postprocess.decision says; uncertainty = "
                        "entropy of the mean / log K; also mutual information and member variance",
         "training": {"members": {m: n.card.get("training", {}).get("command", "") for m, n in zip(members, nets_)},
                      "subjects": list(train_names), "never_seen": held_out,
@@ -632,7 +648,7 @@ def run_emma(run_dir: str | Path, ship: bool = False, members: Sequence[str] = t
         "evaluation": {"data": f"BraTS subjects {', '.join(held_out)}, never used by any member",
                        **ens, "members": {m: {**e, "calibration_ece": e["calibration"]["ece"]}
                                           for m, e in per_member.items()},
-                       "best_member": best, "flair_threshold_floor": floor,
+                       "best_member": _best_member(per_member), "flair_threshold_floor": floor,
                        "reliability_figure": "emma_reliability.png"},
         "licence": _brats_licence_block(root, subjects),
         "intended_use": "research use only, not for diagnosis",
@@ -647,6 +663,7 @@ def run_emma(run_dir: str | Path, ship: bool = False, members: Sequence[str] = t
         card["postprocess"] = {**postprocess_of(key), "rule": POSTPROCESS_RULE,
                                "chosen_on": [r["case"] for o in others for r in o["evaluation"]["cases"]]}
         card["evaluation"]["without_postprocess"] = raw["summary"]
+        card["evaluation"]["members_without_postprocess"] = {m: e["summary"] for m, e in raw["members"].items()}
         card["evaluation"]["postprocess_variants"] = {
             k: summarise_rows([r["clean"][k] for r in raw["cases"]]) for k in raw["cases"][0]["clean"]}
     if others:
