@@ -128,6 +128,7 @@ def test_run_adds_labels_and_probabilities_over_the_input(done, case):
     np.testing.assert_allclose(labels.translate, flair.translate)
     np.testing.assert_allclose(labels.metadata["affine"], flair.metadata["affine"])
     assert labels.metadata["model"] == "tiny-deepmedic"
+    assert labels.metadata["postprocess"]["decision"] == "argmax"
     assert not labels.data[~case.brain_mask].any()     # the automatic mask: skull-stripped input
 
     assert sorted(w.probability_layers) == [1, 2, 4]

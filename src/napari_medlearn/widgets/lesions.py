@@ -374,6 +374,8 @@ class LesionWidget(QWidget):
                 colormap=PROBABILITY_COLORMAPS.get(value, "magma"), contrast_limits=(0.0, 1.0),
                 blending="additive", opacity=0.6, visible=value == SHOWN_PROBABILITY,
                 metadata=copy.deepcopy(meta), **geometry)
+        # how the labels followed from the probabilities (decision, clean-up, hole filling)
+        meta["postprocess"] = copy.deepcopy(dict(result.extras.get("postprocess") or {}))
         self.labels_layer = self.viewer.add_labels(
             np.asarray(result.labels, dtype=np.uint8), name=f"{source.name} [{method}]",
             metadata=meta, opacity=0.5, colormap=DirectLabelColormap(color_dict=LABEL_COLORS),
