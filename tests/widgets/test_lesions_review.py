@@ -75,6 +75,24 @@ def test_ensemble_run_adds_members_uncertainty_and_review_outline(widget, qtbot,
     assert widget.review.table.rowCount() == 2 and widget.labels_layer.metadata["members"] == ["tiny-dm", "tiny-unet"]
 
 
+def test_ticking_an_ensemble_cards_members_runs_that_card(widget, qtbot, errors, user_zoo):
+    post = {"decision": "expected_dice", "min_component_fraction": 0.0, "fill_holes": True}
+    zoo.write_json_atomic({"name": "tiny-emma", "kind": "ensemble", "task": TASK, "members": ["tiny-dm", "tiny-unet"],
+                           "postprocess": post}, user_zoo / "tiny-emma.json")
+    widget.ensemble.refresh()
+    listed = [widget.ensemble.list.item(i).text() for i in range(widget.ensemble.list.count())]
+    assert {"tiny-dm", "tiny-unet"} <= set(listed) and "tiny-emma" not in listed   # an ensemble is no member
+    widget.ensemble.set_members(["tiny-unet", "tiny-dm"])
+    assert widget.ensemble.members() == "tiny-emma"
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+    assert not errors, errors
+    meta = widget.labels_layer.metadata
+    assert meta["model"] == "tiny-emma" and meta["members"] == ["tiny-dm", "tiny-unet"]
+    assert {k: meta["postprocess"][k] for k in post} == post
+    assert set(widget.review.member_layers) == {"tiny-dm", "tiny-unet"}
+
+
 def test_one_member_is_not_an_ensemble(widget, errors):
     widget.ensemble.set_members(["tiny-dm"])
     before = len(widget.viewer.layers)
