@@ -513,8 +513,8 @@ def demo_robust_lesions(out: Path, device: str = "auto") -> list[str]:
                      [f"tumour components under {post['min_component_fraction']:.0%} of the largest dropped"]
                      if post.get("min_component_fraction") else []) + (
                      ["holes in the tumour filled"] if post.get("fill_holes") else [])
-            judged += (f", labels post-processed ({', '.join(steps) or 'nothing'}; each fold's choice made on "
-                       "the other fold)")
+            judged += (f", its labels post-processed ({', '.join(steps) or 'nothing'}; each fold's own "
+                       "post-processing chosen on the other fold)")
         lines += [f"For real skull-stripped FLAIR + T1c scans (BraTS-like), `--model emma` averages "
                   f"{', '.join(card['members'])}; its card, {judged}: whole "
                   f"tumour Dice {per_case}, ECE {ev.get('summary', {}).get('ece_whole_tumour', float('nan')):.4f}, "
