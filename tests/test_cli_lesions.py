@@ -145,6 +145,8 @@ def test_adapt_command(modalities, user_zoo_with_ensemble, capsys):
     (["train", "lesions-brats", "--train-subjects", "s1"], "--train-subjects is for"),
     (["train", "emma-fcn", "--train-subjects", "s1", "--ship"], "--ship installs"),
     (["train", "emma-fcn", "--with-fold", "card.json"], "--with-fold is for"),
+    (["train", "emma-fcn", "--domain", "ABC"], "--domain is for"),
+    (["train", "lesions-synthetic", "--domain", "AX"], "unknown scanner domain(s) 'X'"),
 ])
 def test_train_split_options_are_refused_where_they_do_not_apply(argv, message, capsys):
     assert main(argv) == 2

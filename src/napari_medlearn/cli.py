@@ -512,6 +512,16 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise CLIError("--ship installs the models of the default split; train the other fold of the "
                            "cross-validation with --train-subjects and without --ship")
         kwargs["train_subjects"] = args.train_subjects
+    if args.domain is not None:
+        if args.preset not in ("lesions-synthetic", "lesions-uda"):
+            raise CLIError(f"--domain is for the lesions-synthetic and lesions-uda presets, not {args.preset!r}")
+        from .training.deepmedic import scanner_domains
+
+        try:
+            scanner_domains(args.domain)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+        kwargs["domain"] = args.domain
     if args.with_fold is not None:
         if args.preset not in ("emma", "lesions-uda"):
             raise CLIError(f"--with-fold is for the emma and lesions-uda presets, not {args.preset!r}")
@@ -655,6 +665,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="EMMA members, emma and lesions-uda: the BraTS subjects used in training (their labels; "
                         "lesions-uda: their images only); the others judge the model (the cross-validation's "
                         "other fold; not with --ship)")
+    s.add_argument("--domain", default=None, metavar="SCANNERS",
+                   help="lesions-synthetic and lesions-uda: the synthetic source's scanner domain(s), e.g. A (the "
+                        "default) or ABC (the cases cycle through A, B, C)")
     s.add_argument("--with-fold", nargs="+", default=None, metavar="CARD",
                    help="emma and lesions-uda: the cards (JSON) of the runs with the other --train-subjects; the "
                         "card written adds the cross-validation of all folds")

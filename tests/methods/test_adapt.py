@@ -85,6 +85,29 @@ def test_adapt_regenerates_a_synthetic_source_from_the_card(user_zoo):
     assert "synthetic cases 0..0" in zoo.card(name)["adaptation"]["source"]
 
 
+def test_a_source_of_several_scanners_cycles_through_them(monkeypatch):
+    import importlib
+
+    from napari_medlearn.samples import brain_lesions
+    from napari_medlearn.training.deepmedic import domains_text, scanner_domains
+
+    assert scanner_domains("A") == ("A",) and scanner_domains("ABC") == ("A", "B", "C")
+    assert domains_text("A") == "domain 'A'" and domains_text("BC") == "domains 'B', 'C' in turn"
+    for bad in ("AZ", ""):
+        with pytest.raises(ValueError, match="scanner domain"):
+            scanner_domains(bad)
+    drawn = []
+    real = brain_lesions.synthetic_lesion_case
+    monkeypatch.setattr(brain_lesions, "synthetic_lesion_case",
+                        lambda seed, domain="A", spacing_mm=2.0, **kw: drawn.append((seed, domain)) or real(
+                            seed=seed, domain=domain, spacing_mm=4.0, n_lesions=1))
+    card = {"adaptation_source": {"generator": "samples.brain_lesions.synthetic_lesion_case", "domain": "ABC",
+                                  "seeds": [5, 9], "spacing_mm": 4.0}}
+    adapt_mod = importlib.import_module("napari_medlearn.methods.adapt")    # the module, not the function
+    cases, text = adapt_mod._source_cases(card, None, ("FLAIR", "T1c"), (4.0, 4.0, 4.0))
+    assert drawn == [(5, "A"), (6, "B"), (7, "C"), (8, "A")] and len(cases) == 4 and "domains 'A', 'B', 'C' in turn" in text
+
+
 @pytest.mark.parametrize("targets, match", [
     ([np.zeros((3, 20, 24, 22), np.float32)], "target scan 1 has 3 channels; the model takes 2"),
     ([np.full((2, 20, 24, 22), np.nan, np.float32)], "target scan 1: the FLAIR and T1c image contains NaN"),

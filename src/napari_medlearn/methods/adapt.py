@@ -87,14 +87,17 @@ def _source_cases(card: dict, source, names: Sequence[str], spacing):
     if spec.get("generator") != "samples.brain_lesions.synthetic_lesion_case":
         raise ValueError(f"unknown adaptation source generator {spec.get('generator')!r}")
     from ..samples.brain_lesions import synthetic_lesion_case
+    from ..training.deepmedic import domains_text, scanner_domains
 
     a, b = spec.get("seeds", [0, 12])
+    domains = scanner_domains(spec.get("domain", "A"))      # several: the cases cycle through them
     cases = []
     for s in range(int(a), int(b)):
-        c = synthetic_lesion_case(seed=s, domain=spec.get("domain", "A"), spacing_mm=float(spec.get("spacing_mm", 2.0)))
+        c = synthetic_lesion_case(seed=s, domain=domains[(s - int(a)) % len(domains)],
+                                  spacing_mm=float(spec.get("spacing_mm", 2.0)))
         cases.append(prepare_case(c.channels, c.labels, c.spacing, c.brain_mask, target_spacing=spacing,
                                   channel_names=tuple(c.channel_names), name=f"seed {s}"))
-    return cases, (f"synthetic cases {a}..{int(b) - 1} of samples.brain_lesions (domain {spec.get('domain', 'A')!r}), "
+    return cases, (f"synthetic cases {a}..{int(b) - 1} of samples.brain_lesions ({domains_text(spec.get('domain', 'A'))}), "
                    "the parent's own training data")
 
 

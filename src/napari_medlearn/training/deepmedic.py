@@ -70,6 +70,25 @@ def prepare_case(channels: np.ndarray, labels: np.ndarray, spacing, brain_mask=N
     return LesionTrainingCase(normalise_channels(arr, mask), classes, mask, name)
 
 
+def scanner_domains(domain: str) -> tuple[str, ...]:
+    """The scanner domains named by a preset's ``domain``: one name (``"A"``) or several in a row
+    (``"ABC"``: the cases cycle through A, B, C), each one of :data:`~napari_medlearn.samples.brain_lesions.DOMAINS`."""
+    from ..samples.brain_lesions import DOMAINS
+
+    names = tuple(domain) if isinstance(domain, str) and domain not in DOMAINS else (domain,)
+    bad = [d for d in names if d not in DOMAINS]
+    if not names or bad:
+        raise ValueError(f"unknown scanner domain(s) {', '.join(map(repr, bad)) or repr(domain)}; "
+                         f"choose among {', '.join(DOMAINS)}")
+    return names
+
+
+def domains_text(domain: str) -> str:
+    """How a card names the scanner domain(s) of ``domain``."""
+    names = scanner_domains(domain)
+    return f"domain {names[0]!r}" if len(names) == 1 else f"domains {', '.join(map(repr, names))} in turn"
+
+
 def synthetic_training_cases(n_cases: int, spacing_mm: float = 2.0, domains: Sequence = ("A",), seed: int = 0,
                              necrosis_fluid: float | None = 0.0, progress: bool = False) -> list[LesionTrainingCase]:
     """``n_cases`` synthetic lesion cases (seeds ``seed``.., scanner domains cycling through
@@ -627,7 +646,8 @@ def run_lesions_synthetic(run_dir: str | Path, ship: bool = False, epochs: int =
     run_dir = Path(run_dir)
     t0 = time.time()
     arch_args = deepmedic_args(width)
-    cases = synthetic_training_cases(n_train, spacing_mm, [domain], seed, progress=progress)
+    domains = scanner_domains(domain)
+    cases = synthetic_training_cases(n_train, spacing_mm, domains, seed, progress=progress)
     model, cfg, hist = train_deepmedic(cases, arch_args, run_dir, epochs, iters_per_epoch, batch_size=batch_size,
                                        seed=seed, device=device, progress=progress)
     del cases
@@ -635,8 +655,8 @@ def run_lesions_synthetic(run_dir: str | Path, ship: bool = False, epochs: int =
     _attach_card(model, arch_args, spacing=spacing)
     eval_seeds = list(range(10000, 10000 + n_eval))
     ev_cases = []
-    for s in eval_seeds:
-        c = synthetic_lesion_case(seed=s, domain=domain, spacing_mm=spacing_mm)
+    for i, s in enumerate(eval_seeds):
+        c = synthetic_lesion_case(seed=s, domain=domains[i % len(domains)], spacing_mm=spacing_mm)
         ev_cases.append((c.channels, c.labels, c.spacing, c.brain_mask, f"seed {s}"))
     ev = evaluate_lesion_cases(model, ev_cases, progress=progress)
     name = "lesions-synthetic"
@@ -644,11 +664,11 @@ def run_lesions_synthetic(run_dir: str | Path, ship: bool = False, epochs: int =
         **_common_card(arch_args, name, spacing),
         "priority": 0,
         "description": "DeepMedic trained on synthetic brain-lesion cases (MNI152 anatomy, simulated FLAIR/T1c "
-                       f"and tumours, scanner domain {domain!r}): a demo of the pipeline and the source-only "
+                       f"and tumours, scanner {domains_text(domain)}): a demo of the pipeline and the source-only "
                        "model of domain adaptation, not a model for real scans.",
         "training": {
             "data": f"{n_train} synthetic cases, napari_medlearn.samples.brain_lesions.synthetic_lesion_case "
-                    f"seeds {seed}..{seed + n_train - 1}, domain {domain!r}, {spacing_mm:g} mm isotropic",
+                    f"seeds {seed}..{seed + n_train - 1}, {domains_text(domain)}, {spacing_mm:g} mm isotropic",
             "command": "medlearn train lesions-synthetic --ship",
             "loss": "voxel-wise cross-entropy over 9^3 output blocks",
             "sampling": "50% of segments centred on lesion, 50% on brain background (class-balanced)",
@@ -656,7 +676,7 @@ def run_lesions_synthetic(run_dir: str | Path, ship: bool = False, epochs: int =
             **training_record(cfg, hist, t0),
         },
         "evaluation": {
-            "data": f"{n_eval} synthetic cases of seeds {eval_seeds[0]}..{eval_seeds[-1]} (domain {domain!r}), "
+            "data": f"{n_eval} synthetic cases of seeds {eval_seeds[0]}..{eval_seeds[-1]} ({domains_text(domain)}), "
                     "never used in training; full pipeline (segment_lesions with the generator's brain masks)",
             **ev,
         },

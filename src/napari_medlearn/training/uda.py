@@ -315,7 +315,8 @@ def run_lesions_uda(run_dir: str | Path, ship: bool = False, epochs: int = 8, it
     """
     from .. import zoo as _zoo
     from ..nets.deepmedic import DeepMedic
-    from .deepmedic import (BRATS_CITATION, SegmentSampler, _common_card, deepmedic_args, brats_licence,
+    from .deepmedic import (BRATS_CITATION, SegmentSampler, _common_card, deepmedic_args, brats_licence, domains_text,
+                            scanner_domains,
                             evaluate_lesion_cases, load_brats_subject, synthetic_training_cases, unlabelled_case,
                             _attach_card)
     from .presets import _finish
@@ -328,7 +329,7 @@ def run_lesions_uda(run_dir: str | Path, ship: bool = False, epochs: int = 8, it
         raise ValueError("only the default split's lesions-uda ships")
     others = _read_folds(with_fold, held_out) if with_fold else []
     spacing = (float(spacing_mm),) * 3
-    source = synthetic_training_cases(n_train, spacing_mm, [domain], seed)
+    source = synthetic_training_cases(n_train, spacing_mm, scanner_domains(domain), seed)
     target = []
     for s in target_subjects:
         ch, _, sp, mask, _ = load_brats_subject(root, s)     # the labels are not even kept
@@ -369,7 +370,7 @@ def run_lesions_uda(run_dir: str | Path, ship: bool = False, epochs: int = 8, it
         "paper": UDA_PAPER,
         "training": {
             "source": f"{n_train} synthetic cases (samples.brain_lesions.synthetic_lesion_case seeds {seed}.."
-                      f"{seed + n_train - 1}, domain {domain!r}, {spacing_mm:g} mm), with their labels",
+                      f"{seed + n_train - 1}, {domains_text(domain)}, {spacing_mm:g} mm), with their labels",
             "target": f"BraTS images of {', '.join(target_subjects)} (FLAIR, T1c, brain mask), resampled to "
                       f"{spacing_mm:g} mm; NO label of any real subject is used in training",
             "subjects": list(target_subjects),
