@@ -35,7 +35,7 @@ Pipeline, the same in training (``training/deepmedic.py``) and here:
    probabilities (no label, no tuned parameter; :func:`expected_dice_threshold`; Nowozin, CVPR
    2014; Lipton et al., ECML 2014). Inside it each voxel takes its most probable tumour class.
    Argmax labels are the Bayes decision for voxel accuracy; for Dice, whose optimum with
-   calibrated probabilities lies below 0.5, they under-segment.
+   calibrated probabilities lies at or below 0.5, they tend to under-segment.
 7. **Component clean-up** (when the card's ``postprocess.min_component_fraction`` is set, or the
    ``min_component_fraction`` argument): whole-tumour connected components smaller than that
    fraction of the largest one are set to background (:func:`remove_small_lesions`). The
@@ -765,7 +765,8 @@ def segment_lesions(
                  progress)
 
 
-__all__ = ["LABEL_NAMES", "LABEL_VALUES", "LesionResult", "VOLUME_KEYS", "dense_probabilities",
-           "DECISIONS", "decide_labels", "derive_brain_mask", "ensemble_members", "expected_dice_threshold", "ensemble_uncertainty", "fill_lesion_holes", "lesion_volumes",
+__all__ = ["DECISIONS", "LABEL_NAMES", "LABEL_VALUES", "LesionResult", "VOLUME_KEYS", "decide_labels",
+           "dense_probabilities", "derive_brain_mask", "ensemble_members", "ensemble_uncertainty",
+           "expected_dice_threshold", "fill_lesion_holes", "lesion_volumes",
            "member_probabilities", "sliding_window_probabilities", "normalise_channels", "postprocess_labels", "remove_small_lesions", "segment_lesions",
            "segment_lesions_steps", "validate_channels"]
