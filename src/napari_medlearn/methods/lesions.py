@@ -435,6 +435,18 @@ def ensemble_members(model) -> tuple[list, dict[str, Any]] | None:
     return None
 
 
+def ensemble_card_of(members: Sequence[str]) -> str | None:
+    """The name of the zoo's ensemble card whose members are exactly ``members`` (in any order), or
+    None: ticking EMMA's members then runs ``emma`` with its card's post-processing."""
+    from .. import zoo
+
+    for name in zoo.available(TASK):
+        card = zoo.card(name)
+        if card.get("kind") == "ensemble" and sorted(card.get("members", [])) == sorted(members):
+            return name
+    return None
+
+
 def _member_steps(net, arr: np.ndarray, sp, mask: np.ndarray, output_block: int,
                   cancelled: Callable[[], bool] | None, label: str = ""):
     """One network's posteriors on the input grid (resampling, normalisation, inference)."""
@@ -591,6 +603,11 @@ def expected_dice_threshold(prob: np.ndarray, floor: float = 0.01) -> float:
     return float(v[int(np.argmax(expected))])
 
 
+def _check_decision(decision: str) -> None:
+    if decision not in DECISIONS:
+        raise ValueError(f"unknown label decision {decision!r}; choose one of {', '.join(DECISIONS)}")
+
+
 def decide_labels(probs: np.ndarray, values: Sequence[int], mask: np.ndarray, decision: str = "argmax"
                   ) -> tuple[np.ndarray, float | None]:
     """Labels ``(z, y, x)`` (uint8, BraTS values, 0 outside ``mask``) from posteriors ``(K, z, y, x)``
@@ -600,8 +617,7 @@ def decide_labels(probs: np.ndarray, values: Sequence[int], mask: np.ndarray, de
     ``1 - p(background)`` reaches :func:`expected_dice_threshold`, each such voxel labelled with its
     most probable tumour class.
     """
-    if decision not in DECISIONS:
-        raise ValueError(f"unknown label decision {decision!r}; choose one of {', '.join(DECISIONS)}")
+    _check_decision(decision)
     vals = np.asarray(values, np.uint8)
     mask = np.asarray(mask, bool)
     if decision == "argmax":
@@ -670,8 +686,7 @@ def segment_lesions_steps(
     post = card.get("postprocess") or {}
     if decision is None:
         decision = str(post.get("decision", "argmax"))
-    if decision not in DECISIONS:
-        raise ValueError(f"unknown label decision {decision!r}; choose one of {', '.join(DECISIONS)}")
+    _check_decision(decision)          # before any inference
     t0 = time.time()
     yield 0, 1, "preparing"
     if mask is None:
@@ -766,7 +781,7 @@ def segment_lesions(
 
 
 __all__ = ["DECISIONS", "LABEL_NAMES", "LABEL_VALUES", "LesionResult", "VOLUME_KEYS", "decide_labels",
-           "dense_probabilities", "derive_brain_mask", "ensemble_members", "ensemble_uncertainty",
+           "dense_probabilities", "derive_brain_mask", "ensemble_card_of", "ensemble_members", "ensemble_uncertainty",
            "expected_dice_threshold", "fill_lesion_holes", "lesion_volumes",
            "member_probabilities", "sliding_window_probabilities", "normalise_channels", "postprocess_labels", "remove_small_lesions", "segment_lesions",
            "segment_lesions_steps", "validate_channels"]

@@ -316,8 +316,7 @@ def run_lesions_uda(run_dir: str | Path, ship: bool = False, epochs: int = 8, it
     from .. import zoo as _zoo
     from ..nets.deepmedic import DeepMedic
     from .deepmedic import (BRATS_CITATION, SegmentSampler, _common_card, deepmedic_args, brats_licence, domains_text,
-                            scanner_domains,
-                            evaluate_lesion_cases, load_brats_subject, synthetic_training_cases, unlabelled_case,
+                            scanner_domains, evaluate_lesion_cases, load_brats_subject, synthetic_training_cases, unlabelled_case,
                             _attach_card)
     from .presets import _finish
 

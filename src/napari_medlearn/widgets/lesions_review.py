@@ -97,19 +97,13 @@ class EnsemblePanel(QGroupBox):
 
         When the ticked models are exactly the members of an ensemble card (``emma``), that card's
         name, so that its label post-processing applies as on the command line."""
-        from .. import zoo
-
         if not self.isChecked():
             return None
         names = self.checked()
         if len(names) < 2:
             raise ValueError(f"tick at least 2 models for an ensemble ({len(names)} ticked), or switch the "
                              "ensemble off")
-        for name in zoo.available(TASK):
-            card = zoo.card(name)
-            if card.get("kind") == "ensemble" and sorted(card.get("members", [])) == sorted(names):
-                return name
-        return names
+        return lesion_method.ensemble_card_of(names) or names
 
 
 class ReviewPanel(QWidget):
