@@ -666,8 +666,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "lesions-uda: their images only); the others judge the model (the cross-validation's "
                         "other fold; not with --ship)")
     s.add_argument("--domain", default=None, metavar="SCANNERS",
-                   help="lesions-synthetic and lesions-uda: the synthetic source's scanner domain(s), e.g. A (the "
-                        "default) or ABC (the cases cycle through A, B, C)")
+                   help="lesions-synthetic and lesions-uda: the synthetic source's scanner domain(s), e.g. ABC (the "
+                        "default: the cases cycle through A, B, C) or A (one scanner)")
     s.add_argument("--with-fold", nargs="+", default=None, metavar="CARD",
                    help="emma and lesions-uda: the cards (JSON) of the runs with the other --train-subjects; the "
                         "card written adds the cross-validation of all folds")

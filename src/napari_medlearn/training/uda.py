@@ -299,7 +299,7 @@ UDA_TARGET_SUBJECTS = ("brats_2013_pat0004_1", "brats_2013_pat0006_1")
 def run_lesions_uda(run_dir: str | Path, ship: bool = False, epochs: int = 8, iters_per_epoch: int = 150,
                     n_train: int = 12, lam_max: float = 0.05, batch_size: int = 20, width: float = 1.0,
                     data: str | None = None, target_subjects: Sequence[str] = UDA_TARGET_SUBJECTS,
-                    device: str = "auto", seed: int = 0, progress: bool = True, domain: str = "A",
+                    device: str = "auto", seed: int = 0, progress: bool = True, domain: str | None = None,
                     spacing_mm: float = 2.0, baseline: str | None = "lesions-synthetic",
                     with_fold: str | Path | Sequence[str | Path] | None = None) -> dict[str, Any]:
     """``lesions-uda``: the ``lesions-synthetic`` recipe (same cases, architecture, segments and
@@ -311,11 +311,12 @@ def run_lesions_uda(run_dir: str | Path, ship: bool = False, epochs: int = 8, it
     discriminator's accuracy at telling synthetic from real segments by the model's features.
     ``with_fold``: the cards of the cross-validation's other folds (trained with other
     ``target_subjects``, judged on these); the card then carries the ``cross_validation`` of all.
-    Only the default ``target_subjects`` ship.
+    ``domain``: the synthetic source's scanners, by default lesions-synthetic's
+    (:data:`~napari_medlearn.training.deepmedic.SOURCE_DOMAINS`). Only the default ``target_subjects`` ship.
     """
     from .. import zoo as _zoo
     from ..nets.deepmedic import DeepMedic
-    from .deepmedic import (BRATS_CITATION, SegmentSampler, _common_card, deepmedic_args, brats_licence, domains_text,
+    from .deepmedic import (BRATS_CITATION, SOURCE_DOMAINS, SegmentSampler, _common_card, deepmedic_args, brats_licence, domains_text,
                             scanner_domains, evaluate_lesion_cases, load_brats_subject, synthetic_training_cases, unlabelled_case,
                             _attach_card)
     from .presets import _finish
@@ -323,6 +324,7 @@ def run_lesions_uda(run_dir: str | Path, ship: bool = False, epochs: int = 8, it
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    domain = SOURCE_DOMAINS if domain is None else domain
     root, subjects, _, held_out = _brats_split(data, target_subjects)
     if ship and tuple(target_subjects) != tuple(UDA_TARGET_SUBJECTS):
         raise ValueError("only the default split's lesions-uda ships")
