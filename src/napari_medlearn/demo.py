@@ -478,12 +478,18 @@ def demo_robust_lesions(out: Path, device: str = "auto") -> list[str]:
         m = M.brats_region_metrics(res.labels, case.labels, case.spacing)
         rows.append(f"| `{name}` | {m['dice_whole_tumour']:.3f} | {m['dice_tumour_core']:.3f} | "
                     f"{m['dice_enhancing']:.3f} |")
-    lines += ["Input: synthetic FLAIR + T1c (seed 2025) from **scanner B** (other contrast, bias field, noise "
-              "and resolution than the scanner A the source model learnt from).", "",
+    from .training.deepmedic import scanner_domains
+
+    def scanners(name):
+        d = scanner_domains(zoo.card(name).get("adaptation_source", {}).get("domain", "A"))
+        return f"scanner {d[0]}" if len(d) == 1 else f"scanners {', '.join(d[:-1])} and {d[-1]}"
+
+    lines += ["Input: synthetic FLAIR + T1c (seed 2025, a case no model trained on) from **scanner B** (its own "
+              "contrast, bias field, noise and resolution).", "",
               "| model | Dice WT | Dice TC | Dice ET |", "|---|---|---|---|", *rows, "",
-              "`lesions-synthetic` learnt scanner A only; `lesions-uda` is the same recipe adapted to real BraTS "
-              "scans (not to scanner B): its row shows what adapting to one target does to another. To adapt to "
-              "your own scanner, use `medlearn adapt` (below).", ""]
+              "; ".join(f"`{n}` learnt from synthetic {scanners(n)}" for n in singles)
+              + ". `lesions-uda` is the `lesions-synthetic` recipe adapted to real BraTS scans (not to this scanner): its row shows what adapting to one target does to another. "
+              "To adapt to your own scanner, use `medlearn adapt` (below).", ""]
     if ensemble is not None:
         res = segment_lesions(case.channels, case.spacing, model=ensemble, brain_mask=case.brain_mask, device=device)
         write_lesion_outputs(out, vols["FLAIR"], res, "sample: synthetic brain lesion seed 2025, scanner B")
