@@ -23,3 +23,10 @@ def test_acnn_section_corrects_the_damaged_sample(tmp_path):
     assert prior > damaged and prior > morphology, lost
     a, b = read_nifti(tmp_path / "acnn/damaged.nii.gz"), read_nifti(tmp_path / "acnn/corrected.nii.gz")
     assert a.data.shape == b.data.shape and (a.affine == b.affine).all()
+
+
+def test_robust_section_names_each_models_source_once():
+    same = demo._learnt_from({"lesions-synthetic": "scanners A, B and C", "lesions-uda": "scanners A, B and C"})
+    assert same == "`lesions-synthetic` and `lesions-uda` learnt from synthetic scanners A, B and C."
+    apart = demo._learnt_from({"lesions-synthetic": "scanner A", "lesions-uda": "scanners A, B and C"})
+    assert apart.count("learnt from") == 2 and apart.startswith("`lesions-synthetic` learnt from synthetic scanner A.")

@@ -487,8 +487,8 @@ def demo_robust_lesions(out: Path, device: str = "auto") -> list[str]:
     lines += ["Input: synthetic FLAIR + T1c (seed 2025, a case no model trained on) from **scanner B** (its own "
               "contrast, bias field, noise and resolution).", "",
               "| model | Dice WT | Dice TC | Dice ET |", "|---|---|---|---|", *rows, "",
-              "; ".join(f"`{n}` learnt from synthetic {scanners(n)}" for n in singles)
-              + ". `lesions-uda` is the `lesions-synthetic` recipe adapted to real BraTS scans (not to this scanner): its row shows what adapting to one target does to another. "
+              _learnt_from({n: scanners(n) for n in singles})
+              + " `lesions-uda` is the `lesions-synthetic` recipe adapted to real BraTS scans (not to this scanner): its row shows what adapting to one target does to another. "
               "To adapt to your own scanner, use `medlearn adapt` (below).", ""]
     if ensemble is not None:
         res = segment_lesions(case.channels, case.spacing, model=ensemble, brain_mask=case.brain_mask, device=device)
@@ -529,6 +529,14 @@ def demo_robust_lesions(out: Path, device: str = "auto") -> list[str]:
     lines += ["Adapt a model to your own unlabelled scans: `medlearn adapt --model lesions-synthetic --flair ... "
               "--t1c ... --name my-site` (or the Adapt panel of the lesion widget).", ""]
     return lines
+
+
+def _learnt_from(sources: dict[str, str]) -> str:
+    """One sentence naming the synthetic scanners each model learnt from, models of one source together."""
+    by_source: dict[str, list[str]] = {}
+    for name, source in sources.items():
+        by_source.setdefault(source, []).append(f"`{name}`")
+    return " ".join(f"{' and '.join(names)} learnt from synthetic {source}." for source, names in by_source.items())
 
 
 def _figure_uncertainty(path: Path, case, res) -> None:
