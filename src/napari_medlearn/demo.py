@@ -488,8 +488,9 @@ def demo_robust_lesions(out: Path, device: str = "auto") -> list[str]:
               "contrast, bias field, noise and resolution).", "",
               "| model | Dice WT | Dice TC | Dice ET |", "|---|---|---|---|", *rows, "",
               _learnt_from({n: scanners(n) for n in singles})
-              + " `lesions-uda` is the `lesions-synthetic` recipe adapted to real BraTS scans (not to this scanner): its row shows what adapting to one target does to another. "
-              "To adapt to your own scanner, use `medlearn adapt` (below).", ""]
+              + " `lesions-uda` is the `lesions-synthetic` recipe adapted to real BraTS scans (not to this scanner): "
+              "its row shows what adapting to one target does to another. To adapt to your own scanner, use "
+              "`medlearn adapt` (below).", ""]
     if ensemble is not None:
         res = segment_lesions(case.channels, case.spacing, model=ensemble, brain_mask=case.brain_mask, device=device)
         write_lesion_outputs(out, vols["FLAIR"], res, "sample: synthetic brain lesion seed 2025, scanner B")
