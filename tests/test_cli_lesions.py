@@ -69,17 +69,49 @@ def test_segment_lesions_writes_labels_probabilities_and_volumes(modalities, tin
     assert rc == 2 and "already exists" in capsys.readouterr().err
 
 
+def _stored_reversed(vol: Volume) -> Volume:
+    """The same voxels in the same place, stored with y and x reversed and z and x swapped."""
+    flip = np.eye(4)
+    flip[1, 1], flip[1, 3] = -1, vol.data.shape[1] - 1
+    flip[2, 2], flip[2, 3] = -1, vol.data.shape[2] - 1
+    data = np.ascontiguousarray(np.swapaxes(vol.data[:, ::-1, ::-1], 0, 2))
+    return Volume(data, vol.affine @ flip @ np.eye(4)[[2, 1, 0, 3]], ("z", "y", "x"), {})
+
+
+def test_modalities_on_other_grids_meet_on_the_flair_grid(modalities, tiny_lesion_model, tmp_path, capsys):
+    paths, aff = modalities
+    common = ["--flair", str(paths["flair"]), "--model", tiny_lesion_model, "--quiet"]
+    assert main(["segment-lesions", *common, "--t1c", str(paths["t1c"]), "--mask", str(paths["mask"]),
+                 "--out", str(tmp_path / "same")]) == 0
+    assert "resampled" not in capsys.readouterr().out
+    # the T1c and the mask written on other grids of the same scanner frame (as a 3D T1c beside a
+    # 2D FLAIR would be): read back onto the FLAIR's grid, so the result is the same
+    t1c, mask = tmp_path / "t1c_other.nii.gz", tmp_path / "mask_other.nii.gz"
+    write_nifti(_stored_reversed(read_nifti(paths["t1c"])), t1c)
+    write_nifti(_stored_reversed(read_nifti(paths["mask"])), mask)
+    assert main(["segment-lesions", *common, "--t1c", str(t1c), "--mask", str(mask),
+                 "--out", str(tmp_path / "other")]) == 0
+    out = capsys.readouterr().out
+    assert "note: T1c (14, 16, 12) at 2x2x2 mm resampled onto the FLAIR grid (12, 16, 14)" in out
+    assert "brain mask" in out
+    a, b = read_nifti(tmp_path / "same" / "labels.nii.gz"), read_nifti(tmp_path / "other" / "labels.nii.gz")
+    np.testing.assert_allclose(b.affine, aff, atol=1e-5)
+    np.testing.assert_array_equal(a.data, b.data)
+
+
 def test_bad_input_gives_one_line_and_status_2(modalities, tiny_lesion_model, tmp_path, capsys):
     paths, aff = modalities
-    other = tmp_path / "small.nii.gz"
-    write_nifti(Volume(np.ones((12, 16, 10), np.float32), aff, ("z", "y", "x"), {}), other)
+    other = tmp_path / "elsewhere.nii.gz"
+    far = aff.copy()
+    far[:3, 3] += 400.0
+    write_nifti(Volume(np.ones((12, 16, 14), np.float32), far, ("z", "y", "x"), {}), other)
     flat = tmp_path / "flat.nii.gz"
     write_nifti(Volume.from_spacing(np.ones((16, 14), np.float32), (2.0, 2.0)), flat)
     nan = tmp_path / "nan.nii.gz"
     d = read_nifti(paths["t1c"]).data.copy()
     d[5, 5, 5] = np.nan
     write_nifti(Volume(d, aff, ("z", "y", "x"), {}), nan)
-    for t1c, match in ((other, "different shapes"), (flat, "2-D"), (nan, "NaN"),
+    for t1c, match in ((other, "register them first"), (flat, "2-D"), (nan, "NaN"),
                        (tmp_path / "missing.nii.gz", "no such file")):
         rc = main(["segment-lesions", "--flair", str(paths["flair"]), "--t1c", str(t1c), "--out",
                    str(tmp_path / "o"), "--model", tiny_lesion_model, "--quiet"])

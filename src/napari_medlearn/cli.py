@@ -215,11 +215,22 @@ def write_lesion_outputs(out: Path, ref, result, source: str) -> dict[str, Path]
     return paths
 
 
+def _note(text: str) -> None:
+    """A line of information for the user (stdout; errors alone go to stderr)."""
+    print(f"note: {text}")
+
+
+def _mm(spacing) -> str:
+    return "x".join(f"{s:.3g}" for s in spacing) + " mm"
+
+
 def _read_modalities(flair: str, t1c: str, mask_path: str | None, model: str):
-    """FLAIR + T1c (+ mask) files -> ``(channels in the model's order, reference Volume, mask)``."""
+    """FLAIR + T1c (+ mask) files -> ``(channels in the model's order, reference Volume, mask)``.
+    Scans on other grids than the FLAIR's are resampled onto it by their scanner coordinates."""
     import numpy as np
 
     from . import zoo
+    from .imaging.volume import resample_onto, same_grid
 
     given = {"FLAIR": flair, "T1c": t1c}
     vols = {}
@@ -230,13 +241,16 @@ def _read_modalities(flair: str, t1c: str, mask_path: str | None, model: str):
                            "needs 3D volumes")
         vols[name] = v
     ref = vols["FLAIR"]
-    for name, v in vols.items():
-        if v.data.shape != ref.data.shape:
-            raise CLIError(f"the modalities have different shapes (FLAIR {ref.data.shape}, {name} {v.data.shape}); "
-                           "resample them onto one grid first")
-        if not np.allclose(v.affine, ref.affine, atol=1e-3):
-            raise CLIError(f"the modalities have different geometry (FLAIR spacing {ref.spacing}, {name} "
-                           f"spacing {v.spacing}, or origins/orientations differ); register them first")
+    for name, v in list(vols.items()):
+        # series of one session on different grids (a 2D FLAIR, a 3D T1c) meet on the FLAIR's grid
+        # through their scanner coordinates; the outputs keep the FLAIR's geometry
+        if not same_grid(v, ref):
+            try:
+                vols[name] = resample_onto(v, ref, order=1, what=f"the {name} image", onto="the FLAIR image")
+            except ValueError as exc:
+                raise CLIError(str(exc)) from None
+            _note(f"{name} {v.data.shape} at {_mm(v.spacing)} resampled onto the FLAIR grid {ref.data.shape} "
+                  f"at {_mm(ref.spacing)} (scanner coordinates, trilinear)")
     c = zoo.card(model)
     if c.get("kind") == "ensemble":
         c = zoo.card(c["members"][0])
@@ -248,8 +262,14 @@ def _read_modalities(flair: str, t1c: str, mask_path: str | None, model: str):
     mask = None
     if mask_path:
         m = _read_single_volume(mask_path)
-        if m.data.shape != ref.data.shape:
-            raise CLIError(f"the brain mask {m.data.shape} does not match the images {ref.data.shape}")
+        if m.data.ndim != 3 or len(m.spatial_axes) != 3:
+            raise CLIError(f"{mask_path}: the brain mask is {m.data.ndim}-D {m.data.shape}; it needs to be 3D")
+        if not same_grid(m, ref):
+            try:
+                m = resample_onto(m, ref, order=0, what="the brain mask", onto="the FLAIR image")
+            except ValueError as exc:
+                raise CLIError(str(exc)) from None
+            _note(f"brain mask {mask_path} resampled onto the FLAIR grid (nearest voxel)")
         mask = m.data
     return np.stack([vols[ch].data for ch in wanted]), ref, mask
 
@@ -593,8 +613,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("segment-lesions", help="segment a brain tumour (necrotic core, oedema, enhancing) in "
                                                "FLAIR + T1c; write labels, probabilities and volumes")
     s.add_argument("--flair", required=True, help="FLAIR volume (NIfTI or DICOM folder)")
-    s.add_argument("--t1c", required=True, help="contrast-enhanced T1 volume on the FLAIR's grid")
-    s.add_argument("--mask", default=None, help="brain mask on the same grid (default: derived from the images)")
+    s.add_argument("--t1c", required=True, help="contrast-enhanced T1 volume of the same session (on another grid "
+                                                "it is resampled onto the FLAIR's by scanner coordinates)")
+    s.add_argument("--mask", default=None, help="brain mask (default: derived from the images; on another grid it "
+                                                "is resampled onto the FLAIR's)")
     s.add_argument("--out", required=True, help="output directory")
     s.add_argument("--model", default=None, help="zoo name or checkpoint path (default: best shipped)")
     s.add_argument("--decision", default=None, choices=("argmax", "expected_dice"),

@@ -184,7 +184,7 @@ def test_hand_edits_update_the_volumes(done, qtbot):
     assert w.volume_text("whole_tumour_mL") == "\u2013" and "unknown values [7]" in w.warning.text()
 
 
-PROBLEMS = {"shape": "must share one grid", "spacing": "spacing", "2d": "3D", "nan": "NaN",
+PROBLEMS = {"elsewhere": "register them first", "2d": "3D", "nan": "NaN",
             "same": "same layer", "mask": "brain mask", "missing": "missing modality"}
 
 
@@ -195,10 +195,11 @@ def test_bad_input_is_one_notification_and_changes_nothing(widget, qtbot, errors
     kw = case.volumes()["T1c"].layer_kwargs()
     nan = case.channels[1].copy()
     nan[10, 10, 10] = np.nan
+    far = case.affine.copy()
+    far[:3, 3] += 500.0
     bad = {
-        "shape": viewer.add_image(case.channels[1][:-2].copy(), name="T1c cropped", **kw),
-        "spacing": viewer.add_image(case.channels[1].copy(), name="T1c other spacing", **Volume.from_spacing(
-            case.channels[1], (4.0, 4.0, 5.0)).layer_kwargs()),
+        "elsewhere": viewer.add_image(case.channels[1].copy(), name="T1c elsewhere", **Volume(
+            case.channels[1], far, ("z", "y", "x")).layer_kwargs()),
         "2d": viewer.add_image(case.channels[1][10].copy(), name="T1c slice"),
         "nan": viewer.add_image(nan, name="T1c with NaN", **kw),
         "same": flair,
@@ -218,6 +219,41 @@ def test_bad_input_is_one_notification_and_changes_nothing(widget, qtbot, errors
         for layer in viewer.layers:
             np.testing.assert_array_equal(layer.data, before[layer.name])
         assert widget.runner.run_button.isEnabled()
+
+
+def test_a_t1c_on_another_grid_is_resampled_onto_the_flairs(widget, qtbot, errors, case, monkeypatch):
+    """A T1c stored on another grid of the same scanner frame (here the same voxels written the
+    other way round, so the result must not change) and a brain mask on a third grid."""
+    from napari_medlearn.widgets import lesions as lesion_widget
+
+    infos = []
+    monkeypatch.setattr(lesion_widget, "show_info", infos.append)
+    mask = np.zeros(case.labels.shape, np.uint8)
+    mask[6:16, 8:24, 8:24] = 1
+    widget.viewer.add_labels(mask, name="my mask", **case.volumes()["labels"].layer_kwargs())
+    widget.mask_picker.value = widget.viewer.layers["my mask"]
+    run_and_wait(widget, qtbot)
+    assert not errors and not infos
+    same = np.array(widget.labels_layer.data, copy=True)
+
+    flip = np.eye(4)
+    flip[1, 1], flip[1, 3] = -1, case.labels.shape[1] - 1
+    flip[2, 2], flip[2, 3] = -1, case.labels.shape[2] - 1
+    swap = np.eye(4)[[2, 1, 0, 3]]
+    stored = Volume(np.ascontiguousarray(np.swapaxes(case.channels[1][:, ::-1, ::-1], 0, 2)),
+                    case.affine @ flip @ swap, ("z", "y", "x"), {"modality": "T1c"})
+    widget.set_modality("T1c", widget.viewer.add_image(stored.data, name="T1c sagittal",
+                                                       **stored.layer_kwargs()))
+    fz = np.eye(4)
+    fz[0, 0], fz[0, 3] = -1, case.labels.shape[0] - 1
+    mask_other = Volume(np.ascontiguousarray(mask[::-1]), case.affine @ fz, ("z", "y", "x"))
+    widget.viewer.add_labels(mask_other.data, name="mask reversed", **mask_other.layer_kwargs())
+    widget.mask_picker.value = widget.viewer.layers["mask reversed"]
+    run_and_wait(widget, qtbot)
+    assert not errors, errors
+    assert len(infos) == 1 and "T1c resampled onto the FLAIR grid" in infos[0]
+    np.testing.assert_array_equal(widget.labels_layer.data, same)
+    assert widget.labels_layer.data.shape == case.labels.shape
 
 
 def test_cancel_stops_the_run(widget, qtbot, errors):

@@ -184,3 +184,39 @@ class Volume:
             if scale is not None and data.ndim > n_sp:
                 meta.setdefault("time_step", float(tuple(scale)[0]))
         return cls(data, affine, axes, meta)
+
+
+def same_grid(a: "Volume", b: "Volume", atol: float = 1e-3) -> bool:
+    """True when two volumes have the same spatial shape and voxel-to-world affine."""
+    return (np.shape(a.data)[-3:] == np.shape(b.data)[-3:]
+            and np.allclose(a.affine, b.affine, atol=atol))
+
+
+def resample_onto(volume: "Volume", reference: "Volume", order: int = 1, min_overlap: float = 0.5,
+                  what: str = "the image", onto: str = "the reference") -> "Volume":
+    """``volume`` (3D) sampled on ``reference``'s grid by the two voxel-to-world affines alone
+    (scanner coordinates: right for series of one session, which share the scanner's frame;
+    nothing is registered). ``order`` 1 is trilinear (images), 0 nearest (labels, masks); outside
+    ``volume`` its edge is repeated. Raises ``ValueError`` naming ``what`` and ``onto`` when less
+    than ``min_overlap`` of the reference grid lies inside ``volume`` (not one session's frame:
+    register them first). The result carries the reference's geometry and ``volume``'s meta."""
+    from .slices import coverage, resample
+
+    if np.ndim(volume.data) != 3 or np.ndim(reference.data) != 3:
+        raise ValueError(f"only 3D volumes are resampled onto another grid: {what} is "
+                         f"{np.ndim(volume.data)}-D and {onto} {np.ndim(reference.data)}-D")
+    if same_grid(volume, reference):
+        return volume
+    shape = tuple(int(s) for s in np.shape(reference.data))
+    inside = float(coverage(np.shape(volume.data), volume.affine, shape, reference.affine).mean())
+    if inside < min_overlap:
+        raise ValueError(f"{what} covers {inside:.0%} of {onto}'s field of view in scanner coordinates: "
+                         "they are not one session's scans in one frame; register them first")
+    data = np.asarray(volume.data)
+    labels = order == 0
+    out = resample(data.astype(np.float32, copy=False), volume.affine, shape, reference.affine,
+                   order=order, mode="nearest")
+    if labels:
+        out = out.astype(data.dtype, copy=False) if data.dtype != bool else out > 0.5
+    return Volume(out, reference.affine.copy(), tuple(reference.axes),
+                  {**volume.meta, "resampled_onto": onto})

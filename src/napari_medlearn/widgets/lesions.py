@@ -3,7 +3,9 @@
 Runs :func:`napari_medlearn.methods.lesions.segment_lesions_steps` (DeepMedic, Kamnitsas et al.,
 MedIA 2017) on one image layer per modality (the model card's input channels, FLAIR and T1c for
 the shipped models) in a worker thread, with an optional brain mask (found automatically, taken
-from a Labels or Image layer, or none). It adds ``"<FLAIR> [DeepMedic]"``, an editable Labels layer
+from a Labels or Image layer, or none). A modality or mask on another grid than the first modality's
+(a 3D T1c beside a 2D FLAIR of the same session) is resampled onto it by scanner coordinates,
+with a notification; scans that do not overlap are refused. It adds ``"<FLAIR> [DeepMedic]"``, an editable Labels layer
 with the input's geometry (1 necrotic core, 2 oedema, 4 enhancing tumour, in the BraTS colours),
 and one probability layer per class (0..1, fixed colormap, blended over the anatomy, all hidden
 but the oedema). The volume table (mL per class, tumour core, whole tumour) always describes the
@@ -43,7 +45,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..imaging.volume import Volume
+from ..imaging.volume import Volume, resample_onto, same_grid
 from ..methods import lesions as lesion_method
 from ..samples.brain_lesions import LABEL_COLORS
 from ._common import USER_ERRORS, ModelPicker, TaskRunner, device_picker, layer_picker, notify_error
@@ -267,35 +269,39 @@ class LesionWidget(QWidget):
                 raise ValueError(f"{name} ({layer.name!r}) is {vol.data.ndim}-D {vol.data.shape}: lesion "
                                  "segmentation needs a 3D volume (z, y, x)")
         ref_name, ref = names[0], vols[0]
-        for name, vol in zip(names[1:], vols[1:]):
-            if vol.data.shape != ref.data.shape:
-                raise ValueError(f"{ref_name} is {ref.data.shape} but {name} is {vol.data.shape}: the "
-                                 "modalities must share one grid (resample one onto the other first)")
-            if not np.allclose(vol.spacing, ref.spacing, rtol=1e-3, atol=1e-4):
-                raise ValueError(
-                    f"{ref_name} has spacing {tuple(round(s, 3) for s in ref.spacing)} mm but {name} has "
-                    f"{tuple(round(s, 3) for s in vol.spacing)} mm: the modalities must share one grid")
-            if not np.allclose(vol.affine, ref.affine, atol=1e-2):
-                raise ValueError(f"{ref_name} and {name} have the same shape and spacing but are placed "
-                                 "differently in space (origin or orientation): register them first")
-        mask = self._mask_array(ref.data.shape)
+        # series of one session on different grids (a 2D FLAIR, a 3D T1c) meet on the first
+        # modality's grid through their scanner coordinates; the results keep that grid
+        resampled = []
+        for i, (name, layer, vol) in enumerate(zip(names[1:], layers[1:], vols[1:]), start=1):
+            if not same_grid(vol, ref, atol=1e-2):
+                vols[i] = resample_onto(vol, ref, order=1, what=f"{name} ({layer.name!r})",
+                                        onto=f"{ref_name} ({layers[0].name!r})")
+                resampled.append(name)
+        mask = self._mask_array(ref, ref_name)
         # the method's own checks (NaN, size, types), here so that nothing starts on bad input
         channels, spacing, mask = lesion_method.validate_channels(
             [v.data for v in vols], ref.spacing, names, mask)
+        if resampled:
+            show_info(f"{' and '.join(resampled)} resampled onto the {ref_name} grid {ref.data.shape} "
+                      "(scanner coordinates, trilinear); the results are on that grid")
         return channels, spacing, mask, layers
 
-    def _mask_array(self, shape):
+    def _mask_array(self, ref: Volume, ref_name: str = "the scans"):
+        shape = ref.data.shape
         choice = self.mask_picker.value
         if choice == MASK_AUTOMATIC or choice is None:
             return None
         if choice == MASK_NONE:
             return np.ones(shape, dtype=bool)
         data = np.asarray(choice.data)
-        if data.shape != tuple(shape):
-            raise ValueError(f"the brain mask {choice.name!r} is {data.shape} but the scans are "
-                             f"{tuple(shape)}")
+        if data.ndim != 3:
+            raise ValueError(f"the brain mask {choice.name!r} is {data.ndim}-D {data.shape}: it needs to be "
+                             "3D like the scans")
         if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
             raise ValueError(f"the brain mask {choice.name!r} contains NaN or infinite values")
+        m = Volume.from_layer(data, choice.scale, choice.translate, choice.metadata)
+        if not same_grid(m, ref, atol=1e-2):
+            data = resample_onto(m, ref, order=0, what=f"the brain mask {choice.name!r}", onto=ref_name).data
         mask = data > 0
         if not mask.any():
             raise ValueError(f"the brain mask {choice.name!r} is empty")
