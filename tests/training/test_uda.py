@@ -75,6 +75,30 @@ def test_adversarial_training_confuses_the_discriminator(tmp_path):
     assert domain_probe_accuracy(plain, source, target, steps=20) > 0.85
 
 
+def test_the_discriminator_compares_the_domain_batches_not_the_task_batch(tmp_path):
+    """The task's source segments carry something the target's cannot (here +3 on channel 1, as
+    lesion-centred sampling puts lesions in them); the discriminator, fed source segments drawn
+    like the target's, has nothing to tell apart, fed the task's it finds the difference."""
+    source, target = _toy(offset=0.0)
+
+    def task_source(rng, dev):
+        x, y = source(rng, dev)
+        x[:, 1] += 3.0
+        return x, y
+
+    def run(path, **kw):
+        torch.manual_seed(0)
+        return train_uda(UNet3D(**UNET), task_source, target, F.cross_entropy, path, "unet3d", UNET, epochs=3,
+                         iters_per_epoch=25, lam_max=0.0, disc_width=8, progress=False, **kw)
+
+    confounded = run(tmp_path / "task")
+    matched = run(tmp_path / "matched", domain_source_batch=lambda rng, dev: source(rng, dev)[0])
+    assert np.mean(confounded["domain_accuracy"][-2:]) > 0.85
+    assert np.mean(matched["domain_accuracy"][-2:]) < 0.7
+    assert matched["config"]["discriminator_source"].startswith("own source segments")
+    assert matched["seg_loss"][-1] < 0.5 * matched["seg_loss"][0]
+
+
 def _deepmedic_and_source():
     """A tiny DeepMedic and a source of noise segments, all background (3^3 outputs)."""
     torch.manual_seed(0)

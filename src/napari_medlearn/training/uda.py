@@ -113,11 +113,16 @@ def train_uda(model: nn.Module, source_batch: Callable, target_batch: Callable, 
               progress: bool = True, cancelled: Callable[[], bool] | None = None,
               on_epoch: Callable[[int, dict], None] | None = None,
               report: Callable[[int, int, str], None] | None = None,
-              freeze_batchnorm: bool = False) -> dict[str, Any]:
+              freeze_batchnorm: bool = False,
+              domain_source_batch: Callable | None = None) -> dict[str, Any]:
     """Adversarial domain adaptation of ``model`` in place; returns the history.
 
     ``source_batch(rng, device) -> (x, y)`` gives labelled source segments, ``target_batch(rng,
-    device) -> x`` unlabelled target segments of the same size. ``ramp`` (epochs) defaults to
+    device) -> x`` unlabelled target segments of the same size. ``domain_source_batch(rng, device)
+    -> x``, when given, gives the source segments the discriminator sees (sampled like the target's,
+    so that it cannot tell the domains apart by what the task's sampling puts in the segments, e.g.
+    lesions); the task loss stays on ``source_batch``. Without it the discriminator sees
+    ``source_batch``'s segments. ``ramp`` (epochs) defaults to
     ``(0.2 * epochs, 0.6 * epochs)``. ``run_dir/last.pt`` holds the checkpoint (resumed when present).
     ``report(done, total, message)`` is called after every iteration (GUI progress).
     ``freeze_batchnorm`` keeps the batch-norm layers on their running statistics (for a model that
@@ -144,6 +149,8 @@ def train_uda(model: nn.Module, source_batch: Callable, target_batch: Callable, 
               "ramp_epochs": list(ramp), "disc_width": disc_width, "weight_decay": weight_decay, "seed": seed,
               "update": "gradient reversal, one optimiser (Adam) for segmenter and discriminator",
               "batchnorm": "frozen (running statistics)" if freeze_batchnorm else "batch statistics of source + target",
+              "discriminator_source": ("own source segments, sampled as the target's" if domain_source_batch
+                                       else "the task's source segments"),
               "discriminator_inputs": [int(f.shape[1]) for f in feats]}
     hist: dict[str, Any] = {"seg_loss": [], "domain_loss": [], "domain_accuracy": [], "lambda": [],
                             "wall_seconds": 0.0, "config": config}
@@ -176,11 +183,16 @@ def train_uda(model: nn.Module, source_batch: Callable, target_batch: Callable, 
             lam = adversarial_weight(epoch + it / iters_per_epoch, ramp, lam_max)
             x_s, y_s = source_batch(rng, dev)
             x_t = target_batch(rng, dev)
-            logits, feats = feature_list(model, torch.cat([x_s, x_t]))
+            x_d = domain_source_batch(rng, dev) if domain_source_batch is not None else None
+            logits, feats = feature_list(model, torch.cat([x_s, x_t] if x_d is None else [x_s, x_d, x_t]))
             ns = x_s.shape[0]
             loss_seg = seg_loss(logits[:ns], y_s)
+            if x_d is not None:      # the discriminator sees the matched source segments and the target's
+                feats, n_dom_s = [f[ns:] for f in feats], x_d.shape[0]
+            else:
+                n_dom_s = ns
             d = disc([grad_reverse(f, lam) for f in feats])
-            dom_y = torch.cat([torch.zeros(ns), torch.ones(x_t.shape[0])]).to(d.device)
+            dom_y = torch.cat([torch.zeros(n_dom_s), torch.ones(x_t.shape[0])]).to(d.device)
             loss_dom = F.binary_cross_entropy_with_logits(d, dom_y)
             opt.zero_grad(set_to_none=True)
             (loss_seg + loss_dom).backward()
@@ -265,10 +277,18 @@ def adapt_lesion_segmenter(net: nn.Module, arch: str, arch_args: dict, source_ca
                            device: str = "auto", progress: bool = True, cancelled: Callable[[], bool] | None = None,
                            on_epoch: Callable[[int, dict], None] | None = None,
                            report: Callable[[int, int, str], None] | None = None,
-                           freeze_batchnorm: bool = False, class_prior: bool = False) -> dict[str, Any]:
+                           freeze_batchnorm: bool = False, class_prior: bool = False,
+                           matched_domain_sampling: bool = True) -> dict[str, Any]:
     """Train ``net`` (in place) on labelled ``source_cases`` while adapting it adversarially to
     unlabelled ``target_cases`` (:class:`~napari_medlearn.training.deepmedic.LesionTrainingCase`
-    lists; the targets' classes are never read). Half of each batch is source, half target.
+    lists; the targets' classes are never read). Half of each batch is source segments for the
+    task (``fg_fraction`` of them centred on lesion), half goes to the discriminator.
+    ``matched_domain_sampling`` (default): that half is a quarter of source and a quarter of target
+    segments, both drawn anywhere in the brain, so the discriminator compares the two domains'
+    images alone. The target's lesions cannot be sampled for (no labels), and a discriminator shown
+    lesion-centred source segments against brain-wide target ones can tell the domains apart by
+    the lesion in the segment, which the reversed gradient then teaches the segmenter to hide.
+    ``False``: the task's source segments against half a batch of target segments.
     ``class_prior``: the history also holds ``prior_correction``, the class priors of the source
     segments and brains (:func:`~napari_medlearn.training.emma.class_priors`)."""
     from .deepmedic import SegmentSampler, sampler_geometry
@@ -277,11 +297,14 @@ def adapt_lesion_segmenter(net: nn.Module, arch: str, arch_args: dict, source_ca
     src = SegmentSampler(source_cases, geo, fg_fraction=fg_fraction)
     tgt = SegmentSampler(target_cases, geo, fg_fraction=0.0)
     half = max(1, batch_size // 2)
+    n_dom = max(1, half // 2) if matched_domain_sampling else half
+    src_dom = SegmentSampler(source_cases, geo, fg_fraction=0.0) if matched_domain_sampling else None
     hist = train_uda(net, lambda rng, dev: src.batch(rng, dev, half),
-                     lambda rng, dev: tgt.batch(rng, dev, half)[0], F.cross_entropy, run_dir, arch, arch_args,
+                     lambda rng, dev: tgt.batch(rng, dev, n_dom)[0], F.cross_entropy, run_dir, arch, arch_args,
                      epochs=epochs, iters_per_epoch=iters_per_epoch, lr=lr, lam_max=lam_max, ramp=ramp, seed=seed,
                      device=device, progress=progress, cancelled=cancelled, on_epoch=on_epoch, report=report,
-                     freeze_batchnorm=freeze_batchnorm)
+                     freeze_batchnorm=freeze_batchnorm,
+                     domain_source_batch=(lambda rng, dev: src_dom.batch(rng, dev, n_dom)[0]) if src_dom else None)
     if class_prior:      # the class prior of these source segments, for a card's prior_correction
         from .emma import class_priors
 
