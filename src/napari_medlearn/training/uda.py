@@ -328,7 +328,8 @@ def run_lesions_uda(run_dir: str | Path, ship: bool = False, epochs: int = 8, it
     """``lesions-uda``: the ``lesions-synthetic`` recipe (same cases, architecture, segments and
     schedule) plus the real BraTS images of ``target_subjects`` as an unlabelled target.
 
-    Each batch holds 10 source segments (as lesions-synthetic's) and 10 target segments.
+    Each batch holds 10 source segments for the task (as lesions-synthetic's), and 5 source and 5
+    target segments drawn anywhere in the brain for the discriminator.
     The card compares it with ``baseline`` (the source-only model) on the BraTS subjects not in
     ``target_subjects``, which neither model has seen: BraTS region Dice and HD95, and a fresh
     discriminator's accuracy at telling synthetic from real segments by the model's features.
