@@ -298,3 +298,22 @@ def test_postprocess_choice_prefers_less_on_ties():
             postprocess_of(bad)
     # ties go to the argmax before the expected-Dice labels
     assert choose_postprocess([{"clean": {"0": {"dice_whole_tumour": 0.7}, "0+ed": {"dice_whole_tumour": 0.7}}}]) == "0"
+
+
+def test_member_training_length_defaults_to_its_recipe(tmp_path, monkeypatch):
+    from napari_medlearn.training import emma as emma_module
+
+    data = tmp_path / "brats"
+    names = _write_brats(data)
+    seen = {}
+
+    def stop(recipe, cases, run_dir, epochs, *args, **kwargs):
+        seen[recipe["arch"]] = epochs
+        raise RuntimeError("stop before training")
+
+    monkeypatch.setattr(emma_module, "train_member", stop)
+    for member in ("emma-fcn", "emma-unet"):
+        with pytest.raises(RuntimeError, match="stop before training"):
+            emma_module.run_emma_member(tmp_path / member, member, data=str(data), train_subjects=names[:2],
+                                        synthetic={"share": 0}, progress=False)
+    assert seen == {"fcn3d": 24, "unet3d": 12}

@@ -44,13 +44,15 @@ import torch
 
 from ..imaging import measures as M
 
-#: architecture, size and training recipe of each EMMA member (varied loss and sampling, as in EMMA)
+#: architecture, size and training recipe of each EMMA member (varied loss and sampling, as in EMMA);
+#: ``epochs`` of 150 iterations (default 12). The FCN trains 24: on both cross-validation folds its
+#: held-out whole-tumour Dice rose with 24 against 12 (0.782 -> 0.795 and 0.742 -> 0.777)
 MEMBER_RECIPES: dict[str, dict[str, Any]] = {
     "emma-deepmedic": {"arch": "deepmedic", "loss": "ce", "fg_fraction": 0.5, "out": 9, "batch_size": 10},
     "emma-unet": {"arch": "unet3d", "arch_args": {"base": 8, "levels": 4}, "loss": "dice_ce", "fg_fraction": 0.5,
                   "patch": 48, "batch_size": 2, "inference": {"roi": 96, "overlap": 0.25}},
     "emma-fcn": {"arch": "fcn3d", "arch_args": {"base": 8, "fc": 64}, "loss": "ce", "fg_fraction": 1 / 3,
-                 "patch": 48, "batch_size": 2, "inference": {"roi": 96, "overlap": 0.25}},
+                 "patch": 48, "batch_size": 2, "inference": {"roi": 96, "overlap": 0.25}, "epochs": 24},
 }
 #: synthetic cases mixed into every member's training: ``share`` of the batches are drawn from
 #: ``n_cases`` cases (seeds ``seed``.., scanners cycling through ``domains``) at the members' 1 mm
@@ -426,7 +428,7 @@ def _read_folds(paths: str | Path | Sequence[str | Path], held_out: Sequence[str
     return cards
 
 
-def run_emma_member(run_dir: str | Path, member: str, ship: bool = False, epochs: int = 12,
+def run_emma_member(run_dir: str | Path, member: str, ship: bool = False, epochs: int | None = None,
                     iters_per_epoch: int = 150, data: str | None = None,
                     train_subjects: Sequence[str] = EMMA_TRAIN_SUBJECTS, width: float = 1.0,
                     device: str = "auto", seed: int = 0, progress: bool = True,
@@ -445,6 +447,7 @@ def run_emma_member(run_dir: str | Path, member: str, ship: bool = False, epochs
     if member not in MEMBER_RECIPES:
         raise ValueError(f"EMMA member {member!r} not supported; known: {', '.join(MEMBER_RECIPES)}")
     recipe = MEMBER_RECIPES[member]
+    epochs = int(recipe.get("epochs", 12)) if epochs is None else int(epochs)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()

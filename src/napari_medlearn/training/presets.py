@@ -417,7 +417,7 @@ PRESETS: dict[str, Preset] = {
     ),
     "emma-fcn": Preset(
         "emma-fcn", "emma-fcn",
-        "EMMA member: 3D FCN-8s, cross-entropy, 1/3 tumour patches, on 2 BraTS subjects (~5 min on 1 CPU thread)",
+        "EMMA member: 3D FCN-8s, cross-entropy, 1/3 tumour patches, on 2 BraTS subjects (~12 min on 1 CPU thread)",
         _run_emma_member("emma-fcn"),
     ),
     "emma": Preset(
