@@ -145,3 +145,25 @@ def test_frozen_batchnorm_keeps_the_running_statistics(tmp_path):
     train_uda(net, source, lambda rng, dev: source(rng, dev)[0] * 3.0 + 2.0, F.cross_entropy, tmp_path / "m",
               "deepmedic", TINY, epochs=1, iters_per_epoch=3, lam_max=0.1, progress=False)
     assert not all(torch.equal(a, b) for a, b in zip(before, bn_stats(net)))
+
+
+def test_lesion_adaptation_with_matched_domain_sampling(tmp_path):
+    from napari_medlearn.samples.brain_lesions import synthetic_lesion_case
+    from napari_medlearn.training.deepmedic import prepare_case, unlabelled_case
+    from napari_medlearn.training.uda import adapt_lesion_segmenter
+
+    src = synthetic_lesion_case(seed=0, spacing_mm=4.0, n_lesions=1)
+    tgt = synthetic_lesion_case(seed=1, spacing_mm=4.0, n_lesions=1, domain="B")
+    sp = (4.0, 4.0, 4.0)
+    args = {**TINY, "n_classes": 4}
+    torch.manual_seed(0)
+    net = DeepMedic(**args)
+    runs = {}
+    for matched in (False, True):
+        runs[matched] = adapt_lesion_segmenter(
+            net, "deepmedic", args, [prepare_case(src.channels, src.labels, sp, src.brain_mask)],
+            [unlabelled_case(tgt.channels, sp, tgt.brain_mask)], tmp_path / str(matched), epochs=1,
+            iters_per_epoch=2, batch_size=8, out=3, progress=False, matched_domain_sampling=matched)
+    assert runs[True]["config"]["discriminator_source"].startswith("own source segments")
+    assert runs[False]["config"]["discriminator_source"] == "the task's source segments"
+    assert all(np.isfinite(h["seg_loss"]).all() for h in runs.values())

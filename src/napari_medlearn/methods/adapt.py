@@ -189,9 +189,8 @@ def adapt(model, target_images, spacing=None, brain_masks=None, name: str | None
         Labelled source cases ``[(channels, labels, spacing, brain_mask), ...]``; None
         regenerates the parent's training data from its card (shipped synthetic models).
     epochs, iters_per_epoch, lam_max, batch_size
-        Training length, the adversarial weight's final value, segments per batch (half source
-        segments for the task; a quarter source and a quarter target, both drawn anywhere in the
-        brain, for the discriminator).
+        Training length, the adversarial weight's final value, segments per batch (half source,
+        half target).
     progress, cancelled
         ``progress(done, total, message)`` per iteration; ``cancelled()`` stops at the next one
         (the last finished epoch stays in the checkpoint).
