@@ -3,12 +3,12 @@
 Runs :func:`napari_medlearn.methods.lesions.segment_lesions_steps` (DeepMedic, Kamnitsas et al.,
 MedIA 2017) on one image layer per modality (the model card's input channels, FLAIR and T1c for
 the shipped models) in a worker thread, with an optional brain mask (found automatically, taken
-from a Labels or Image layer, or none). A modality or mask on another grid than the first modality's
-(a 3D T1c beside a 2D FLAIR of the same session) is resampled onto it by scanner coordinates,
-with a notification; scans that do not overlap are refused. It adds ``"<FLAIR> [DeepMedic]"``, an editable Labels layer
-with the input's geometry (1 necrotic core, 2 oedema, 4 enhancing tumour, in the BraTS colours),
-and one probability layer per class (0..1, fixed colormap, blended over the anatomy, all hidden
-but the oedema). The volume table (mL per class, tumour core, whole tumour) always describes the
+from a Labels or Image layer, or none). A modality or mask on another grid than the first
+modality's (a 3D T1c beside a 2D FLAIR of the same session) is resampled onto it by scanner
+coordinates, with a notification; scans that do not overlap are refused. It adds
+``"<FLAIR> [DeepMedic]"``, an editable Labels layer with the input's geometry (1 necrotic core,
+2 oedema, 4 enhancing tumour, in the BraTS colours), and one probability layer per class (0..1,
+fixed colormap, blended over the anatomy, all hidden but the oedema). The volume table (mL per class, tumour core, whole tumour) always describes the
 labels layer's *current* data: paint, erase or fill and it follows. Save writes the labels as
 NIfTI in the input's geometry and the volumes as a one-row CSV beside it, atomically, and never
 replaces an existing file without asking.
