@@ -230,7 +230,7 @@ def _read_modalities(flair: str, t1c: str, mask_path: str | None, model: str):
     import numpy as np
 
     from . import zoo
-    from .imaging.volume import resample_onto, same_grid
+    from .imaging.volume import resample_onto
 
     given = {"FLAIR": flair, "T1c": t1c}
     vols = {}
@@ -244,11 +244,11 @@ def _read_modalities(flair: str, t1c: str, mask_path: str | None, model: str):
     for name, v in list(vols.items()):
         # series of one session on different grids (a 2D FLAIR, a 3D T1c) meet on the FLAIR's grid
         # through their scanner coordinates; the outputs keep the FLAIR's geometry
-        if not same_grid(v, ref):
-            try:
-                vols[name] = resample_onto(v, ref, order=1, what=f"the {name} image", onto="the FLAIR image")
-            except ValueError as exc:
-                raise CLIError(str(exc)) from None
+        try:
+            vols[name] = resample_onto(v, ref, order=1, what=f"the {name} image", onto="the FLAIR image")
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+        if vols[name] is not v:
             _note(f"{name} {v.data.shape} at {_mm(v.spacing)} resampled onto the FLAIR grid {ref.data.shape} "
                   f"at {_mm(ref.spacing)} (scanner coordinates, trilinear)")
     c = zoo.card(model)
@@ -264,13 +264,13 @@ def _read_modalities(flair: str, t1c: str, mask_path: str | None, model: str):
         m = _read_single_volume(mask_path)
         if m.data.ndim != 3 or len(m.spatial_axes) != 3:
             raise CLIError(f"{mask_path}: the brain mask is {m.data.ndim}-D {m.data.shape}; it needs to be 3D")
-        if not same_grid(m, ref):
-            try:
-                m = resample_onto(m, ref, order=0, what="the brain mask", onto="the FLAIR image")
-            except ValueError as exc:
-                raise CLIError(str(exc)) from None
+        try:
+            on_ref = resample_onto(m, ref, order=0, what="the brain mask", onto="the FLAIR image")
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+        if on_ref is not m:
             _note(f"brain mask {mask_path} resampled onto the FLAIR grid (nearest voxel)")
-        mask = m.data
+        mask = on_ref.data
     return np.stack([vols[ch].data for ch in wanted]), ref, mask
 
 

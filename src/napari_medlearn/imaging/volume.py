@@ -193,19 +193,20 @@ def same_grid(a: "Volume", b: "Volume", atol: float = 1e-3) -> bool:
 
 
 def resample_onto(volume: "Volume", reference: "Volume", order: int = 1, min_overlap: float = 0.5,
-                  what: str = "the image", onto: str = "the reference") -> "Volume":
+                  what: str = "the image", onto: str = "the reference", atol: float = 1e-3) -> "Volume":
     """``volume`` (3D) sampled on ``reference``'s grid by the two voxel-to-world affines alone
     (scanner coordinates: right for series of one session, which share the scanner's frame;
     nothing is registered). ``order`` 1 is trilinear (images), 0 nearest (labels, masks); outside
     ``volume`` its edge is repeated. Raises ``ValueError`` naming ``what`` and ``onto`` when less
     than ``min_overlap`` of the reference grid lies inside ``volume`` (not one session's frame:
-    register them first). The result carries the reference's geometry and ``volume``'s meta."""
+    register them first). The result carries the reference's geometry and ``volume``'s meta;
+    ``volume`` itself comes back when it is on that grid already (:func:`same_grid` within ``atol``)."""
     from .slices import coverage, resample
 
     if np.ndim(volume.data) != 3 or np.ndim(reference.data) != 3:
         raise ValueError(f"only 3D volumes are resampled onto another grid: {what} is "
                          f"{np.ndim(volume.data)}-D and {onto} {np.ndim(reference.data)}-D")
-    if same_grid(volume, reference):
+    if same_grid(volume, reference, atol):
         return volume
     shape = tuple(int(s) for s in np.shape(reference.data))
     inside = float(coverage(np.shape(volume.data), volume.affine, shape, reference.affine).mean())

@@ -1,15 +1,15 @@
 """Brain-lesion segmentation dock widget: FLAIR + T1c in, editable BraTS labels and live volumes out.
 
 Runs :func:`napari_medlearn.methods.lesions.segment_lesions_steps` (DeepMedic, Kamnitsas et al.,
-MedIA 2017) on one image layer per modality (the model card's input channels, FLAIR and T1c for
-the shipped models) in a worker thread, with an optional brain mask (found automatically, taken
-from a Labels or Image layer, or none). A modality or mask on another grid than the first
-modality's (a 3D T1c beside a 2D FLAIR of the same session) is resampled onto it by scanner
-coordinates, with a notification; scans that do not overlap are refused. It adds
-``"<FLAIR> [DeepMedic]"``, an editable Labels layer with the input's geometry (1 necrotic core,
-2 oedema, 4 enhancing tumour, in the BraTS colours), and one probability layer per class (0..1,
-fixed colormap, blended over the anatomy, all hidden but the oedema). The volume table (mL per class, tumour core, whole tumour) always describes the
-labels layer's *current* data: paint, erase or fill and it follows. Save writes the labels as
+MedIA 2017) on one image layer per modality (the model card's input channels, FLAIR and T1c for the
+shipped models) in a worker thread, with an optional brain mask (found automatically, taken from a
+Labels or Image layer, or none). A modality or mask on another grid than the first modality's (a 3D
+T1c beside a 2D FLAIR of the same session) is resampled onto it by scanner coordinates, with a
+notification; scans that do not overlap are refused. It adds ``"<FLAIR> [DeepMedic]"``, an editable
+Labels layer with the input's geometry (1 necrotic core, 2 oedema, 4 enhancing tumour, in the BraTS
+colours), and one probability layer per class (0..1, fixed colormap, blended over the anatomy, all
+hidden but the oedema). The volume table (mL per class, tumour core, whole tumour) always describes
+the labels layer's *current* data: paint, erase or fill and it follows. Save writes the labels as
 NIfTI in the input's geometry and the volumes as a one-row CSV beside it, atomically, and never
 replaces an existing file without asking.
 
@@ -45,7 +45,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..imaging.volume import Volume, resample_onto, same_grid
+from ..imaging.volume import Volume, resample_onto
 from ..methods import lesions as lesion_method
 from ..samples.brain_lesions import LABEL_COLORS
 from ._common import USER_ERRORS, ModelPicker, TaskRunner, device_picker, layer_picker, notify_error
@@ -273,9 +273,9 @@ class LesionWidget(QWidget):
         # modality's grid through their scanner coordinates; the results keep that grid
         resampled = []
         for i, (name, layer, vol) in enumerate(zip(names[1:], layers[1:], vols[1:]), start=1):
-            if not same_grid(vol, ref, atol=1e-2):
-                vols[i] = resample_onto(vol, ref, order=1, what=f"{name} ({layer.name!r})",
-                                        onto=f"{ref_name} ({layers[0].name!r})")
+            vols[i] = resample_onto(vol, ref, order=1, what=f"{name} ({layer.name!r})",
+                                    onto=f"{ref_name} ({layers[0].name!r})", atol=1e-2)
+            if vols[i] is not vol:
                 resampled.append(name)
         mask = self._mask_array(ref, ref_name)
         # the method's own checks (NaN, size, types), here so that nothing starts on bad input
@@ -300,8 +300,7 @@ class LesionWidget(QWidget):
         if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
             raise ValueError(f"the brain mask {choice.name!r} contains NaN or infinite values")
         m = Volume.from_layer(data, choice.scale, choice.translate, choice.metadata)
-        if not same_grid(m, ref, atol=1e-2):
-            data = resample_onto(m, ref, order=0, what=f"the brain mask {choice.name!r}", onto=ref_name).data
+        data = resample_onto(m, ref, order=0, what=f"the brain mask {choice.name!r}", onto=ref_name, atol=1e-2).data
         mask = data > 0
         if not mask.any():
             raise ValueError(f"the brain mask {choice.name!r} is empty")
