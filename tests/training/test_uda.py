@@ -119,6 +119,17 @@ def test_deepmedic_features_feed_the_discriminator(tmp_path):
     assert len(hist["seg_loss"]) == 1 and len(hist["config"]["discriminator_inputs"]) == 4
 
 
+def test_the_discriminator_can_see_the_output_too(tmp_path):
+    net, source = _deepmedic_and_source()
+    target = lambda rng, dev: source(rng, dev)[0] + 1.0  # noqa: E731
+    hist = train_uda(net, source, target, F.cross_entropy, tmp_path, "deepmedic", TINY, epochs=1,
+                     iters_per_epoch=2, lam_max=0.1, progress=False, output_to_discriminator=True)
+    # the four feature maps plus the softmax over the model's classes
+    assert hist["config"]["discriminator_inputs"][-1] == TINY["n_classes"]
+    assert len(hist["config"]["discriminator_inputs"]) == 5 and hist["config"]["discriminator_sees_output"]
+    assert np.isfinite(hist["domain_loss"]).all()
+
+
 def test_resume_and_cancel(tmp_path):
     full = _run(tmp_path / "a", 0.5, epochs=2)[1]
     _run(tmp_path / "b", 0.5, epochs=1)

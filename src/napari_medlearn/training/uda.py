@@ -114,7 +114,8 @@ def train_uda(model: nn.Module, source_batch: Callable, target_batch: Callable, 
               on_epoch: Callable[[int, dict], None] | None = None,
               report: Callable[[int, int, str], None] | None = None,
               freeze_batchnorm: bool = False,
-              domain_source_batch: Callable | None = None) -> dict[str, Any]:
+              domain_source_batch: Callable | None = None,
+              output_to_discriminator: bool = False) -> dict[str, Any]:
     """Adversarial domain adaptation of ``model`` in place; returns the history.
 
     ``source_batch(rng, device) -> (x, y)`` gives labelled source segments, ``target_batch(rng,
@@ -128,8 +129,14 @@ def train_uda(model: nn.Module, source_batch: Callable, target_batch: Callable, 
     ``freeze_batchnorm`` keeps the batch-norm layers on their running statistics (for a model that
     was trained already: source and target segments share each batch, so batch statistics would
     move every layer's input away from the one its weights were trained for).
+    ``output_to_discriminator``: the discriminator also sees the segmenter's softmax output beside
+    the features (output-space alignment, Tsai et al., CVPR 2018: the output's spatial layout is
+    what the two domains should share).
     """
     from tqdm.auto import tqdm
+
+    def disc_inputs(logits, feats):
+        return [*feats, torch.softmax(logits, dim=1)] if output_to_discriminator else feats
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -140,7 +147,8 @@ def train_uda(model: nn.Module, source_batch: Callable, target_batch: Callable, 
     x_s, _ = source_batch(rng, dev)
     model.eval()
     with torch.no_grad():
-        _, feats = feature_list(model, x_s[:1])
+        logits0, feats = feature_list(model, x_s[:1])
+        feats = disc_inputs(logits0, feats)
     disc = DomainDiscriminator([f.shape[1] for f in feats], width=disc_width).to(dev)
     opt = torch.optim.Adam([{"params": model.parameters(), "weight_decay": weight_decay},
                             {"params": disc.parameters(), "weight_decay": 0.0}], lr=lr)
@@ -151,7 +159,8 @@ def train_uda(model: nn.Module, source_batch: Callable, target_batch: Callable, 
               "batchnorm": "frozen (running statistics)" if freeze_batchnorm else "batch statistics of source + target",
               "discriminator_source": ("own source segments, sampled as the target's" if domain_source_batch
                                        else "the task's source segments"),
-              "discriminator_inputs": [int(f.shape[1]) for f in feats]}
+              "discriminator_inputs": [int(f.shape[1]) for f in feats],
+              "discriminator_sees_output": bool(output_to_discriminator)}
     hist: dict[str, Any] = {"seg_loss": [], "domain_loss": [], "domain_accuracy": [], "lambda": [],
                             "wall_seconds": 0.0, "config": config}
     start = 0
@@ -185,6 +194,7 @@ def train_uda(model: nn.Module, source_batch: Callable, target_batch: Callable, 
             x_t = target_batch(rng, dev)
             x_d = domain_source_batch(rng, dev) if domain_source_batch is not None else None
             logits, feats = feature_list(model, torch.cat([x_s, x_t] if x_d is None else [x_s, x_d, x_t]))
+            feats = disc_inputs(logits, feats)
             ns = x_s.shape[0]
             loss_seg = seg_loss(logits[:ns], y_s)
             if x_d is not None:      # the discriminator sees the matched source segments and the target's
@@ -278,7 +288,8 @@ def adapt_lesion_segmenter(net: nn.Module, arch: str, arch_args: dict, source_ca
                            on_epoch: Callable[[int, dict], None] | None = None,
                            report: Callable[[int, int, str], None] | None = None,
                            freeze_batchnorm: bool = False, class_prior: bool = False,
-                           matched_domain_sampling: bool = False) -> dict[str, Any]:
+                           matched_domain_sampling: bool = False,
+                           output_to_discriminator: bool = False) -> dict[str, Any]:
     """Train ``net`` (in place) on labelled ``source_cases`` while adapting it adversarially to
     unlabelled ``target_cases`` (:class:`~napari_medlearn.training.deepmedic.LesionTrainingCase`
     lists; the targets' classes are never read). Half of each batch is source segments for the
@@ -303,7 +314,7 @@ def adapt_lesion_segmenter(net: nn.Module, arch: str, arch_args: dict, source_ca
                      lambda rng, dev: tgt.batch(rng, dev, n_dom)[0], F.cross_entropy, run_dir, arch, arch_args,
                      epochs=epochs, iters_per_epoch=iters_per_epoch, lr=lr, lam_max=lam_max, ramp=ramp, seed=seed,
                      device=device, progress=progress, cancelled=cancelled, on_epoch=on_epoch, report=report,
-                     freeze_batchnorm=freeze_batchnorm,
+                     freeze_batchnorm=freeze_batchnorm, output_to_discriminator=output_to_discriminator,
                      domain_source_batch=(lambda rng, dev: src_dom.batch(rng, dev, n_dom)[0]) if src_dom else None)
     if class_prior:      # the class prior of these source segments, for a card's prior_correction
         from .emma import class_priors
@@ -324,7 +335,8 @@ def run_lesions_uda(run_dir: str | Path, ship: bool = False, epochs: int = 8, it
                     data: str | None = None, target_subjects: Sequence[str] = UDA_TARGET_SUBJECTS,
                     device: str = "auto", seed: int = 0, progress: bool = True, domain: str | None = None,
                     spacing_mm: float = 2.0, baseline: str | None = "lesions-synthetic",
-                    with_fold: str | Path | Sequence[str | Path] | None = None) -> dict[str, Any]:
+                    with_fold: str | Path | Sequence[str | Path] | None = None,
+                    output_to_discriminator: bool = False) -> dict[str, Any]:
     """``lesions-uda``: the ``lesions-synthetic`` recipe (same cases, architecture, segments and
     schedule) plus the real BraTS images of ``target_subjects`` as an unlabelled target.
 
@@ -363,7 +375,8 @@ def run_lesions_uda(run_dir: str | Path, ship: bool = False, epochs: int = 8, it
     model = DeepMedic(**arch_args)
     hist = adapt_lesion_segmenter(model, "deepmedic", arch_args, source, target, run_dir, epochs=epochs,
                                   iters_per_epoch=iters_per_epoch, batch_size=batch_size, lam_max=lam_max,
-                                  seed=seed, device=device, progress=progress)
+                                  seed=seed, device=device, progress=progress,
+                                  output_to_discriminator=output_to_discriminator)
     _attach_card(model, arch_args, spacing=spacing)
     # judge: the held-out subjects, both models; domain information left in the features
     ev_cases = [(*load_brats_subject(root, s)[:4], s) for s in held_out]
@@ -400,8 +413,9 @@ def run_lesions_uda(run_dir: str | Path, ship: bool = False, epochs: int = 8, it
             "subjects": list(target_subjects),
             "never_seen": held_out,
             "command": _command("lesions-uda", target_subjects, UDA_TARGET_SUBJECTS),
-            "adversarial": "domain discriminator on the last layer of each pathway and the hidden FC layers; "
-                           "gradient reversal with a linearly ramped weight",
+            "adversarial": "domain discriminator on the last layer of each pathway and the hidden FC layers"
+                           + (" and the softmax output" if output_to_discriminator else "")
+                           + "; gradient reversal with a linearly ramped weight",
             **cfg_rec,
         },
         "adaptation_source": {"generator": "samples.brain_lesions.synthetic_lesion_case", "domain": domain,
