@@ -74,6 +74,54 @@ def test_sampler_pads_a_volume_smaller_than_the_patch():
     assert int((y > 0).sum()) == 2 * int((pc.classes > 0).sum())     # the whole case, padded with background
 
 
+def test_spatial_augmentation_identity_gives_the_plain_segment():
+    case = tiny_lesion_case(0)
+    pc = prepare_case(case.channels, case.labels, case.spacing, case.brain_mask)
+    s = SegmentSampler([pc], DeepMedic(**TINY).geometry(9), rotation_deg=0.0, scale_range=(1.0, 1.0))
+    for fg in (True, False):
+        plain = s.segment(np.random.default_rng(3), 0, fg)
+        moved = s.segment(np.random.default_rng(3), 0, fg, spatial=True)
+        assert np.allclose(plain[0], moved[0], atol=1e-5)
+        assert np.array_equal(plain[1], moved[1]) and np.array_equal(plain[2], moved[2])
+
+
+def test_spatial_augmentation_keeps_labels_on_their_anatomy():
+    """Rotated and scaled segments: the classes still sit where the image says they are."""
+    from napari_medlearn.training.deepmedic import LesionTrainingCase, PatchGeometry
+
+    shape = (40, 44, 42)
+    zz, yy, xx = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij")
+    r = np.sqrt((zz - 20) ** 2 + ((yy - 22) / 1.4) ** 2 + (xx - 21) ** 2)     # an elongated blob
+    image = np.stack([np.clip(12.0 - r, 0, None), np.zeros(shape)]).astype(np.float32)
+    classes = (r < 6).astype(np.uint8) * 2
+    pc = LesionTrainingCase(image, classes, np.ones(shape, bool))
+    s = SegmentSampler([pc], tuple(PatchGeometry(24, 24) for _ in range(3)), fg_fraction=1.0, spatial_p=1.0,
+                       rotation_deg=30.0, scale_range=(0.8, 1.25), intensity_shift=0.0, intensity_scale=0.0,
+                       flip=0.0)
+    rng = np.random.default_rng(0)
+    x, y = s.batch(rng, "cpu", batch_size=6)
+    plain = s.segment(np.random.default_rng(0), 0, True)
+    for b in range(6):
+        inside = x[b, 0].numpy() > 6.0 + 1e-3
+        agree = np.mean(inside == (y[b].numpy() == 2))
+        assert agree > 0.97
+    # and the segments were transformed: the blob's extent differs from the upright one's
+    assert not all(np.array_equal(y[b].numpy(), plain[1]) for b in range(6))
+
+
+def test_spatial_augmentation_is_off_by_default_and_checked():
+    case = tiny_lesion_case(0)
+    pc = prepare_case(case.channels, case.labels, case.spacing, case.brain_mask)
+    geo = DeepMedic(**TINY).geometry(9)
+    a = SegmentSampler([pc], geo).batch(np.random.default_rng(5), "cpu", 4)
+    b = SegmentSampler([pc], geo, spatial_p=0.0, rotation_deg=45.0).batch(np.random.default_rng(5), "cpu", 4)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    with pytest.raises(ValueError, match="spatial_p"):
+        SegmentSampler([pc], geo, spatial_p=1.5)
+    with pytest.raises(ValueError, match="scale_range"):
+        SegmentSampler([pc], geo, scale_range=(1.2, 0.9))
+
+
 @pytest.mark.parametrize("batch_size, fraction", [(2, 0.25), (2, 1 / 3), (3, 0.5), (10, 0.5)])
 def test_small_batches_keep_the_tumour_share(batch_size, fraction):
     """A batch of 2 at 25 % must still see tumour a quarter of the time (plain rounding gave none)."""

@@ -73,6 +73,18 @@ def test_member_learns(member, tmp_path):
     assert "uncertainty_auroc_mean" in ens["summary"]
 
 
+def test_member_recipe_with_spatial_augmentation(tmp_path):
+    from napari_medlearn.training.emma import recipe_spatial
+
+    recipe = {**MEMBER_RECIPES["emma-unet"], "patch": 16, "batch_size": 2,
+              "spatial": {"p": 0.5, "rotation_deg": 10, "scale_range": [0.9, 1.1]}}
+    assert recipe_spatial(MEMBER_RECIPES["emma-unet"]) == {}
+    assert recipe_spatial(recipe) == {"spatial_p": 0.5, "rotation_deg": 10.0, "scale_range": (0.9, 1.1)}
+    cases = [prepare_case(*_case(s)[:4], name=str(s)) for s in range(2)]
+    _, _, cfg, hist = train_member(recipe, cases, tmp_path, epochs=1, iters_per_epoch=3, width=0.5, progress=False)
+    assert cfg.extra["spatial_augmentation"]["spatial_p"] == 0.5 and np.isfinite(hist["loss"]).all()
+
+
 def test_class_priors_of_tumour_centred_sampling():
     from napari_medlearn.training.deepmedic import sampler_geometry
     from napari_medlearn.nets import UNet3D

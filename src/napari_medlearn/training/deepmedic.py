@@ -160,10 +160,18 @@ class SegmentSampler:
         Standard deviations of the per-channel shift and (multiplicative) scale augmentation.
     flip
         Probability of a left-right (x) flip.
+    spatial_p, rotation_deg, scale_range
+        Probability of a spatial augmentation of a segment: rotated about its output block's centre
+        by angles drawn uniformly within ``+-rotation_deg`` about each axis and scaled
+        isotropically by a factor drawn uniformly from ``scale_range``, images resampled
+        trilinearly and classes and brain mask by nearest voxel from the whole volume (so the
+        context is real anatomy, not padding). 0 (default): none, and no random draw for it.
     """
 
     def __init__(self, cases: Sequence[LesionTrainingCase], geometry, fg_fraction: float = 0.5,
-                 intensity_shift: float = 0.1, intensity_scale: float = 0.1, flip: float = 0.5) -> None:
+                 intensity_shift: float = 0.1, intensity_scale: float = 0.1, flip: float = 0.5,
+                 spatial_p: float = 0.0, rotation_deg: float = 15.0,
+                 scale_range: tuple[float, float] = (0.85, 1.15)) -> None:
         if not cases:
             raise ValueError("no training cases")
         self.geo = geometry
@@ -173,6 +181,12 @@ class SegmentSampler:
         self.seg = tuple(g.segment for g in geometry)
         self.fg_fraction = fg_fraction
         self.shift, self.scale, self.flip = intensity_shift, intensity_scale, flip
+        if not 0.0 <= spatial_p <= 1.0:
+            raise ValueError(f"spatial_p must be between 0 and 1, got {spatial_p}")
+        if not 0.0 < scale_range[0] <= scale_range[1]:
+            raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {scale_range}")
+        self.spatial_p, self.rotation_deg = float(spatial_p), float(rotation_deg)
+        self.scale_range = (float(scale_range[0]), float(scale_range[1]))
         # a flip of the segment is a flip of the world only when the context is symmetric
         self.can_flip = self.lo[2] == self.hi[2]
         self.images, self.classes, self.masks, self.fg, self.bg = [], [], [], [], []
@@ -187,7 +201,8 @@ class SegmentSampler:
         self.shapes = [c.classes.shape for c in cases]
         self.n_channels = cases[0].image.shape[0]
 
-    def segment(self, rng: np.random.Generator, i: int, foreground: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def segment(self, rng: np.random.Generator, i: int, foreground: bool,
+                spatial: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         pool = self.fg[i] if foreground and self.fg[i].size else self.bg[i]
         if pool.size == 0:
             pool = np.flatnonzero(self.masks[i])
@@ -195,11 +210,38 @@ class SegmentSampler:
         # output block [c - out//2, c - out//2 + out) in the original grid = segment start in the padded one
         s = [int(ci) - o // 2 for ci, o in zip(c, self.out)]
         s = [min(max(si, 0), max(n - o, 0)) for si, n, o in zip(s, self.shapes[i], self.out)]
+        if spatial:
+            return self._transformed_segment(rng, i, s)
         x = self.images[i][:, s[0]:s[0] + self.seg[0], s[1]:s[1] + self.seg[1], s[2]:s[2] + self.seg[2]]
         m = self.masks[i][s[0]:s[0] + self.seg[0], s[1]:s[1] + self.seg[1], s[2]:s[2] + self.seg[2]]
         o = [si + lo for si, lo in zip(s, self.lo)]
         y = self.classes[i][o[0]:o[0] + self.out[0], o[1]:o[1] + self.out[1], o[2]:o[2] + self.out[2]]
         return x, y, m
+
+    def _transformed_segment(self, rng: np.random.Generator, i: int, s: Sequence[int]):
+        """The segment whose output block starts at ``s``, rotated and scaled about the block's
+        centre (see the class's ``spatial_p``)."""
+        from scipy import ndimage as ndi
+        from scipy.spatial.transform import Rotation
+
+        angles = rng.uniform(-self.rotation_deg, self.rotation_deg, 3)
+        a = Rotation.from_euler("zyx", angles, degrees=True).as_matrix() * rng.uniform(*self.scale_range)
+        centre = np.array([si + lo + (o - 1) / 2.0 for si, lo, o in zip(s, self.lo, self.out)])
+
+        def coords(size, first):         # (3, n) padded-grid positions of a block of ``size`` voxels
+            grid = np.meshgrid(*[np.arange(n, dtype=np.float64) - f for n, f in zip(size, first)], indexing="ij")
+            off = np.stack([g.ravel() for g in grid])
+            return centre[:, None] + a @ off
+
+        first = [lo + (o - 1) / 2.0 for lo, o in zip(self.lo, self.out)]
+        cs = coords(self.seg, first)
+        x = np.stack([ndi.map_coordinates(ch, cs, order=1, mode="constant", cval=0.0).reshape(self.seg)
+                      for ch in self.images[i]]).astype(np.float32)
+        m = ndi.map_coordinates(self.masks[i].view(np.uint8), cs, order=0, mode="constant",
+                                cval=0).reshape(self.seg).astype(bool)
+        co = coords(self.out, [(o - 1) / 2.0 for o in self.out])
+        y = ndi.map_coordinates(self.classes[i], co, order=0, mode="constant", cval=0).reshape(self.out)
+        return np.where(m[None], x, 0.0).astype(np.float32), y.astype(self.classes[i].dtype), m
 
     def foreground_count(self, rng: np.random.Generator, batch_size: int) -> int:
         """Segments of a batch centred on tumour: ``batch_size * fg_fraction`` rounded up or down
@@ -218,7 +260,8 @@ class SegmentSampler:
         n_fg = self.foreground_count(rng, batch_size)
         for b in range(batch_size):
             i = int(rng.integers(len(self.images)))
-            x, y, m = self.segment(rng, i, foreground=b < n_fg)
+            spatial = augment and self.spatial_p > 0 and rng.random() < self.spatial_p
+            x, y, m = self.segment(rng, i, foreground=b < n_fg, spatial=spatial)
             x = x.copy()
             if augment:
                 sc = 1.0 + self.scale * rng.standard_normal(self.n_channels)

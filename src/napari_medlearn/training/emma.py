@@ -294,6 +294,16 @@ def mixed_batches(real, synthetic, share: float, batch_size: int):
     return batch
 
 
+def recipe_spatial(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The :class:`~napari_medlearn.training.deepmedic.SegmentSampler` keywords of a recipe's
+    ``spatial`` augmentation (``p``, ``rotation_deg``, ``scale_range``); ``{}`` when it has none."""
+    sp = recipe.get("spatial")
+    if not sp:
+        return {}
+    return {"spatial_p": float(sp["p"]), "rotation_deg": float(sp.get("rotation_deg", 15.0)),
+            "scale_range": tuple(float(v) for v in sp.get("scale_range", (0.85, 1.15)))}
+
+
 def train_member(recipe: dict[str, Any], cases: Sequence, run_dir: str | Path, epochs: int, iters_per_epoch: int,
                  width: float = 1.0, lr: float = 1e-3, seed: int = 0, device: str = "auto", progress: bool = True,
                  batch_size: int | None = None, synthetic: Sequence = (), synthetic_share: float = 0.0):
@@ -308,15 +318,17 @@ def train_member(recipe: dict[str, Any], cases: Sequence, run_dir: str | Path, e
     torch.manual_seed(seed)
     model = nets.build(recipe["arch"], **arch_args)
     geo = sampler_geometry(model, recipe.get("out", 9), recipe.get("patch", 48))
-    sampler = SegmentSampler(cases, geo, fg_fraction=recipe["fg_fraction"]) if cases else None
-    syn = SegmentSampler(synthetic, geo, fg_fraction=recipe["fg_fraction"]) if cases and synthetic else None
+    spatial = recipe_spatial(recipe)
+    sampler = SegmentSampler(cases, geo, fg_fraction=recipe["fg_fraction"], **spatial) if cases else None
+    syn = SegmentSampler(synthetic, geo, fg_fraction=recipe["fg_fraction"], **spatial) if cases and synthetic else None
     bs = int(batch_size or recipe["batch_size"])
     batches = mixed_batches(sampler, syn, synthetic_share if cases else 0.0, bs)
     cfg = TrainConfig(epochs=epochs, iters_per_epoch=iters_per_epoch, lr=lr, weight_decay=1e-4,
                       lr_milestones=(int(epochs * 0.6), int(epochs * 0.85)), lr_gamma=0.3, seed=seed, device=device,
                       extra={"batch_size": bs, "segment": [g.segment for g in geo], "output": [g.out for g in geo],
                              "fg_fraction": recipe["fg_fraction"], "loss": LOSS_TEXT[recipe["loss"]],
-                             "optimizer": "Adam", "synthetic_share": float(synthetic_share)})
+                             "optimizer": "Adam", "synthetic_share": float(synthetic_share),
+                             **({"spatial_augmentation": spatial} if spatial else {})})
     hist = train(model, recipe["arch"], arch_args, batches, member_loss(recipe["loss"]), cfg, run_dir,
                  progress=progress)
     return model, arch_args, cfg, hist
