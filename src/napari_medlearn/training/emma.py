@@ -48,7 +48,10 @@ from ..imaging import measures as M
 #: ``epochs`` of 150 iterations (default 12). The FCN trains 24: on both cross-validation folds its
 #: held-out whole-tumour Dice rose with 24 against 12 (0.782 -> 0.795 and 0.742 -> 0.777). The U-Net
 #: keeps 12: at 24 it rose on the shipped fold (0.784 -> 0.795) but fell on the other (0.832 -> 0.808);
-#: DeepMedic keeps 12 too: at 24 it fell on the shipped fold (0.760 -> 0.739) and rose on the other (0.697 -> 0.772)
+#: DeepMedic keeps 12 too: at 24 it fell on the shipped fold (0.760 -> 0.739) and rose on the other (0.697 -> 0.772).
+#: A recipe's ``spatial`` asks for rotation / scale augmentation of its segments (:func:`recipe_spatial`); none
+#: uses it: the U-Net with ``{"p": 0.5, "rotation_deg": 15, "scale_range": (0.85, 1.15)}`` fell on both folds
+#: (0.784 -> 0.761 and 0.832 -> 0.763)
 MEMBER_RECIPES: dict[str, dict[str, Any]] = {
     "emma-deepmedic": {"arch": "deepmedic", "loss": "ce", "fg_fraction": 0.5, "out": 9, "batch_size": 10},
     "emma-unet": {"arch": "unet3d", "arch_args": {"base": 8, "levels": 4}, "loss": "dice_ce", "fg_fraction": 0.5,

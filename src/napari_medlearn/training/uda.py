@@ -131,7 +131,9 @@ def train_uda(model: nn.Module, source_batch: Callable, target_batch: Callable, 
     move every layer's input away from the one its weights were trained for).
     ``output_to_discriminator``: the discriminator also sees the segmenter's softmax output beside
     the features (output-space alignment, Tsai et al., CVPR 2018: the output's spatial layout is
-    what the two domains should share).
+    what the two domains should share). Tried for lesions-uda (2026-12-06), both folds: WT Dice
+    0.817 / 0.465 = 0.641 on the shipped fold (features alone 0.651) and 0.877 / 0.717 = 0.797 on
+    the other (0.793); source-only 0.668 and 0.801. Not the default.
     """
     from tqdm.auto import tqdm
 
