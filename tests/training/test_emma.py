@@ -329,3 +329,32 @@ def test_member_training_length_defaults_to_its_recipe(tmp_path, monkeypatch):
             emma_module.run_emma_member(tmp_path / member, member, data=str(data), train_subjects=names[:2],
                                         synthetic={"share": 0}, progress=False)
     assert seen == {"fcn3d": 24, "unet3d": 12}
+
+
+def test_member_recipe_spacing_sets_its_training_and_inference_grid(tmp_path, monkeypatch):
+    import json
+
+    from napari_medlearn.training import emma as emma_module
+
+    data = tmp_path / "brats"
+    names = _write_brats(data, n=3, shape=(40, 40, 40))          # 2 mm voxels
+    recipe = {**MEMBER_RECIPES["emma-fcn"], "spacing_mm": 4.0, "patch": 16, "batch_size": 2, "inference": {"roi": 32}}
+    monkeypatch.setitem(emma_module.MEMBER_RECIPES, "emma-fcn", recipe)
+    seen = {}
+    train = emma_module.train_member
+
+    def spy(recipe, cases, *args, synthetic=(), **kwargs):
+        seen["real"] = [c.image.shape for c in cases]
+        seen["synthetic"] = [c.image.shape for c in synthetic]
+        return train(recipe, cases, *args, synthetic=synthetic, **kwargs)
+
+    monkeypatch.setattr(emma_module, "train_member", spy)
+    emma_module.run_emma_member(tmp_path / "m", "emma-fcn", epochs=1, iters_per_epoch=2, data=str(data),
+                                train_subjects=names[:2], width=0.25, device="cpu", progress=False,
+                                synthetic={"share": 0.5, "n_cases": 1})
+    card = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert seen["real"] == [(2, 20, 20, 20)] * 2                   # 40 voxels of 2 mm on a 4 mm grid
+    assert card["input"]["spacing_mm"] == [4.0, 4.0, 4.0] and card["training"]["synthetic"]["spacing_mm"] == 4.0
+    assert "4 mm" in card["training"]["data"] and card["evaluation"]["cases"][0]["case"] == names[2]
+    with pytest.raises(ValueError, match="spacing_mm"):
+        emma_module.recipe_spacing({"spacing_mm": 0})

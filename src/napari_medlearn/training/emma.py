@@ -51,7 +51,8 @@ from ..imaging import measures as M
 #: DeepMedic keeps 12 too: at 24 it fell on the shipped fold (0.760 -> 0.739) and rose on the other (0.697 -> 0.772).
 #: A recipe's ``spatial`` asks for rotation / scale augmentation of its segments (:func:`recipe_spatial`); none
 #: uses it: the U-Net with ``{"p": 0.5, "rotation_deg": 15, "scale_range": (0.85, 1.15)}`` fell on both folds
-#: (0.784 -> 0.761 and 0.832 -> 0.763)
+#: (0.784 -> 0.761 and 0.832 -> 0.763). A recipe's ``spacing_mm`` (default 1) is the isotropic grid the member
+#: is trained and run on (:func:`recipe_spacing`)
 MEMBER_RECIPES: dict[str, dict[str, Any]] = {
     "emma-deepmedic": {"arch": "deepmedic", "loss": "ce", "fg_fraction": 0.5, "out": 9, "batch_size": 10},
     "emma-unet": {"arch": "unet3d", "arch_args": {"base": 8, "levels": 4}, "loss": "dice_ce", "fg_fraction": 0.5,
@@ -60,8 +61,8 @@ MEMBER_RECIPES: dict[str, dict[str, Any]] = {
                  "patch": 48, "batch_size": 2, "inference": {"roi": 96, "overlap": 0.25}, "epochs": 24},
 }
 #: synthetic cases mixed into every member's training: ``share`` of the batches are drawn from
-#: ``n_cases`` cases (seeds ``seed``.., scanners cycling through ``domains``) at the members' 1 mm
-#: (``necrosis_fluid`` None: solid or liquefied necrotic centres, drawn per case)
+#: ``n_cases`` cases (seeds ``seed``.., scanners cycling through ``domains``) at 1 mm, or on the grid of a
+#: recipe's ``spacing_mm`` (``necrosis_fluid`` None: solid or liquefied necrotic centres, drawn per case)
 SYNTHETIC_TRAINING: dict[str, Any] = {"share": 0.25, "n_cases": 12, "domains": "ABC", "spacing_mm": 1.0, "seed": 0,
                                       "necrosis_fluid": None}
 LOSS_TEXT = {"ce": "voxel-wise cross-entropy", "dice_ce": "soft Dice + cross-entropy (MONAI DiceCELoss, softmax, "
@@ -307,6 +308,15 @@ def recipe_spatial(recipe: dict[str, Any]) -> dict[str, Any]:
             "scale_range": tuple(float(v) for v in sp.get("scale_range", (0.85, 1.15)))}
 
 
+def recipe_spacing(recipe: dict[str, Any]) -> tuple[float, float, float]:
+    """The isotropic grid (mm) a member is trained and run on: the recipe's ``spacing_mm``, default 1.
+    Inputs are resampled to it (``segment_lesions`` step 3) and the posteriors back to the input grid."""
+    sp = float(recipe.get("spacing_mm", 1.0))
+    if not np.isfinite(sp) or sp <= 0:
+        raise ValueError(f"a member's spacing_mm must be a positive number of mm, got {recipe.get('spacing_mm')!r}")
+    return (sp, sp, sp)
+
+
 def train_member(recipe: dict[str, Any], cases: Sequence, run_dir: str | Path, epochs: int, iters_per_epoch: int,
                  width: float = 1.0, lr: float = 1e-3, seed: int = 0, device: str = "auto", progress: bool = True,
                  batch_size: int | None = None, synthetic: Sequence = (), synthetic_share: float = 0.0):
@@ -469,8 +479,10 @@ def run_emma_member(run_dir: str | Path, member: str, ship: bool = False, epochs
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     root, subjects, train_names, held_out = _brats_split(data, train_subjects)
-    cases = [prepare_case(*load_brats_subject(root, s)[:4], name=s) for s in train_names]
-    syn_spec = {**SYNTHETIC_TRAINING, **(synthetic or {})}
+    spacing = recipe_spacing(recipe)
+    cases = [prepare_case(*load_brats_subject(root, s)[:4], target_spacing=spacing, name=s) for s in train_names]
+    syn_spec = {**SYNTHETIC_TRAINING, **({"spacing_mm": spacing[0]} if "spacing_mm" in recipe else {}),
+                **(synthetic or {})}
     share = float(syn_spec["share"])
     syn_cases = (synthetic_training_cases(syn_spec["n_cases"], syn_spec["spacing_mm"], syn_spec["domains"],
                                           syn_spec["seed"], syn_spec["necrosis_fluid"], progress) if share > 0 else [])
@@ -481,7 +493,7 @@ def run_emma_member(run_dir: str | Path, member: str, ship: bool = False, epochs
     priors = class_priors(cases, geo, recipe["fg_fraction"], int(recipe["batch_size"]), seed=seed,
                           synthetic=syn_cases, synthetic_share=share)
     del cases, syn_cases
-    card_core = {"input": lesion_input_spec(), "n_classes": 4, "label_values": list(LABEL_VALUES),
+    card_core = {"input": lesion_input_spec(spacing=spacing), "n_classes": 4, "label_values": list(LABEL_VALUES),
                  "prior_correction": priors}
     if "inference" in recipe:
         card_core["inference"] = dict(recipe["inference"])
