@@ -26,9 +26,10 @@ Re-estimating the batch-norm statistics on the target alone after the adversaria
 (AdaBN, Li et al. 2018; 100 batches of 10 target segments) was tried for lesions-uda
 (2026-12-06): whole-tumour Dice 0.651 -> 0.638 on the shipped fold and 0.793 -> 0.737 on the
 other, calibration worse on both. The running statistics stay those of source + target batches.
-So was adapting the images as well as the features (as CyCADA combines them, without a learnt
-generator): each synthetic source case's channels quantile-mapped inside its brain to the target
-brains' intensity distribution before the adversarial training: 0.651 -> 0.574 and 0.793 -> 0.749.
+Also tried and not used: adapting the images as well as the features (as CyCADA combines them,
+without a learnt generator), each synthetic source case's channels quantile-mapped inside its brain
+to the target brains' intensity distribution before the adversarial training: 0.651 -> 0.574 and
+0.793 -> 0.749.
 """
 
 from __future__ import annotations
