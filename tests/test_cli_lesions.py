@@ -171,6 +171,14 @@ def test_adapt_command(modalities, user_zoo_with_ensemble, capsys):
     assert main(["adapt", "--model", "tiny-a", "--flair", str(paths["flair"]), str(paths["flair"]),
                  "--t1c", str(paths["t1c"])]) != 0
     assert "2 FLAIR files but 1 T1c" in capsys.readouterr().err
+    # then self-training: recorded on the new model's card; a bad portion is one line on stderr
+    assert main(args[:7] + ["--name", "tiny-a-st", "--epochs", "1", "--iters", "1", "--quiet",
+                            "--self-training", "0.5"]) == 0
+    assert zoo.card("tiny-a-st")["adaptation"]["self_training"]["portions"] == [0.5]
+    capsys.readouterr()
+    assert main(args[:7] + ["--name", "tiny-a-bad", "--quiet", "--self-training", "2"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "portions must be in (0, 1]" in err[0] and "tiny-a-bad" not in zoo.available()
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -311,7 +311,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         masks.append(mask)
     name = adapt(model, scans, spacings, brain_masks=masks if args.mask else None, name=args.name,
                  epochs=args.epochs, iters_per_epoch=args.iters, device=args.device,
-                 progress=None if args.quiet else _progress_printer("adapt"))
+                 progress=None if args.quiet else _progress_printer("adapt"),
+                 self_training=args.self_training or ())
     print(f"adapted model {name} (from {model}, {len(scans)} unlabelled scans) in {zoo.user_dir()}; "
           f"use it with --model {name}")
     return 0
@@ -634,6 +635,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--name", default=None, help="name of the new model (default: <model>-adapted-<date>)")
     s.add_argument("--epochs", type=int, default=4)
     s.add_argument("--iters", type=int, default=100, help="iterations per epoch")
+    s.add_argument("--self-training", type=float, nargs="+", default=None, metavar="P",
+                   help="then class-balanced self-training: one round per portion P of each class's most "
+                        "confident voxels kept as pseudo-labels (lesions-uda's recipe: 0.5 0.7)")
     common(s)
     s.set_defaults(func=cmd_adapt)
 

@@ -135,3 +135,23 @@ def test_cancel_keeps_no_model(user_zoo):
         for _ in gen:
             pass
     assert "halted" not in zoo.available()
+
+
+def test_adapt_can_self_train_after_the_adversarial_stage(user_zoo):
+    source = [(*_case(s)[:2], (2.0, 2.0, 2.0), _case(s)[2]) for s in range(2)]
+    targets = [_case(10 + s, offset=1.5)[0] for s in range(2)]
+    steps = []
+    name = adapt("tiny-parent", targets, (2.0, 2.0, 2.0), name="tiny-st", source=source, epochs=1,
+                 iters_per_epoch=2, batch_size=4, self_training=(0.5, 0.7), progress=lambda *s: steps.append(s))
+    card = json.loads((user_zoo / f"{name}.json").read_text())
+    st = card["adaptation"]["self_training"]
+    assert [r["portion"] for r in st["rounds"]] == [0.5, 0.7] and len(st["target_loss_per_epoch"]) == 4
+    assert st["batchnorm"].startswith("frozen") and "self-training" in card["description"]
+    assert steps[-1][:2] == (8, 8) and "self-training" in steps[-1][2]
+    assert (user_zoo / "runs" / "tiny-st" / "self_training.pt").exists()
+    plain = json.loads((user_zoo / "tiny-parent.json").read_text())
+    assert "adaptation" not in plain
+    with pytest.raises(ValueError, match="portions"):
+        adapt("tiny-parent", targets, (2.0, 2.0, 2.0), name="tiny-st2", source=source, epochs=1,
+              iters_per_epoch=1, self_training=(1.5,))
+    assert not (user_zoo / "tiny-st2.json").exists()

@@ -178,3 +178,108 @@ def test_lesion_adaptation_with_matched_domain_sampling(tmp_path):
     assert runs[True]["config"]["discriminator_source"].startswith("own source segments")
     assert runs[False]["config"]["discriminator_source"] == "the task's source segments"
     assert all(np.isfinite(h["seg_loss"]).all() for h in runs.values())
+
+
+def test_pseudo_labels_keep_the_most_confident_portion_of_each_class(monkeypatch):
+    from napari_medlearn.methods import lesions
+    from napari_medlearn.training.deepmedic import IGNORE_CLASS, LesionTrainingCase
+    from napari_medlearn.training.uda import pseudo_label_cases
+
+    rng = np.random.default_rng(0)
+    shape = (4, 6, 6)
+    prob = rng.dirichlet(np.ones(4), size=shape).transpose(3, 0, 1, 2).astype(np.float32)
+    prob[3] *= 0.01                  # a rare class: per-class thresholds still keep its best voxels
+    prob /= prob.sum(0, keepdims=True)
+    mask = np.ones(shape, bool)
+    mask[0] = False
+    case = LesionTrainingCase(rng.standard_normal((2, *shape)).astype(np.float32), np.zeros(shape, np.uint8), mask, "t")
+
+    class Res:
+        probabilities = prob
+
+    monkeypatch.setattr(lesions, "segment_lesions", lambda *a, **k: Res)
+    net = torch.nn.Conv3d(1, 1, 1)
+    (out,), rec = pseudo_label_cases(net, [case], 0.5)
+    pred, conf = prob.argmax(0), prob.max(0)
+    assert (out.classes[~mask] == 0).all()
+    assert out.image is case.image and (case.classes == 0).all()
+    for k in range(4):
+        sel = (pred == k) & mask
+        if not sel.any():
+            continue
+        kept = sel & (out.classes == k)
+        assert (out.classes[sel] == k).sum() == pytest.approx(0.5 * sel.sum(), abs=1)
+        dropped = sel & (out.classes == IGNORE_CLASS)
+        if kept.any() and dropped.any():
+            assert conf[kept].min() >= conf[dropped].max()
+    assert rec["portion"] == 0.5 and len(rec["thresholds"]) == 4
+    assert rec["brain_share_kept"][0] == pytest.approx((out.classes[mask] != IGNORE_CLASS).mean())
+    (all_kept,), _ = pseudo_label_cases(net, [case], 1.0)
+    assert (all_kept.classes[mask] == pred[mask]).all()
+    with pytest.raises(ValueError, match="portion"):
+        pseudo_label_cases(net, [case], 0.0)
+
+
+def test_segments_are_never_centred_on_unselected_voxels():
+    from napari_medlearn.training.deepmedic import IGNORE_CLASS, LesionTrainingCase, SegmentSampler
+
+    shape = (12, 12, 12)
+    classes = np.zeros(shape, np.uint8)
+    classes[2:6, 2:6, 2:6] = IGNORE_CLASS
+    classes[7:9, 7:9, 7:9] = 2
+    case = LesionTrainingCase(np.zeros((2, *shape), np.float32), classes, np.ones(shape, bool))
+    net = DeepMedic(**{**TINY, "n_classes": 4})
+    s = SegmentSampler([case], net.geometry(3), fg_fraction=1.0)
+    assert set(classes.ravel()[s.fg[0]]) == {2} and set(classes.ravel()[s.bg[0]]) == {0}
+
+
+def _self_train(tmp_path, epochs=2, portions=(0.5, 0.8), iters=3, **kw):
+    from napari_medlearn.samples.brain_lesions import synthetic_lesion_case
+    from napari_medlearn.training.deepmedic import prepare_case, unlabelled_case
+    from napari_medlearn.training.uda import self_train_lesion_segmenter
+
+    src = synthetic_lesion_case(seed=0, spacing_mm=4.0, n_lesions=1)
+    tgt = synthetic_lesion_case(seed=1, spacing_mm=4.0, n_lesions=1, domain="B")
+    sp = (4.0, 4.0, 4.0)
+    args = {**TINY, "n_classes": 4}
+    torch.manual_seed(0)
+    net = DeepMedic(**args)
+    net.card = {"input": {"spacing_mm": list(sp)}}
+    hist = self_train_lesion_segmenter(
+        net, "deepmedic", args, [prepare_case(src.channels, src.labels, sp, src.brain_mask)],
+        [unlabelled_case(tgt.channels, sp, tgt.brain_mask)], tmp_path, portions=portions,
+        epochs_per_round=epochs, iters_per_epoch=iters, batch_size=4, lr=3e-3, out=3, progress=False, **kw)
+    return net, hist
+
+
+def test_self_training_rounds_resume_and_cancel(tmp_path):
+    _, full = _self_train(tmp_path / "a")
+    assert [r["portion"] for r in full["rounds"]] == [0.5, 0.8]
+    assert len(full["source_loss"]) == 4 and np.isfinite(full["target_loss"]).all()
+    # a run stopped inside round 2 resumes to the same result as one that never stopped
+    part = tmp_path / "d"
+    with pytest.raises(InterruptedError):     # calls: round 1's labelling + 6 steps, round 2's + 3 steps
+        _self_train(part, cancelled=_cancel_after(1 + 6 + 1 + 3))
+    ck = torch.load(part / "self_training.pt", weights_only=True)
+    assert (ck["round"], ck["epoch"]) == (1, 0)
+    _, resumed = _self_train(part)
+    assert np.allclose(full["source_loss"], resumed["source_loss"], rtol=1e-4)
+    assert np.allclose(full["target_loss"], resumed["target_loss"], rtol=1e-4)
+    with pytest.raises(InterruptedError):
+        _self_train(tmp_path / "e", cancelled=lambda: True)
+
+
+def _cancel_after(n):
+    calls = {"n": 0}
+
+    def cancelled():
+        calls["n"] += 1
+        return calls["n"] > n
+
+    return cancelled
+
+
+def test_self_training_fits_its_pseudo_labels(tmp_path):
+    _, hist = _self_train(tmp_path, epochs=4, portions=(1.0,), iters=6)
+    # one round: the pseudo-labels stay fixed and the loss on them falls as the model learns them
+    assert hist["target_loss"][-1] < 0.8 * hist["target_loss"][0]

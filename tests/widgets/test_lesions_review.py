@@ -111,3 +111,12 @@ def test_adapt_panel_makes_a_model_the_picker_offers(widget, qtbot, errors):
     qtbot.waitUntil(lambda: not widget.adapt_panel.runner.running, timeout=TIMEOUT_MS)
     assert not errors, errors
     assert widget.model_picker.model() == "tiny-dm-here" and "tiny-dm-here" in zoo.available(TASK)
+    assert "self_training" not in zoo.card("tiny-dm-here")["adaptation"]
+    # ticked: the adversarial stage is followed by lesions-uda's two self-training rounds
+    widget.adapt_panel.name_edit.setText("tiny-dm-st")
+    widget.adapt_panel.iters.setValue(1)
+    widget.adapt_panel.self_train.setChecked(True)
+    widget.adapt_panel.run()
+    qtbot.waitUntil(lambda: not widget.adapt_panel.runner.running, timeout=TIMEOUT_MS)
+    assert not errors, errors
+    assert zoo.card("tiny-dm-st")["adaptation"]["self_training"]["portions"] == [0.5, 0.7]

@@ -10,6 +10,9 @@ The copy's batch-norm layers stay on the parent's running statistics: each batch
 target segments, and letting their joint batch statistics in undid part of what the parent had
 learnt (lesions-synthetic adapted to four unlabelled scanner-B cases, judged on six labelled
 others: whole-tumour Dice 0.733 vs the parent's 0.777; with frozen statistics 0.784).
+With ``self_training`` the adversarial stage is followed by rounds of class-balanced self-training
+on the same scans (:func:`napari_medlearn.training.uda.self_train_lesion_segmenter`, as the
+lesions-uda recipe does), batch-norm statistics again frozen.
 The parent model is not changed. A checkpoint is written every epoch (``<user zoo>/runs/<name>``)
 and an interrupted adaptation resumes from it when started again with the same name.
 
@@ -104,11 +107,12 @@ def _source_cases(card: dict, source, names: Sequence[str], spacing):
 def adapt_steps(model, target_images, spacing=None, brain_masks=None, name: str | None = None, source=None,
                 epochs: int = 4, iters_per_epoch: int = 100, lam_max: float = 0.05, batch_size: int = 10,
                 device: str = "auto", cancelled: Callable[[], bool] | None = None,
+                self_training: Sequence[float] = (),
                 ) -> Generator[tuple[int, int, str], None, str]:
     """:func:`adapt` as a generator of ``(iterations_done, total, message)``; returns the new name."""
     from .. import zoo
     from ..training.deepmedic import unlabelled_case
-    from ..training.uda import adapt_lesion_segmenter
+    from ..training.uda import adapt_lesion_segmenter, self_train_lesion_segmenter
 
     if model is None:
         model = zoo.default_model(TASK)
@@ -116,6 +120,9 @@ def adapt_steps(model, target_images, spacing=None, brain_masks=None, name: str 
         raise ValueError("adapt one model at a time, not an ensemble: adapt each member, then ensemble them")
     if epochs < 1 or iters_per_epoch < 1:
         raise ValueError(f"epochs and iters_per_epoch must be >= 1, got {epochs}, {iters_per_epoch}")
+    self_training = tuple(float(p) for p in (self_training or ()))
+    if any(not 0.0 < p <= 1.0 for p in self_training):
+        raise ValueError(f"self_training portions must be in (0, 1], got {list(self_training)}")
     net = _load(model, device="cpu")
     card = dict(getattr(net, "card", {}) or {})
     parent = str(getattr(net, "zoo_name", card.get("name", "model")))
@@ -141,11 +148,17 @@ def adapt_steps(model, target_images, spacing=None, brain_masks=None, name: str 
         student, arch, arch_args, source_cases, target_cases, run_dir, epochs=epochs,
         iters_per_epoch=iters_per_epoch, batch_size=batch_size, lam_max=lam_max, device=device, progress=False,
         cancelled=cancelled, report=report, freeze_batchnorm=True, class_prior=bool(card.get("prior_correction"))))
+    st = None
+    if self_training:
+        st = yield from progress_from_thread(lambda report: self_train_lesion_segmenter(
+            student, arch, arch_args, source_cases, target_cases, run_dir, portions=self_training,
+            iters_per_epoch=iters_per_epoch, batch_size=batch_size, device=device, progress=False,
+            cancelled=cancelled, report=report, freeze_batchnorm=True))
     new_card = {k: v for k, v in card.items() if k not in ("sha256", "evaluation", "training", "priority")}
     new_card.update({
         "name": name, "task": TASK, "priority": -1,
         "description": f"{parent} adapted without labels to {len(targets)} of the user's scans "
-                       "(adversarial domain adaptation)",
+                       "(adversarial domain adaptation" + (" and self-training)" if st else ")"),
         "parent": {"name": parent, "sha256": card.get("sha256", "")},
         "adaptation": {
             "method": "adversarial domain adaptation (Kamnitsas et al., IPMI 2017), napari_medlearn.methods.adapt",
@@ -155,6 +168,9 @@ def adapt_steps(model, target_images, spacing=None, brain_masks=None, name: str 
             "settings": hist["config"], "task_loss_per_epoch": hist["seg_loss"],
             "domain_loss_per_epoch": hist["domain_loss"], "domain_accuracy_per_epoch": hist["domain_accuracy"],
             "seconds": round(hist["wall_seconds"], 1), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            **({"self_training": {**st["config"], "rounds": st["rounds"], "source_loss_per_epoch": st["source_loss"],
+                                  "target_loss_per_epoch": st["target_loss"],
+                                  "seconds": round(st["wall_seconds"], 1)}} if st else {}),
         },
         "evaluation": {"note": "not evaluated: the targets have no labels; compare it with its parent on "
                                "scans you can check"},
@@ -170,7 +186,7 @@ def adapt_steps(model, target_images, spacing=None, brain_masks=None, name: str 
 def adapt(model, target_images, spacing=None, brain_masks=None, name: str | None = None, source=None,
           epochs: int = 4, iters_per_epoch: int = 100, lam_max: float = 0.05, batch_size: int = 10,
           device: str = "auto", progress: Callable[[int, int, str], Any] | None = None,
-          cancelled: Callable[[], bool] | None = None) -> str:
+          cancelled: Callable[[], bool] | None = None, self_training: Sequence[float] = ()) -> str:
     """Adapt a lesion model to unlabelled scans; return the new model's zoo name.
 
     Parameters
@@ -194,9 +210,15 @@ def adapt(model, target_images, spacing=None, brain_masks=None, name: str | None
     progress, cancelled
         ``progress(done, total, message)`` per iteration; ``cancelled()`` stops at the next one
         (the last finished epoch stays in the checkpoint).
+    self_training
+        After the adversarial training, one round of class-balanced self-training on the scans per
+        portion given (e.g. ``(0.5, 0.7)``, as lesions-uda's recipe; ``epochs`` is not used for it: 2
+        epochs of ``iters_per_epoch`` per round): the model's most confident voxels of each class
+        become pseudo-labels (:func:`napari_medlearn.training.uda.self_train_lesion_segmenter`).
+        Default: none.
     """
     return drain(adapt_steps(model, target_images, spacing, brain_masks, name, source, epochs, iters_per_epoch,
-                             lam_max, batch_size, device, cancelled), progress)
+                             lam_max, batch_size, device, cancelled, self_training), progress)
 
 
 __all__ = ["adapt", "adapt_steps"]

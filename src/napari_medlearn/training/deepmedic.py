@@ -30,9 +30,16 @@ from ..imaging import measures as M
 BRATS_TO_CLASS = np.array([0, 1, 2, 1, 3], dtype=np.uint8)
 
 
+#: class index of a voxel without a class (ignored by the samplers' tumour pools and the loss)
+IGNORE_CLASS = 255
+
+
 @dataclass
 class LesionTrainingCase:
-    """One preprocessed subject: normalised channels, class indices, brain mask."""
+    """One preprocessed subject: normalised channels, class indices, brain mask.
+
+    ``classes`` may hold :data:`IGNORE_CLASS` where a voxel's class is unknown (unselected
+    pseudo-labels): segments are never centred on such voxels and the loss skips them."""
 
     image: np.ndarray      # (C, z, y, x) float32, z-scored in the brain, 0 outside
     classes: np.ndarray    # (z, y, x) uint8 class indices 0..3
@@ -196,7 +203,7 @@ class SegmentSampler:
             self.images.append(np.pad(c.image, [(0, 0)] + pads))
             self.classes.append(np.pad(c.classes, pads))
             self.masks.append(np.pad(c.mask, pads))
-            self.fg.append(np.flatnonzero(c.classes > 0))
+            self.fg.append(np.flatnonzero((c.classes > 0) & (c.classes != IGNORE_CLASS)))
             self.bg.append(np.flatnonzero(c.mask & (c.classes == 0)))
         self.shapes = [c.classes.shape for c in cases]
         self.n_channels = cases[0].image.shape[0]

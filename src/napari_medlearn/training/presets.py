@@ -396,7 +396,7 @@ PRESETS: dict[str, Preset] = {
     "lesions-uda": Preset(
         "lesions-uda", "lesions-uda",
         "DeepMedic on synthetic lesion cases, adversarially adapted to 2 real BraTS subjects' images without their "
-        "labels; judged on the other 2 (~60 min on 1 CPU thread)",
+        "labels, then self-trained on them; judged on the other 2 (~100 min on 1 CPU thread)",
         _run_lesions_uda,
     ),
     "lesions-synthetic": Preset(

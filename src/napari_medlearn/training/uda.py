@@ -22,6 +22,12 @@ receives ``-lambda`` times the same gradient. Source and target segments pass th
 segmenter in one batch, so batch normalisation sees both domains. The loop checkpoints every
 epoch (segmenter, discriminator, optimiser, history) and resumes; it can be cancelled.
 
+After the adversarial training, lesions-uda is self-trained on the same unlabelled target images
+(class-balanced self-training, Zou et al., ECCV 2018: :func:`self_train_lesion_segmenter`): in
+each round the model labels the target images, the most confident portion of each class's voxels
+is kept as pseudo-labels (the rest ignored), and the model trains on source and pseudo-labelled
+target segments together. No real label is read.
+
 Re-estimating the batch-norm statistics on the target alone after the adversarial training
 (AdaBN, Li et al. 2018; 100 batches of 10 target segments) was tried for lesions-uda
 (2026-12-06): whole-tumour Dice 0.651 -> 0.638 on the shipped fold and 0.793 -> 0.737 on the
@@ -334,7 +340,170 @@ def adapt_lesion_segmenter(net: nn.Module, arch: str, arch_args: dict, source_ca
     return hist
 
 
+
+def pseudo_label_cases(net: nn.Module, cases: Sequence, portion: float, device: str = "auto",
+                       cancelled: Callable[[], bool] | None = None) -> tuple[list, dict[str, Any]]:
+    """Class-balanced pseudo-labels of unlabelled lesion cases (Zou et al., ECCV 2018).
+
+    ``net`` segments each case (:func:`~napari_medlearn.methods.lesions.segment_lesions` on the
+    case's grid and brain mask); each brain voxel takes the most probable class. Per class, only
+    the voxels whose posterior is in the top ``portion`` of that class's voxels (pooled over the
+    cases) keep it; the rest get :data:`~napari_medlearn.training.deepmedic.IGNORE_CLASS`. Voxels
+    outside the brain are background. A per-class threshold keeps the rare tumour classes from
+    being drowned by the confident background. Returns the new cases (images and masks shared
+    with the inputs) and a record: each class's threshold and count, the share of the brain kept.
+    """
+    from ..methods.lesions import segment_lesions
+    from .deepmedic import IGNORE_CLASS, LesionTrainingCase
+
+    if not 0.0 < portion <= 1.0:
+        raise ValueError(f"portion must be in (0, 1], got {portion}")
+    spacing = tuple(float(v) for v in (getattr(net, "card", {}) or {}).get("input", {}).get("spacing_mm", (1.0,) * 3))
+    was_training = net.training
+    net.eval()
+    preds, confs, n_classes = [], [], 0
+    for c in cases:
+        if cancelled is not None and cancelled():
+            raise InterruptedError("self-training cancelled")
+        res = segment_lesions(c.image, spacing, model=net, brain_mask=c.mask, device=device)
+        n_classes = res.probabilities.shape[0]
+        preds.append(res.probabilities.argmax(0).astype(np.uint8))
+        confs.append(res.probabilities.max(0).astype(np.float32))
+    thresholds, counts = [], []
+    for k in range(n_classes):
+        v = np.concatenate([cf[(pr == k) & c.mask] for pr, cf, c in zip(preds, confs, cases)])
+        thresholds.append(float(np.quantile(v, 1.0 - portion)) if v.size else 1.0)
+        counts.append(int(v.size))
+    th = np.asarray(thresholds, np.float32)
+    out, kept = [], []
+    for pr, cf, c in zip(preds, confs, cases):
+        cls = np.where(cf >= th[pr], pr, IGNORE_CLASS).astype(np.uint8)
+        cls[~c.mask] = 0
+        kept.append(float((cls[c.mask] != IGNORE_CLASS).mean()) if c.mask.any() else 0.0)
+        out.append(LesionTrainingCase(c.image, cls, c.mask, c.name))
+    net.train(was_training)
+    return out, {"portion": float(portion), "thresholds": thresholds, "voxels_per_class": counts,
+                 "brain_share_kept": kept}
+
+
+def self_train_lesion_segmenter(net: nn.Module, arch: str, arch_args: dict, source_cases: Sequence,
+                                target_cases: Sequence, run_dir: str | Path,
+                                portions: Sequence[float] = (0.5, 0.7), epochs_per_round: int = 2,
+                                iters_per_epoch: int = 150, batch_size: int = 20, lr: float = 3e-4,
+                                weight_decay: float = 1e-4, out: int = 9, fg_fraction: float = 0.5,
+                                seed: int = 0, device: str = "auto", progress: bool = True,
+                                cancelled: Callable[[], bool] | None = None,
+                                report: Callable[[int, int, str], None] | None = None,
+                                freeze_batchnorm: bool = False) -> dict[str, Any]:
+    """Class-balanced self-training of a lesion segmenter (in place) on unlabelled target cases.
+
+    One round per entry of ``portions``: :func:`pseudo_label_cases` with that portion, then
+    ``epochs_per_round`` epochs in which each batch holds half labelled source segments
+    (``fg_fraction`` centred on lesion) and half target segments (``fg_fraction`` centred on
+    pseudo-tumour), one forward pass, loss = cross-entropy on the source + cross-entropy on the
+    target's selected pseudo-labels. No target label is read. Meant to follow the adversarial
+    training (:func:`adapt_lesion_segmenter`); ``run_dir/self_training.pt`` holds a checkpoint
+    after every epoch (resumed when present, the round's pseudo-labels remade from the weights the
+    round started with). ``freeze_batchnorm`` keeps the batch-norm layers on their running
+    statistics (as :func:`train_uda` does).
+    """
+    from tqdm.auto import tqdm
+
+    from .deepmedic import IGNORE_CLASS, SegmentSampler, sampler_geometry
+
+    if not portions or epochs_per_round < 1 or iters_per_epoch < 1:
+        raise ValueError("self-training needs at least one round, epoch and iteration")
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dev = zoo.resolve_device(device)
+    net.to(dev)
+    geo = sampler_geometry(net, out, 48)
+    src = SegmentSampler(source_cases, geo, fg_fraction=fg_fraction)
+    half = max(1, batch_size // 2)
+    opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
+    hist: dict[str, Any] = {"source_loss": [], "target_loss": [], "rounds": [], "wall_seconds": 0.0,
+                            "config": {"portions": [float(p) for p in portions], "epochs_per_round": epochs_per_round,
+                                       "iters_per_epoch": iters_per_epoch, "batch": f"{half} source + {half} target",
+                                       "lr": lr, "weight_decay": weight_decay, "seed": seed,
+                                       "batchnorm": ("frozen (running statistics)" if freeze_batchnorm
+                                                     else "batch statistics of source + target"),
+                                       "pseudo_labels": "class-balanced (Zou et al., ECCV 2018): per class the "
+                                                        "top portion of its voxels by posterior"}}
+    ck_path = run_dir / "self_training.pt"
+    start_round, start_epoch, round_start = 0, 0, None
+    if ck_path.exists():
+        ck = torch.load(ck_path, map_location="cpu", weights_only=True)
+        if ck.get("arch") == arch and "round_start" in ck:
+            net.load_state_dict(ck["state_dict"])
+            opt.load_state_dict(ck["optimizer"])
+            hist = json.loads(ck["history"])
+            start_round, start_epoch = int(ck["round"]), int(ck["epoch"]) + 1
+            if start_epoch >= epochs_per_round:
+                start_round, start_epoch = start_round + 1, 0
+            else:
+                round_start = ck["round_start"]
+            print(f"resuming self-training at round {start_round + 1}, epoch {start_epoch + 1} ({ck_path})")
+    t_start = time.time() - float(hist.get("wall_seconds", 0.0))
+    total = len(portions) * epochs_per_round * iters_per_epoch
+    for r in range(start_round, len(portions)):
+        current = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+        if round_start is not None:           # resumed inside this round: its pseudo-labels come from its start
+            net.load_state_dict(round_start)
+        cases, rec = pseudo_label_cases(net, target_cases, portions[r], device=str(dev), cancelled=cancelled)
+        if round_start is not None:
+            net.load_state_dict(current)
+        else:
+            round_start = current
+            hist["rounds"].append(rec)
+        tgt = SegmentSampler(cases, geo, fg_fraction=fg_fraction)
+        for epoch in range(start_epoch, epochs_per_round):
+            rng = seed_everything(seed + 100 * r + 10 * epoch)
+            net.train()
+            if freeze_batchnorm:
+                for m in net.modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.eval()
+            ls, lt = [], []
+            bar = tqdm(range(iters_per_epoch), desc=f"self-train {r + 1}.{epoch + 1}", disable=not progress,
+                       mininterval=5.0)
+            for it in bar:
+                if cancelled is not None and cancelled():
+                    raise InterruptedError("self-training cancelled")
+                xs, ys = src.batch(rng, dev, half)
+                xt, yt = tgt.batch(rng, dev, half)
+                logits = net(torch.cat([xs, xt]))
+                l_s = F.cross_entropy(logits[:half], ys)
+                l_t = F.cross_entropy(logits[half:], yt, ignore_index=IGNORE_CLASS)
+                if not torch.isfinite(l_t):       # a batch whose target voxels are all unselected
+                    l_t = logits.sum() * 0.0
+                opt.zero_grad(set_to_none=True)
+                (l_s + l_t).backward()
+                opt.step()
+                ls.append(float(l_s.detach()))
+                lt.append(float(l_t.detach()))
+                done = (r * epochs_per_round + epoch) * iters_per_epoch + it + 1
+                if report is not None:
+                    report(done, total, f"self-training round {r + 1}/{len(portions)}: source loss "
+                                        f"{np.mean(ls[-20:]):.3f}, target loss {np.mean(lt[-20:]):.3f}")
+                bar.set_postfix(src=f"{np.mean(ls[-50:]):.3f}", tgt=f"{np.mean(lt[-50:]):.3f}")
+            hist["source_loss"].append(float(np.mean(ls)))
+            hist["target_loss"].append(float(np.mean(lt)))
+            hist["wall_seconds"] = time.time() - t_start
+            zoo.save_checkpoint(net, ck_path, arch, arch_args, extra={
+                "optimizer": opt.state_dict(), "round": r, "epoch": epoch, "history": json.dumps(hist),
+                "round_start": round_start})
+        start_epoch, round_start = 0, None
+    net.eval()
+    return hist
+
+
 from .emma import _brats_split, _command, _read_folds, cross_validation  # noqa: E402
+
+#: lesions-uda's class-balanced self-training after the adversarial training: one round per portion
+#: of each class's most confident target voxels kept as pseudo-labels. Decided on both folds
+#: (2026-12-06, rule written before the runs): whole-tumour Dice 0.651 -> 0.660 on the shipped fold,
+#: 0.793 -> 0.820 on the other (source-only 0.668 and 0.801).
+SELF_TRAINING_PORTIONS = (0.5, 0.7)
 
 #: BraTS subjects whose images (never their labels) are the adaptation target of lesions-uda; the
 #: other two judge it and its source-only baseline, as they judge the EMMA members
@@ -347,7 +516,8 @@ def run_lesions_uda(run_dir: str | Path, ship: bool = False, epochs: int = 8, it
                     device: str = "auto", seed: int = 0, progress: bool = True, domain: str | None = None,
                     spacing_mm: float = 2.0, baseline: str | None = "lesions-synthetic",
                     with_fold: str | Path | Sequence[str | Path] | None = None,
-                    output_to_discriminator: bool = False) -> dict[str, Any]:
+                    output_to_discriminator: bool = False,
+                    self_training: Sequence[float] | None = SELF_TRAINING_PORTIONS) -> dict[str, Any]:
     """``lesions-uda``: the ``lesions-synthetic`` recipe (same cases, architecture, segments and
     schedule) plus the real BraTS images of ``target_subjects`` as an unlabelled target.
 
@@ -359,6 +529,8 @@ def run_lesions_uda(run_dir: str | Path, ship: bool = False, epochs: int = 8, it
     ``target_subjects``, judged on these); the card then carries the ``cross_validation`` of all.
     ``domain``: the synthetic source's scanners, by default lesions-synthetic's
     (:data:`~napari_medlearn.training.deepmedic.SOURCE_DOMAINS`). Only the default ``target_subjects`` ship.
+    ``self_training``: after the adversarial training, one round of class-balanced self-training
+    on the target images per portion given (:func:`self_train_lesion_segmenter`, 2 epochs each).
     """
     from .. import zoo as _zoo
     from ..nets.deepmedic import DeepMedic
@@ -389,6 +561,11 @@ def run_lesions_uda(run_dir: str | Path, ship: bool = False, epochs: int = 8, it
                                   seed=seed, device=device, progress=progress,
                                   output_to_discriminator=output_to_discriminator)
     _attach_card(model, arch_args, spacing=spacing)
+    st_hist = None
+    if self_training:
+        st_hist = self_train_lesion_segmenter(model, "deepmedic", arch_args, source, target, run_dir,
+                                              portions=tuple(self_training), iters_per_epoch=iters_per_epoch,
+                                              batch_size=batch_size, seed=seed, device=device, progress=progress)
     # judge: the held-out subjects, both models; domain information left in the features
     ev_cases = [(*load_brats_subject(root, s)[:4], s) for s in held_out]
     ev = evaluate_lesion_cases(model, ev_cases, progress=progress)
@@ -409,12 +586,18 @@ def run_lesions_uda(run_dir: str | Path, ship: bool = False, epochs: int = 8, it
                "domain_loss_per_epoch": hist["domain_loss"], "domain_accuracy_per_epoch": hist["domain_accuracy"],
                "lambda_per_epoch": hist["lambda"], "train_loop_seconds": round(hist["wall_seconds"], 1),
                "wall_seconds": round(time.time() - t0, 1)}
+    if st_hist is not None:
+        cfg_rec["self_training"] = {**st_hist["config"], "rounds": st_hist["rounds"],
+                                    "source_loss_per_epoch": st_hist["source_loss"],
+                                    "target_loss_per_epoch": st_hist["target_loss"],
+                                    "seconds": round(st_hist["wall_seconds"], 1)}
     name = "lesions-uda"
     card = {
         **_common_card(arch_args, name, spacing),
         "priority": 1,
         "description": "DeepMedic trained on synthetic lesion cases and adapted adversarially (Kamnitsas et al., "
-                       "IPMI 2017) to real BraTS FLAIR/T1c images without their labels. Research use only.",
+                       "IPMI 2017)" + (", then by class-balanced self-training (Zou et al., ECCV 2018)," if st_hist else "")
+                       + " to real BraTS FLAIR/T1c images without their labels. Research use only.",
         "paper": UDA_PAPER,
         "training": {
             "source": f"{n_train} synthetic cases (samples.brain_lesions.synthetic_lesion_case seeds {seed}.."

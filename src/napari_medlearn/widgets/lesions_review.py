@@ -20,6 +20,7 @@ import numpy as np
 from napari.utils.notifications import show_info
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
+    QCheckBox,
     QFormLayout,
     QGroupBox,
     QHeaderView,
@@ -224,6 +225,10 @@ class AdaptPanel(QGroupBox):
         self.iters = QSpinBox()
         self.iters.setRange(1, 5000)
         self.iters.setValue(100)
+        self.self_train = QCheckBox("then self-train on them (2 rounds)")
+        self.self_train.setToolTip("After the adversarial stage, the copy's most confident voxels of each class "
+                                   "become pseudo-labels for two more rounds of training (lesions-uda's recipe); "
+                                   "each round takes 2 x the iterations of an epoch")
         self.runner = TaskRunner("Adapt")
         self.runner.run_button.clicked.connect(self.run)
         self.body = QWidget()
@@ -232,6 +237,7 @@ class AdaptPanel(QGroupBox):
         form.addRow("new name", self.name_edit)
         form.addRow("epochs", self.epochs)
         form.addRow("iterations / epoch", self.iters)
+        form.addRow(self.self_train)
         hint = QLabel("A copy learns from the model's own training data while its features are made "
                       "blind to how these scans differ; the original is kept. Slow on a CPU.")
         hint.setWordWrap(True)
@@ -244,6 +250,7 @@ class AdaptPanel(QGroupBox):
 
     def run(self):
         from ..methods.adapt import adapt_steps
+        from ..training.uda import SELF_TRAINING_PORTIONS
 
         if self.runner.running:
             return None
@@ -257,7 +264,8 @@ class AdaptPanel(QGroupBox):
             return None
         steps = adapt_steps(model, [channels], spacing, brain_masks=[mask] if mask is not None else None,
                             name=self.name_edit.text().strip() or None, epochs=self.epochs.value(),
-                            iters_per_epoch=self.iters.value(), cancelled=self.runner.cancel_requested)
+                            iters_per_epoch=self.iters.value(), cancelled=self.runner.cancel_requested,
+                            self_training=SELF_TRAINING_PORTIONS if self.self_train.isChecked() else ())
         return self.runner.start(steps, self._done, description=f"adapting {model} to {layers[0].name}")
 
     def _done(self, name: str) -> None:
