@@ -16,7 +16,8 @@ measured along the way.
 
 - ``lesions``: a BraTS subject's FLAIR and T1c opened through the reader, Brain lesion
   segmentation (best shipped model, else ``$MEDLEARN_LESION_MODEL``), a brush stroke of oedema
-  (whole-tumour volume before/after), the probability maps, Save (NIfTI + CSV), reopened.
+  (whole-tumour volume before/after), the probability maps, Save (NIfTI + CSV), reopened; then
+  the synthetic sample, and lesions-uda on it with the adapt panel unfolded.
 
 - ``planes``: the fetal ultrasound sweep sample through Standard plane detection (score plot,
   checklist, saliency heat map, boxes); the best frames clicked in the checklist; live mode.
@@ -361,6 +362,15 @@ def scenario_lesions(viewer, out: Path):
     z = int(np.argmax((np.asarray(viewer.layers["synthetic lesion FLAIR [truth]"].data) > 0).sum(axis=(1, 2))))
     viewer.dims.set_point(0, z * w.labels_layer.scale[0] + w.labels_layer.translate[0])
     shoot(viewer, out / "lesions_sample.png")
+    if "lesions-uda" in zoo.available(TASK):
+        print("lesions: lesions-uda chosen, its segmentation, and the adapt panel unfolded with self-training ticked")
+        w.model_picker.setCurrentIndex(w.model_picker.findData("lesions-uda"))
+        w.run()
+        wait(lambda: not w.running)
+        print(f"  {w.runner.status.text()}; whole tumour {w.volume_text('whole_tumour_mL')} mL")
+        w.adapt_panel.setChecked(True)
+        w.adapt_panel.self_train.setChecked(True)
+        shoot(viewer, out / "lesions_adapt_panel.png")
 
 
 SCENARIOS["lesions"] = scenario_lesions
