@@ -528,7 +528,8 @@ def demo_robust_lesions(out: Path, device: str = "auto") -> list[str]:
                   f"uncertainty AUROC {ev.get('summary', {}).get('uncertainty_auroc_mean', float('nan')):.3f} "
                   "(not run here: this synthetic scanner is outside its members' domain).", ""]
     lines += ["Adapt a model to your own unlabelled scans: `medlearn adapt --model lesions-synthetic --flair ... "
-              "--t1c ... --name my-site` (or the Adapt panel of the lesion widget).", ""]
+              "--t1c ... --name my-site` (or the Adapt panel of the lesion widget); add `--self-training 0.5 0.7` "
+              "for lesions-uda's two rounds of self-training on the scans after the adversarial stage.", ""]
     return lines
 
 
