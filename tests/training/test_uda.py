@@ -158,10 +158,11 @@ def test_frozen_batchnorm_keeps_the_running_statistics(tmp_path):
     assert not all(torch.equal(a, b) for a, b in zip(before, bn_stats(net)))
 
 
-def test_lesion_adaptation_with_matched_domain_sampling(tmp_path):
+def _lesion_toy():
+    """A tiny 4-class DeepMedic, a labelled scanner-A source case and an unlabelled scanner-B
+    target case, both synthetic at 4 mm."""
     from napari_medlearn.samples.brain_lesions import synthetic_lesion_case
     from napari_medlearn.training.deepmedic import prepare_case, unlabelled_case
-    from napari_medlearn.training.uda import adapt_lesion_segmenter
 
     src = synthetic_lesion_case(seed=0, spacing_mm=4.0, n_lesions=1)
     tgt = synthetic_lesion_case(seed=1, spacing_mm=4.0, n_lesions=1, domain="B")
@@ -169,11 +170,19 @@ def test_lesion_adaptation_with_matched_domain_sampling(tmp_path):
     args = {**TINY, "n_classes": 4}
     torch.manual_seed(0)
     net = DeepMedic(**args)
+    net.card = {"input": {"spacing_mm": list(sp)}}
+    return (net, args, [prepare_case(src.channels, src.labels, sp, src.brain_mask)],
+            [unlabelled_case(tgt.channels, sp, tgt.brain_mask)])
+
+
+def test_lesion_adaptation_with_matched_domain_sampling(tmp_path):
+    from napari_medlearn.training.uda import adapt_lesion_segmenter
+
+    net, args, source, target = _lesion_toy()
     runs = {}
     for matched in (False, True):
         runs[matched] = adapt_lesion_segmenter(
-            net, "deepmedic", args, [prepare_case(src.channels, src.labels, sp, src.brain_mask)],
-            [unlabelled_case(tgt.channels, sp, tgt.brain_mask)], tmp_path / str(matched), epochs=1,
+            net, "deepmedic", args, source, target, tmp_path / str(matched), epochs=1,
             iters_per_epoch=2, batch_size=8, out=3, progress=False, matched_domain_sampling=matched)
     assert runs[True]["config"]["discriminator_source"].startswith("own source segments")
     assert runs[False]["config"]["discriminator_source"] == "the task's source segments"
@@ -234,21 +243,12 @@ def test_segments_are_never_centred_on_unselected_voxels():
 
 
 def _self_train(tmp_path, epochs=2, portions=(0.5, 0.8), iters=3, **kw):
-    from napari_medlearn.samples.brain_lesions import synthetic_lesion_case
-    from napari_medlearn.training.deepmedic import prepare_case, unlabelled_case
     from napari_medlearn.training.uda import self_train_lesion_segmenter
 
-    src = synthetic_lesion_case(seed=0, spacing_mm=4.0, n_lesions=1)
-    tgt = synthetic_lesion_case(seed=1, spacing_mm=4.0, n_lesions=1, domain="B")
-    sp = (4.0, 4.0, 4.0)
-    args = {**TINY, "n_classes": 4}
-    torch.manual_seed(0)
-    net = DeepMedic(**args)
-    net.card = {"input": {"spacing_mm": list(sp)}}
+    net, args, source, target = _lesion_toy()
     hist = self_train_lesion_segmenter(
-        net, "deepmedic", args, [prepare_case(src.channels, src.labels, sp, src.brain_mask)],
-        [unlabelled_case(tgt.channels, sp, tgt.brain_mask)], tmp_path, portions=portions,
-        epochs_per_round=epochs, iters_per_epoch=iters, batch_size=4, lr=3e-3, out=3, progress=False, **kw)
+        net, "deepmedic", args, source, target, tmp_path, portions=portions, epochs_per_round=epochs,
+        iters_per_epoch=iters, batch_size=4, lr=3e-3, out=3, progress=False, **kw)
     return net, hist
 
 
