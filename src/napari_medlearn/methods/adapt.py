@@ -107,12 +107,13 @@ def _source_cases(card: dict, source, names: Sequence[str], spacing):
 def adapt_steps(model, target_images, spacing=None, brain_masks=None, name: str | None = None, source=None,
                 epochs: int = 4, iters_per_epoch: int = 100, lam_max: float = 0.05, batch_size: int = 10,
                 device: str = "auto", cancelled: Callable[[], bool] | None = None,
-                self_training: Sequence[float] = (),
+                self_training: bool | Sequence[float] = (),
                 ) -> Generator[tuple[int, int, str], None, str]:
     """:func:`adapt` as a generator of ``(iterations_done, total, message)``; returns the new name."""
     from .. import zoo
     from ..training.deepmedic import unlabelled_case
-    from ..training.uda import adapt_lesion_segmenter, self_train_lesion_segmenter
+    from ..training.uda import (SELF_TRAINING_PORTIONS, adapt_lesion_segmenter, self_train_lesion_segmenter,
+                                self_training_record)
 
     if model is None:
         model = zoo.default_model(TASK)
@@ -120,6 +121,8 @@ def adapt_steps(model, target_images, spacing=None, brain_masks=None, name: str 
         raise ValueError("adapt one model at a time, not an ensemble: adapt each member, then ensemble them")
     if epochs < 1 or iters_per_epoch < 1:
         raise ValueError(f"epochs and iters_per_epoch must be >= 1, got {epochs}, {iters_per_epoch}")
+    if self_training is True:
+        self_training = SELF_TRAINING_PORTIONS
     self_training = tuple(float(p) for p in (self_training or ()))
     if any(not 0.0 < p <= 1.0 for p in self_training):
         raise ValueError(f"self_training portions must be in (0, 1], got {list(self_training)}")
@@ -168,9 +171,7 @@ def adapt_steps(model, target_images, spacing=None, brain_masks=None, name: str 
             "settings": hist["config"], "task_loss_per_epoch": hist["seg_loss"],
             "domain_loss_per_epoch": hist["domain_loss"], "domain_accuracy_per_epoch": hist["domain_accuracy"],
             "seconds": round(hist["wall_seconds"], 1), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-            **({"self_training": {**st["config"], "rounds": st["rounds"], "source_loss_per_epoch": st["source_loss"],
-                                  "target_loss_per_epoch": st["target_loss"],
-                                  "seconds": round(st["wall_seconds"], 1)}} if st else {}),
+            **({"self_training": self_training_record(st)} if st else {}),
         },
         "evaluation": {"note": "not evaluated: the targets have no labels; compare it with its parent on "
                                "scans you can check"},
@@ -186,7 +187,7 @@ def adapt_steps(model, target_images, spacing=None, brain_masks=None, name: str 
 def adapt(model, target_images, spacing=None, brain_masks=None, name: str | None = None, source=None,
           epochs: int = 4, iters_per_epoch: int = 100, lam_max: float = 0.05, batch_size: int = 10,
           device: str = "auto", progress: Callable[[int, int, str], Any] | None = None,
-          cancelled: Callable[[], bool] | None = None, self_training: Sequence[float] = ()) -> str:
+          cancelled: Callable[[], bool] | None = None, self_training: bool | Sequence[float] = ()) -> str:
     """Adapt a lesion model to unlabelled scans; return the new model's zoo name.
 
     Parameters
@@ -212,9 +213,9 @@ def adapt(model, target_images, spacing=None, brain_masks=None, name: str | None
         (the last finished epoch stays in the checkpoint).
     self_training
         After the adversarial training, one round of class-balanced self-training on the scans per
-        portion given (e.g. ``(0.5, 0.7)``, as lesions-uda's recipe; ``epochs`` is not used for it: 2
-        epochs of ``iters_per_epoch`` per round): the model's most confident voxels of each class
-        become pseudo-labels (:func:`napari_medlearn.training.uda.self_train_lesion_segmenter`).
+        portion given (e.g. ``(0.5, 0.7)``; True: lesions-uda's recipe; ``epochs`` is not used for
+        it: 2 epochs of ``iters_per_epoch`` per round): the model's most confident voxels of each
+        class become pseudo-labels (:func:`napari_medlearn.training.uda.self_train_lesion_segmenter`).
         Default: none.
     """
     return drain(adapt_steps(model, target_images, spacing, brain_masks, name, source, epochs, iters_per_epoch,

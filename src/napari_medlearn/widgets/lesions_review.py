@@ -250,7 +250,6 @@ class AdaptPanel(QGroupBox):
 
     def run(self):
         from ..methods.adapt import adapt_steps
-        from ..training.uda import SELF_TRAINING_PORTIONS
 
         if self.runner.running:
             return None
@@ -265,7 +264,7 @@ class AdaptPanel(QGroupBox):
         steps = adapt_steps(model, [channels], spacing, brain_masks=[mask] if mask is not None else None,
                             name=self.name_edit.text().strip() or None, epochs=self.epochs.value(),
                             iters_per_epoch=self.iters.value(), cancelled=self.runner.cancel_requested,
-                            self_training=SELF_TRAINING_PORTIONS if self.self_train.isChecked() else ())
+                            self_training=self.self_train.isChecked())
         return self.runner.start(steps, self._done, description=f"adapting {model} to {layers[0].name}")
 
     def _done(self, name: str) -> None:
