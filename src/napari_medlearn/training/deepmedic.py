@@ -39,7 +39,7 @@ class LesionTrainingCase:
     """One preprocessed subject: normalised channels, class indices, brain mask.
 
     ``classes`` may hold :data:`IGNORE_CLASS` where a voxel's class is unknown (unselected
-    pseudo-labels): segments are never centred on such voxels and the loss skips them."""
+    pseudo-labels): segments are never centred on such voxels, and the self-training loss skips them."""
 
     image: np.ndarray      # (C, z, y, x) float32, z-scored in the brain, 0 outside
     classes: np.ndarray    # (z, y, x) uint8 class indices 0..3
