@@ -511,8 +511,9 @@ from .emma import _brats_split, _command, _read_folds, cross_validation  # noqa:
 #: 0.793 -> 0.820 on the other (source-only 0.668 and 0.801). Its cost, over the four subjects:
 #: tumour core 0.534 -> 0.490 and enhancing 0.661 -> 0.608 Dice (source-only 0.519, 0.704).
 #: Two more rounds (portions 0.8, 0.9), run from the round-2 weights with a fresh Adam, rose on both
-#: folds again: 0.660 -> 0.677 and 0.820 -> 0.830 WT. Not shipped yet: (0.5, 0.7, 0.8, 0.9) is the
-#: next recipe to train and judge with ``medlearn train lesions-uda``.
+#: folds again: 0.660 -> 0.677 and 0.820 -> 0.830 WT. Through run_lesions_uda (Adam continued) the
+#: same four rounds gave only 0.664 and 0.824, with tumour core and enhancing lower again (shipped
+#: fold 0.501 -> 0.452 and 0.565 -> 0.491): not adopted.
 SELF_TRAINING_PORTIONS = (0.5, 0.7)
 
 #: BraTS subjects whose images (never their labels) are the adaptation target of lesions-uda; the
