@@ -283,3 +283,28 @@ def test_self_training_fits_its_pseudo_labels(tmp_path):
     _, hist = _self_train(tmp_path, epochs=4, portions=(1.0,), iters=6)
     # one round: the pseudo-labels stay fixed and the loss on them falls as the model learns them
     assert hist["target_loss"][-1] < 0.8 * hist["target_loss"][0]
+
+
+def test_adversarial_self_training_continues_its_discriminator_and_resumes(tmp_path):
+    _, fresh = _self_train(tmp_path / "f", adversarial_weight=0.1)
+    assert fresh["config"]["discriminator"] == "fresh" and len(fresh["domain_loss"]) == 4
+    given = torch.load(tmp_path / "f" / "self_training.pt", weights_only=True)["discriminator"]
+    _, full = _self_train(tmp_path / "a", adversarial_weight=0.1, discriminator_state=given)
+    assert full["config"]["adversarial_weight"] == 0.1
+    assert full["config"]["discriminator"] == "continued from the adversarial stage"
+    assert np.isfinite(full["domain_loss"]).all() and len(full["domain_loss"]) == 4
+    after = torch.load(tmp_path / "a" / "self_training.pt", weights_only=True)["discriminator"]
+    assert any(not torch.equal(given[k], after[k]) for k in given)       # the discriminator trained on
+    _, plain = _self_train(tmp_path / "p")
+    assert "domain_loss" not in plain and not np.allclose(plain["source_loss"], full["source_loss"])
+    part = tmp_path / "d"
+    with pytest.raises(InterruptedError):
+        _self_train(part, adversarial_weight=0.1, discriminator_state=given,
+                    cancelled=_cancel_after(1 + 6 + 1 + 3))
+    _, resumed = _self_train(part, adversarial_weight=0.1, discriminator_state=given)
+    assert np.allclose(full["domain_loss"], resumed["domain_loss"], rtol=1e-4)
+    assert np.allclose(full["target_loss"], resumed["target_loss"], rtol=1e-4)
+    with pytest.raises(ValueError, match="adversarial_weight"):
+        _self_train(part)                    # a checkpoint of another recipe is not resumed silently
+    with pytest.raises(ValueError, match="adversarial_weight"):
+        _self_train(tmp_path / "n", adversarial_weight=-1.0)
