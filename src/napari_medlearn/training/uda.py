@@ -569,6 +569,8 @@ SELF_TRAINING_PORTIONS = (0.5, 0.7)
 #: written before the runs): WT Dice 0.678 on the shipped fold but 0.816 on the other, below the
 #: shipped recipe's 0.660 / 0.820 on one fold, so not adopted, though tumour core (0.536 / 0.539
 #: against 0.501 / 0.479) and enhancing (0.612 / 0.717 against 0.565 / 0.652) were higher on both.
+#: Four rounds (portions 0.5, 0.7, 0.8, 0.9) through run_lesions_uda gave 0.668 / 0.802, with tumour
+#: core and enhancing below the two rounds' again: not adopted either.
 SELF_TRAINING_ADVERSARIAL = 0.0
 
 #: BraTS subjects whose images (never their labels) are the adaptation target of lesions-uda; the
