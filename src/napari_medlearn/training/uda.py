@@ -111,6 +111,15 @@ class DomainDiscriminator(nn.Module):
         return self.out(self.body(x).mean(dim=(2, 3, 4)))[:, 0]
 
 
+def domain_loss(disc: nn.Module, feats: Sequence[torch.Tensor], n_source: int,
+                lam: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The discriminator's loss on features whose first ``n_source`` samples are source (0) and the
+    rest target (1), the segmenter's gradient reversed at weight ``lam``; also its logits and labels."""
+    d = disc([grad_reverse(f, lam) for f in feats])
+    y = torch.cat([torch.zeros(n_source), torch.ones(d.shape[0] - n_source)]).to(d.device)
+    return F.binary_cross_entropy_with_logits(d, y), d, y
+
+
 def adversarial_weight(progress_epochs: float, ramp: tuple[float, float], lam_max: float) -> float:
     """0 before ``ramp[0]`` epochs, rising linearly to ``lam_max`` at ``ramp[1]``, then constant."""
     a, b = ramp
@@ -218,9 +227,7 @@ def train_uda(model: nn.Module, source_batch: Callable, target_batch: Callable, 
                 feats, n_dom_s = [f[ns:] for f in feats], x_d.shape[0]
             else:
                 n_dom_s = ns
-            d = disc([grad_reverse(f, lam) for f in feats])
-            dom_y = torch.cat([torch.zeros(n_dom_s), torch.ones(x_t.shape[0])]).to(d.device)
-            loss_dom = F.binary_cross_entropy_with_logits(d, dom_y)
+            loss_dom, d, dom_y = domain_loss(disc, feats, n_dom_s, lam)
             opt.zero_grad(set_to_none=True)
             (loss_seg + loss_dom).backward()
             opt.step()
@@ -512,10 +519,8 @@ def self_train_lesion_segmenter(net: nn.Module, arch: str, arch_args: dict, sour
                 if not torch.isfinite(l_t):       # a batch whose target voxels are all unselected
                     l_t = logits.sum() * 0.0
                 loss = l_s + l_t
-                if disc is not None:              # source 0, target 1, the segmenter's gradient reversed
-                    d = disc([grad_reverse(f, adversarial_weight) for f in feats])
-                    l_d = F.binary_cross_entropy_with_logits(
-                        d, torch.cat([torch.zeros(xs.shape[0]), torch.ones(xt.shape[0])]).to(d.device))
+                if disc is not None:
+                    l_d = domain_loss(disc, feats, xs.shape[0], adversarial_weight)[0]
                     loss = loss + l_d
                     ld.append(float(l_d.detach()))
                 opt.zero_grad(set_to_none=True)
