@@ -69,6 +69,22 @@ def test_segment_lesions_writes_labels_probabilities_and_volumes(modalities, tin
     assert rc == 2 and "already exists" in capsys.readouterr().err
 
 
+def test_scans_that_look_not_skull_stripped_give_a_warning_on_stderr(modalities, tiny_lesion_model, tmp_path,
+                                                                     capsys, monkeypatch):
+    from napari_medlearn.methods import lesions as lesion_method
+
+    paths, _ = modalities
+    # the fixture's 2 mm "brain" is 7.7 mL; a limit below it stands in for a whole head
+    monkeypatch.setattr(lesion_method, "BRAIN_VOLUME_LIMIT_ML", 5.0)
+    out = tmp_path / "out"
+    assert main(["segment-lesions", "--flair", str(paths["flair"]), "--t1c", str(paths["t1c"]),
+                 "--out", str(out), "--model", tiny_lesion_model, "--quiet"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("medlearn: warning: the brain region is 8 mL")
+    assert "skull-stripped" in json.loads((out / "lesions.json").read_text())["warnings"][0]
+    assert (out / "labels.nii.gz").exists()                  # a warning, not an error
+
+
 def _stored_reversed(vol: Volume) -> Volume:
     """The same voxels in the same place, stored with y and x reversed and z and x swapped."""
     flip = np.eye(4)

@@ -211,6 +211,7 @@ def write_lesion_outputs(out: Path, ref, result, source: str) -> dict[str, Path]
                        "members": list(result.members), "member_volumes_ml": member_volumes,
                        "channels": list(result.channel_names), "label_values": list(result.label_values),
                        "postprocess": result.extras.get("postprocess"),
+                       "warnings": list(result.extras.get("warnings") or []),
                        "volumes_ml": result.volumes_ml, "seconds": round(result.seconds, 2)}, paths["json"])
     return paths
 
@@ -286,6 +287,8 @@ def cmd_segment_lesions(args: argparse.Namespace) -> int:
                           device=args.device, decision=args.decision,
                           progress=None if args.quiet else _progress_printer("segment-lesions"))
     paths = write_lesion_outputs(out, ref, res, f"FLAIR {args.flair}; T1c {args.t1c}")
+    for w in res.extras.get("warnings") or []:
+        print(f"medlearn: warning: {w}", file=sys.stderr)
     v = res.volumes_ml
     print(f"whole tumour {v['whole_tumour_mL']:.1f} mL  oedema {v['oedema_mL']:.1f} mL  "
           f"enhancing {v['enhancing_mL']:.1f} mL  necrotic core {v['necrotic_core_mL']:.1f} mL")

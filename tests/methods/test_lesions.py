@@ -5,7 +5,8 @@ import torch
 from napari_medlearn import zoo
 from napari_medlearn.imaging.measures import brats_region_metrics
 from napari_medlearn.methods import LesionResult, lesion_volumes, segment_lesions, segment_lesions_steps
-from napari_medlearn.methods.lesions import dense_probabilities, derive_brain_mask, normalise_channels
+from napari_medlearn.methods import lesions as lesion_method
+from napari_medlearn.methods.lesions import dense_probabilities, derive_brain_mask, input_warnings, normalise_channels
 from napari_medlearn.nets.deepmedic import DeepMedic
 
 TINY = dict(in_channels=2, n_classes=4, fms_normal=[3, 3, 4, 4, 4, 4, 5, 5], subsample_factors=[3],
@@ -60,6 +61,7 @@ def test_result_on_the_input_grid(tiny_net):
     assert res.volumes_ml == lesion_volumes(res.labels, (2.0, 2.0, 2.0))
     assert calls and calls[-1][0] == calls[-1][1]
     assert res.uncertainty is None and res.members == ()
+    assert res.extras["warnings"] == []
 
 
 def test_tiling_gives_the_same_posteriors_as_one_segment(tiny_net):
@@ -135,6 +137,27 @@ def test_derived_mask_with_noisy_background_uses_otsu():
     ch[:, 4:12, 4:12, 4:12] += 3.0
     m = derive_brain_mask(ch)
     assert m[4:12, 4:12, 4:12].all() and m.sum() == 8 ** 3
+
+
+def test_a_brain_region_larger_than_a_brain_warns_that_the_scans_look_not_skull_stripped(tiny_net, monkeypatch):
+    # known answers at 1 mm: a 1.5 L brain (BraTS-like) passes, a 4 L head does not
+    brain = np.zeros((150, 100, 100), bool)
+    assert input_warnings(brain, (1.0, 1.0, 1.0)) == []
+    brain[:, :, :] = True                                   # 1500 mL
+    assert input_warnings(brain, (1.0, 1.0, 1.0)) == []
+    (w,) = input_warnings(brain, (1.0, 1.6, 1.7))           # 4080 mL
+    assert "4080 mL" in w and "skull-stripped" in w and "brain mask" in w
+    assert input_warnings(brain, (1.0, 1.25, 1.25)) == []   # 2344 mL: a large brain, still a brain
+    assert input_warnings(brain, (1.0, 1.3, 1.3))           # 2535 mL: beyond the limit
+    # the limit sits between the largest brain masks and a head
+    assert 1900 < lesion_method.BRAIN_VOLUME_LIMIT_ML < 3000
+    # the result carries it, and the segmentation is not changed by it
+    ch, mask = _case()
+    quiet = segment_lesions(ch, (2.0, 2.0, 2.0), model=tiny_net)
+    monkeypatch.setattr(lesion_method, "BRAIN_VOLUME_LIMIT_ML", 1.0)    # 10.6 mL of "brain" now too much
+    loud = segment_lesions(ch, (2.0, 2.0, 2.0), model=tiny_net)
+    assert len(loud.extras["warnings"]) == 1 and "11 mL" in loud.extras["warnings"][0]
+    assert np.array_equal(loud.labels, quiet.labels)
 
 
 def test_lesion_volumes_known_answer():

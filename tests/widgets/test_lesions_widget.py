@@ -352,3 +352,19 @@ def test_dock_widget_and_sample_are_registered(make_napari_viewer):
     truth = viewer.layers["synthetic lesion FLAIR [truth]"]
     np.testing.assert_allclose(truth.colormap.map(np.array([4]))[0], (1.0, 0.9, 0.15, 1.0), atol=1e-6)
     np.testing.assert_allclose(truth.translate, viewer.layers["synthetic lesion FLAIR"].translate)
+
+
+def test_scans_that_look_not_skull_stripped_give_a_warning_and_still_a_result(widget, qtbot, errors, monkeypatch):
+    from napari_medlearn.methods import lesions as lesion_method
+    from napari_medlearn.widgets import lesions as lesion_widget
+
+    warnings = []
+    monkeypatch.setattr(lesion_widget, "show_warning", warnings.append)
+    run_and_wait(widget, qtbot)
+    assert not errors and not warnings                     # the synthetic brain is a brain
+    assert widget.labels_layer.metadata["warnings"] == []
+    # a limit below this brain's volume stands in for a whole head
+    monkeypatch.setattr(lesion_method, "BRAIN_VOLUME_LIMIT_ML", 10.0)
+    run_and_wait(widget, qtbot)
+    assert not errors and len(warnings) == 1 and "skull-stripped" in warnings[0]
+    assert widget.labels_layer.metadata["warnings"] == warnings

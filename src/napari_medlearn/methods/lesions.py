@@ -9,7 +9,8 @@ Pipeline, the same in training (``training/deepmedic.py``) and here:
    that fills most of the volume's outer faces (skull-stripped scans have a constant
    background: 0, or ``-mean/std`` after a normalisation as in the BraTS files). When no channel
    has a constant background, an Otsu threshold of the channels' mean is used instead (largest
-   component, holes filled).
+   component, holes filled). A brain region larger than any brain
+   (:data:`BRAIN_VOLUME_LIMIT_ML`) gives a warning in the result: the scans look not skull-stripped.
 3. **Resample** to the card's ``input.spacing_mm`` when the input's spacing differs (trilinear for
    images, nearest for the mask) and the probabilities back to the input grid afterwards.
 4. **Normalise** each channel to zero mean and unit variance inside the brain mask
@@ -113,7 +114,9 @@ class LesionResult:
         Optional, for ensembles (issue 12): ``(z, y, x)`` uncertainty map and member names.
     extras
         Further optional outputs of other model kinds (e.g. mutual information), by name, and the
-        label ``postprocess`` applied (component clean-up fraction, hole filling).
+        label ``postprocess`` applied (component clean-up fraction, hole filling), and
+        ``warnings``: what about the input deserves attention (:func:`input_warnings`, e.g. scans
+        that look not skull-stripped).
     """
 
     labels: np.ndarray
@@ -235,6 +238,27 @@ def derive_brain_mask(channels: np.ndarray) -> np.ndarray:
     if not mask.any():
         raise ValueError("no brain found: every channel is constant (give a brain mask)")
     return mask
+
+
+# No brain is this large: adult brain masks run about 1000-1900 mL (the four BraTS subjects'
+# 1084-1690 mL, nilearn's generous MNI152 mask 1883 mL), while a whole head with scalp, skull and
+# face is some 3000-4500 mL. A larger "brain" means the scans were not skull-stripped.
+BRAIN_VOLUME_LIMIT_ML = 2500.0
+
+
+def input_warnings(mask: np.ndarray, spacing: Sequence[float]) -> list[str]:
+    """What about the scans deserves the user's attention before trusting the labels (not errors).
+
+    The models take skull-stripped FLAIR/T1c: given a whole head, the brain region (derived or
+    given) takes in scalp, skull and face, the intensity normalisation shifts, and bright fat is
+    easily called tumour.
+    """
+    vol = float(np.count_nonzero(mask)) * float(np.prod(spacing)) / 1000.0
+    if vol > BRAIN_VOLUME_LIMIT_ML:
+        return [f"the brain region is {vol:.0f} mL, larger than any brain (about 1000-1900 mL): the scans "
+                "look not skull-stripped, and the models take skull-stripped FLAIR and T1c; skull-strip "
+                "them or give a brain mask before trusting the labels"]
+    return []
 
 
 def normalise_channels(channels: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -720,6 +744,7 @@ def segment_lesions_steps(
         member_labels = {nm: to_labels(p) for nm, p in zip(names_of, member_probs)}
         extras = {**maps, "member_labels": member_labels,
                   "member_volumes_ml": {nm: lesion_volumes(lab, sp) for nm, lab in member_labels.items()}}
+    extras["warnings"] = input_warnings(mask, sp)
     extras["postprocess"] = {"decision": decision, "min_component_fraction": float(min_component_fraction or 0.0),
                              "fill_holes": bool(fill_holes)}
     if decision == "expected_dice":

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import ComboBox
 from napari.layers import Image, Labels
-from napari.utils.notifications import show_info
+from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QFileDialog,
@@ -381,6 +381,7 @@ class LesionWidget(QWidget):
                 metadata=copy.deepcopy(meta), **geometry)
         # how the labels followed from the probabilities (decision, clean-up, hole filling)
         meta["postprocess"] = copy.deepcopy(dict(result.extras.get("postprocess") or {}))
+        meta["warnings"] = list(result.extras.get("warnings") or [])
         self.labels_layer = self.viewer.add_labels(
             np.asarray(result.labels, dtype=np.uint8), name=f"{source.name} [{method}]",
             metadata=meta, opacity=0.5, colormap=DirectLabelColormap(color_dict=LABEL_COLORS),
@@ -397,6 +398,8 @@ class LesionWidget(QWidget):
         self.mask_picker.reset_choices()
         self.save_button.setEnabled(True)
         self.update_volumes()
+        for w in result.extras.get("warnings") or []:
+            show_warning(w)                 # e.g. scans that look not skull-stripped
 
     def update_volumes(self, event=None) -> dict:
         """Measure the labels layer's current data and refresh the table."""
