@@ -182,6 +182,15 @@ def test_adapt_command(modalities, user_zoo_with_ensemble, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "exists already" in err[0]
     assert zoo.sha256_of(user_zoo_with_ensemble / "tiny-a-site2.pt") == before
+    # scans that look not skull-stripped: warned on stderr before the training, which still runs
+    from napari_medlearn.methods import lesions as lesion_method
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(lesion_method, "BRAIN_VOLUME_LIMIT_ML", 5.0)        # below the fixture's 7.7 mL
+        assert main(args[:7] + ["--name", "tiny-a-head", "--epochs", "1", "--iters", "1", "--quiet"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("medlearn: warning: scan 1 (") and "skull-stripped" in err[0]
+    assert zoo.card("tiny-a-head")["adaptation"]["target_warnings"]
     with pytest.raises(SystemExit):      # argparse: a T1c per FLAIR is required
         main(["adapt", "--model", "tiny-a", "--flair", str(paths["flair"]), "--t1c"])
     assert main(["adapt", "--model", "tiny-a", "--flair", str(paths["flair"]), str(paths["flair"]),

@@ -299,7 +299,7 @@ def cmd_segment_lesions(args: argparse.Namespace) -> int:
 def cmd_adapt(args: argparse.Namespace) -> int:
     from . import zoo
     from .methods import adapt
-    from .methods.lesions import TASK
+    from .methods.lesions import TASK, scan_warnings
 
     model = args.model or zoo.default_model(TASK)
     if len(args.flair) != len(args.t1c):
@@ -309,6 +309,12 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     scans, spacings, masks = [], [], []
     for i, (f, t) in enumerate(zip(args.flair, args.t1c)):
         ch, ref, mask = _read_modalities(f, t, args.mask[i] if args.mask else None, model)
+        try:
+            warnings = scan_warnings(ch, ref.spacing, mask)
+        except ValueError:                  # e.g. no brain at all: adapt names the scan, once
+            warnings = []
+        for w in warnings:                  # before the training, not after it
+            print(f"medlearn: warning: scan {i + 1} ({f}): {w}", file=sys.stderr)
         scans.append(ch)
         spacings.append(tuple(ref.spacing))
         masks.append(mask)

@@ -54,6 +54,7 @@ def test_adapt_makes_a_new_model_and_keeps_the_parent(user_zoo):
     assert len(card["adaptation"]["task_loss_per_epoch"]) == 2
     assert card["adaptation"]["settings"]["batchnorm"].startswith("frozen")     # the parent's statistics kept
     assert (user_zoo / "runs" / "tiny-site-b" / "last.pt").exists()        # checkpoint per epoch
+    assert card["adaptation"]["target_warnings"] == []                       # 46 mL of "brain" each
     res = segment_lesions(targets[0], (2.0, 2.0, 2.0), model=name)
     assert res.model == name and res.labels.shape == targets[0].shape[1:]
     with pytest.raises(ValueError, match="exists already"):
@@ -155,3 +156,15 @@ def test_adapt_can_self_train_after_the_adversarial_stage(user_zoo):
         adapt("tiny-parent", targets, (2.0, 2.0, 2.0), name="tiny-st2", source=source, epochs=1,
               iters_per_epoch=1, self_training=(1.5,))
     assert not (user_zoo / "tiny-st2.json").exists()
+
+
+def test_targets_that_look_not_skull_stripped_are_recorded_on_the_card(user_zoo, monkeypatch):
+    from napari_medlearn.methods import lesions as lesion_method
+
+    monkeypatch.setattr(lesion_method, "BRAIN_VOLUME_LIMIT_ML", 20.0)       # between the targets' volumes
+    source = [(*_case(s)[:2], (2.0, 2.0, 2.0), _case(s)[2]) for s in range(2)]
+    targets = [_case(10)[0], _case(11, shape=(12, 16, 14))[0]]              # 46 mL and 7.7 mL
+    adapt("tiny-parent", targets, (2.0, 2.0, 2.0), name="tiny-heads", source=source, epochs=1,
+          iters_per_epoch=1, batch_size=4)
+    (w,) = zoo.card("tiny-heads")["adaptation"]["target_warnings"]
+    assert w.startswith("target scan 1: the brain region is 46 mL") and "skull-stripped" in w

@@ -120,3 +120,21 @@ def test_adapt_panel_makes_a_model_the_picker_offers(widget, qtbot, errors):
     qtbot.waitUntil(lambda: not widget.adapt_panel.runner.running, timeout=TIMEOUT_MS)
     assert not errors, errors
     assert zoo.card("tiny-dm-st")["adaptation"]["self_training"]["portions"] == [0.5, 0.7]
+
+
+def test_adapting_to_scans_that_look_not_skull_stripped_warns_before_training(widget, qtbot, errors, monkeypatch):
+    from napari_medlearn.methods import lesions as lesion_method
+    from napari_medlearn.widgets import lesions_review
+
+    warnings = []
+    monkeypatch.setattr(lesions_review, "show_warning", warnings.append)
+    monkeypatch.setattr(lesion_method, "BRAIN_VOLUME_LIMIT_ML", 10.0)       # stands in for a whole head
+    widget.model_picker.setCurrentIndex(widget.model_picker.findData("tiny-dm"))
+    widget.adapt_panel.name_edit.setText("tiny-dm-head")
+    widget.adapt_panel.epochs.setValue(1)
+    widget.adapt_panel.iters.setValue(1)
+    widget.adapt_panel.run()
+    assert len(warnings) == 1 and "skull-stripped" in warnings[0]          # shown as the run starts
+    qtbot.waitUntil(lambda: not widget.adapt_panel.runner.running, timeout=TIMEOUT_MS)
+    assert not errors, errors
+    assert zoo.card("tiny-dm-head")["adaptation"]["target_warnings"]

@@ -31,7 +31,7 @@ import numpy as np
 
 from ._threads import progress_from_thread
 from .cardiac import drain
-from .lesions import DEFAULT_CHANNELS, TASK, _check_spacing, _load, ensemble_members, validate_channels
+from .lesions import DEFAULT_CHANNELS, TASK, _check_spacing, _load, ensemble_members, scan_warnings, validate_channels
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -134,6 +134,7 @@ def adapt_steps(model, target_images, spacing=None, brain_masks=None, name: str 
         raise ValueError(f"model {parent!r} has no architecture/arch_args in its card; cannot save an adapted copy")
     names = tuple(card.get("input", {}).get("channels", DEFAULT_CHANNELS))
     targets = _targets(target_images, spacing, brain_masks, names)
+    warnings = [f"target scan {i + 1}: {w}" for i, (a, s, m) in enumerate(targets) for w in scan_warnings(a, s, m)]
     name = name or f"{parent}-adapted-{time.strftime('%Y%m%d-%H%M%S')}"
     if not NAME_RE.match(name):
         raise ValueError(f"model name {name!r}: use letters, digits, '.', '_' or '-' (at most 64)")
@@ -171,6 +172,7 @@ def adapt_steps(model, target_images, spacing=None, brain_masks=None, name: str 
             "settings": hist["config"], "task_loss_per_epoch": hist["seg_loss"],
             "domain_loss_per_epoch": hist["domain_loss"], "domain_accuracy_per_epoch": hist["domain_accuracy"],
             "seconds": round(hist["wall_seconds"], 1), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "target_warnings": warnings,
             **({"self_training": self_training_record(st)} if st else {}),
         },
         "evaluation": {"note": "not evaluated: the targets have no labels; compare it with its parent on "

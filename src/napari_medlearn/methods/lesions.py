@@ -261,6 +261,14 @@ def input_warnings(mask: np.ndarray, spacing: Sequence[float]) -> list[str]:
     return []
 
 
+def scan_warnings(channels, spacing, brain_mask=None) -> list[str]:
+    """:func:`input_warnings` of a scan ``(C, z, y, x)`` before any inference (the mask derived
+    when not given), e.g. to warn before adapting a model to scans that look not skull-stripped."""
+    arr = np.asarray(channels)
+    mask = derive_brain_mask(arr) if brain_mask is None else np.asarray(brain_mask, bool)
+    return input_warnings(mask, spacing)
+
+
 def normalise_channels(channels: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Zero mean, unit variance per channel inside ``mask``; 0 outside. Returns float32 (a copy)."""
     out = np.zeros(channels.shape, np.float32)

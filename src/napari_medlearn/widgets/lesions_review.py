@@ -17,7 +17,7 @@ import copy
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-from napari.utils.notifications import show_info
+from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -261,6 +261,12 @@ class AdaptPanel(QGroupBox):
         except (ValueError, TypeError) as exc:
             notify_error(exc)
             return None
+        try:
+            warnings = lesion_method.scan_warnings(channels, spacing, mask)
+        except ValueError:                   # e.g. no brain at all: the run names it, once
+            warnings = []
+        for w in warnings:                   # before the training, not after it
+            show_warning(w)
         steps = adapt_steps(model, [channels], spacing, brain_masks=[mask] if mask is not None else None,
                             name=self.name_edit.text().strip() or None, epochs=self.epochs.value(),
                             iters_per_epoch=self.iters.value(), cancelled=self.runner.cancel_requested,
