@@ -158,3 +158,31 @@ def test_a_planar_model_runs_on_both_in_plane_orientations():
     with torch.inference_mode():
         one = net(torch.from_numpy(stack / s)[None, None])[0, 0].numpy()
     assert not np.allclose(r.image, one * s, atol=1e-4)   # not just one pass
+
+
+def test_an_image_with_negative_values_is_shifted_to_zero_for_the_network_and_back(monkeypatch):
+    """The networks learnt MR magnitudes (>= 0, background 0). A z-scored copy of a magnitude
+    stack (its background the minimum, below 0) is shifted to a minimum of 0 before them and back
+    after: its result is the magnitude's result, shifted. Without the shift the network sees
+    another image and answers otherwise."""
+    rng = np.random.default_rng(3)
+    mag = np.zeros((4, 16, 14), np.float32)
+    mag[:, 3:-3, 3:-3] = rng.random((4, 10, 8)) * 50 + 10
+    neg = mag - 20.0
+    aff = affine_from_spacing((3.0, 1.0, 1.0))
+    net = _tiny_net(3)
+    r0 = super_resolve(mag, (3.0, 1.0, 1.0), 3, model=net)
+    r1 = super_resolve(neg, (3.0, 1.0, 1.0), 3, model=net)
+    np.testing.assert_allclose(r1.image, r0.image - 20.0, atol=1e-3)
+    np.testing.assert_allclose(r1.baseline, r0.baseline - 20.0, atol=1e-3)
+    torch.manual_seed(0)
+    fuse = MultiInputSRNet(n_inputs=2, width=2, n_stream=1, n_fused=1).eval()
+    torch.nn.init.normal_(fuse.out.weight, std=0.1)
+    f0 = super_resolve_stacks([(mag, aff), (mag[:, ::-1].copy(), aff)], (1.0, 1.0, 1.0), model=fuse)
+    f1 = super_resolve_stacks([(neg, aff), (neg[:, ::-1].copy(), aff)], (1.0, 1.0, 1.0), model=fuse)
+    np.testing.assert_allclose(f1.image, f0.image - 20.0, atol=1e-3)
+    np.testing.assert_allclose(f1.baseline, f0.baseline - 20.0, atol=1e-3)
+    assert M.intensity_offset(mag) == 0.0 and M.intensity_offset(mag, neg) == -20.0
+    monkeypatch.setattr(M, "intensity_offset", lambda *a: 0.0)          # as before the shift
+    unshifted = super_resolve(neg, (3.0, 1.0, 1.0), 3, model=net)
+    assert np.abs(unshifted.image - (r0.image - 20.0)).max() > 0.5

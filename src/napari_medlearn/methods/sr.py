@@ -13,7 +13,11 @@ stack's interpolation stands in for it.
 
 Baselines, on the same grids: cubic B-spline interpolation of the stack (``model="spline"``) and
 the average of the interpolated stacks (``model="average"``). Intensities are divided by the
-first stack's 99.5th percentile before the network and scaled back after.
+first stack's 99.5th percentile before the network and scaled back after. The networks learnt
+MR magnitudes (>= 0, background 0): an image with negative values (z-scored, e.g. BraTS's
+``*_subtrMeanDivStd`` files, whose background is their minimum) is first shifted so that its
+minimum is 0 and shifted back after (:func:`intensity_offset`). Without the shift a z-scored
+BraTS FLAIR came out 9 dB below the spline.
 
 ``super_resolve_steps`` / ``super_resolve_stacks_steps`` yield ``(done, total, message)`` and
 return an :class:`SRResult` (GUI workers); ``super_resolve`` / ``super_resolve_stacks`` drain them.
@@ -116,6 +120,12 @@ def intensity_scale(stack: np.ndarray) -> float:
     return s if s > 0 else 1.0
 
 
+def intensity_offset(*stacks: np.ndarray) -> float:
+    """The value subtracted before the network: the stacks' minimum when negative, else 0."""
+    lo = min(float(np.min(a)) for a in stacks) if stacks else 0.0
+    return lo if lo < 0 else 0.0
+
+
 def resolve_model(model, task: str, device: str = "auto"):
     """A loaded module for ``model`` (module, zoo name, checkpoint path, or None = best shipped)."""
     from .. import zoo
@@ -208,10 +218,12 @@ def super_resolve_steps(stack, spacing, factor, model=None, device: str = "auto"
         if net is None:
             images.append(base)
             continue
-        s = intensity_scale(frame)
+        lo = intensity_offset(frame)
+        s = intensity_scale(frame - lo)
+        xs = (frame - lo) / s
         estimates = []
         for k in range(passes):
-            x = (frame / s)[None] if k == 0 else np.ascontiguousarray((frame / s).swapaxes(-1, -2))[None]
+            x = xs[None] if k == 0 else np.ascontiguousarray(xs.swapaxes(-1, -2))[None]
             gen = _run_tiled(net, x, frame.shape[0] * f, dev, cancelled)
             while True:
                 try:
@@ -221,7 +233,7 @@ def super_resolve_steps(stack, spacing, factor, model=None, device: str = "auto"
                     break
                 done += 1
                 yield done, total, f"frame {t + 1}/{len(frames)}: network"
-        images.append(np.mean(estimates, axis=0) * s)
+        images.append(np.mean(estimates, axis=0) * s + lo)
     image = np.stack(images) if arr.ndim == 4 else images[0]
     baseline = np.stack(bases) if arr.ndim == 4 else bases[0]
     card = {} if net is None else _card_of(net)
@@ -318,8 +330,12 @@ def super_resolve_stacks_steps(stacks, spacing, model=None, device: str = "auto"
     total = len(items) + (0 if net is None else _n_tiles(*shape[1:]))
     t0 = time.perf_counter()
     yield 0, total, "resampling stacks"
+    # shifted to a minimum of 0 (when negative) before the resampling too, so that where a stack
+    # does not reach, its 0 is the background, as for magnitude images
+    lo = intensity_offset(*[a for a, _ in items])
     resampled = []
     for i, (a, aff) in enumerate(items):
+        a = a - lo if lo else a
         if cancelled is not None and cancelled():
             raise InterruptedError("cancelled")
         cov = S.coverage(a.shape, aff, shape, grid)
@@ -331,11 +347,11 @@ def super_resolve_stacks_steps(stacks, spacing, model=None, device: str = "auto"
         resampled.append(r)
         yield i + 1, total, f"stack {i + 1}/{len(items)} resampled"
     x = np.stack(resampled)
-    baseline = x.mean(0)
+    baseline = x.mean(0) + lo
     if net is None:
         image = baseline
     else:
-        s = intensity_scale(items[0][0])
+        s = intensity_scale(items[0][0] - lo)
         dev = next(net.parameters()).device
         gen = _run_tiled(net, x / s, shape[0], dev, cancelled)
         done = len(items)
@@ -343,7 +359,7 @@ def super_resolve_stacks_steps(stacks, spacing, model=None, device: str = "auto"
             try:
                 next(gen)
             except StopIteration as stop:
-                image = stop.value * s
+                image = stop.value * s + lo
                 break
             done += 1
             yield done, total, "fusing"
