@@ -309,11 +309,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     scans, spacings, masks = [], [], []
     for i, (f, t) in enumerate(zip(args.flair, args.t1c)):
         ch, ref, mask = _read_modalities(f, t, args.mask[i] if args.mask else None, model)
-        try:
-            warnings = scan_warnings(ch, ref.spacing, mask)
-        except ValueError:                  # e.g. no brain at all: adapt names the scan, once
-            warnings = []
-        for w in warnings:                  # before the training, not after it
+        for w in scan_warnings(ch, ref.spacing, mask):       # before the training, not after it
             print(f"medlearn: warning: scan {i + 1} ({f}): {w}", file=sys.stderr)
         scans.append(ch)
         spacings.append(tuple(ref.spacing))

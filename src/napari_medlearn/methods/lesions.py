@@ -263,9 +263,14 @@ def input_warnings(mask: np.ndarray, spacing: Sequence[float]) -> list[str]:
 
 def scan_warnings(channels, spacing, brain_mask=None) -> list[str]:
     """:func:`input_warnings` of a scan ``(C, z, y, x)`` before any inference (the mask derived
-    when not given), e.g. to warn before adapting a model to scans that look not skull-stripped."""
-    arr = np.asarray(channels)
-    mask = derive_brain_mask(arr) if brain_mask is None else np.asarray(brain_mask, bool)
+    when not given), e.g. to warn before adapting a model to scans that look not skull-stripped.
+    A scan without any brain gives no warning here: the run itself refuses it, once."""
+    if brain_mask is not None:
+        return input_warnings(np.asarray(brain_mask, bool), spacing)
+    try:
+        mask = derive_brain_mask(np.asarray(channels))
+    except ValueError:
+        return []
     return input_warnings(mask, spacing)
 
 

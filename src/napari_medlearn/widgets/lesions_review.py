@@ -261,11 +261,7 @@ class AdaptPanel(QGroupBox):
         except (ValueError, TypeError) as exc:
             notify_error(exc)
             return None
-        try:
-            warnings = lesion_method.scan_warnings(channels, spacing, mask)
-        except ValueError:                   # e.g. no brain at all: the run names it, once
-            warnings = []
-        for w in warnings:                   # before the training, not after it
+        for w in lesion_method.scan_warnings(channels, spacing, mask):   # before the training, not after it
             show_warning(w)
         steps = adapt_steps(model, [channels], spacing, brain_masks=[mask] if mask is not None else None,
                             name=self.name_edit.text().strip() or None, epochs=self.epochs.value(),
