@@ -101,8 +101,9 @@ RECON_OUTPUTS = ("reconstruction.nii.gz", "zero_filled.nii.gz", "mask.nii.gz", "
 
 
 def write_recon_outputs(out: Path, result, volume=None, reference=None, source: str = "") -> dict:
-    """Magnitude NIfTIs (reconstruction, zero-filled, mask) in ``volume``'s geometry (1 mm when
-    None), the complex reconstruction as .npy, and recon.json with model and figures."""
+    """NIfTIs (reconstruction and zero-filled as ``result.display`` shows them: magnitudes, or
+    real parts for a signed source; mask) in ``volume``'s geometry (1 mm when None), the complex
+    reconstruction as .npy, and recon.json with model and figures."""
     import numpy as np
 
     from .imaging.io import write_nifti
@@ -115,16 +116,16 @@ def write_recon_outputs(out: Path, result, volume=None, reference=None, source: 
                 "tzyx": ("t", "z", "y", "x")}[result.axes]
         volume = Volume(np.zeros(result.image.shape, np.float32),
                         affine_from_spacing((1.0,) * min(3, sum(a != "t" for a in axes))), axes, {})
-    write_nifti(volume.with_data(result.magnitude), out / "reconstruction.nii.gz", overwrite=True)
-    write_nifti(volume.with_data(np.abs(result.zero_filled).astype(np.float32)), out / "zero_filled.nii.gz",
-                overwrite=True)
+    write_nifti(volume.with_data(result.display), out / "reconstruction.nii.gz", overwrite=True)
+    write_nifti(volume.with_data(result.zero_filled_display), out / "zero_filled.nii.gz", overwrite=True)
     write_nifti(volume.with_data(result.mask.astype(np.uint8)), out / "mask.nii.gz", overwrite=True)
     _write_npy_atomic(result.image, out / "reconstruction.npy")
     report = {"source": source, "model": result.model_name, "model_sha256": result.model_sha256,
-              "axes": result.axes, "acceleration": result.acceleration, "seconds": result.seconds}
+              "axes": result.axes, "acceleration": result.acceleration, "seconds": result.seconds,
+              "offset": result.offset, "outputs": "real parts" if result.signed else "magnitudes"}
     if reference is not None:
-        report["zero_filled"] = reconstruction_quality(reference, result.zero_filled)
-        report["reconstruction"] = reconstruction_quality(reference, result.image)
+        report["zero_filled"] = reconstruction_quality(reference, result.zero_filled_display)
+        report["reconstruction"] = reconstruction_quality(reference, result.display)
     write_json_atomic(report, out / "recon.json")
     return report
 
@@ -134,10 +135,12 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
     from .imaging import kspace as K
     from .methods import reconstruct
+    from .methods.recon import simulate
 
     out = _out_dir(args.out, RECON_OUTPUTS, args.overwrite)
     is_kspace = Path(args.input).suffix.lower() in K.KSPACE_SUFFIXES
     volume = reference = None
+    offset = 0.0
     if is_kspace:
         k, mask = K.read_kspace(args.input, args.mask, args.kspace_key, args.mask_key)
         if mask is None:
@@ -151,11 +154,14 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         if reference.ndim < 2 or reference.ndim > 4:
             raise CLIError(f"{args.input}: a {reference.ndim}-D image; need (y, x), (z, y, x), (t, y, x) "
                            "or (t, z, y, x)")
-        k, mask = K.simulate_acquisition(reference, args.acceleration, args.pattern, args.centre_lines,
-                                         args.seed, per_frame=args.dynamic)
+        k, mask, offset = simulate(reference, args.acceleration, args.pattern, args.centre_lines, args.seed,
+                                   per_frame=args.dynamic)
+        if offset:
+            _note(f"{args.input} has negative values (z-scored?): simulated the acquisition of the image minus "
+                  f"its minimum {offset:.4g} and added it back; outputs are real parts, not magnitudes")
         source = f"{args.input} (simulated: {args.pattern}, R={args.acceleration:g}, "\
                  f"{args.centre_lines} centre lines, seed {args.seed})"
-    res = reconstruct(k, mask, model=args.model, device=args.device, dynamic=args.dynamic,
+    res = reconstruct(k, mask, model=args.model, device=args.device, dynamic=args.dynamic, offset=offset,
                       progress=None if args.quiet else _progress_printer("reconstruct"))
     report = write_recon_outputs(out, res, volume, reference, source)
     line = f"R={res.acceleration:.2f} model {res.model_name} {res.seconds:.2f} s"

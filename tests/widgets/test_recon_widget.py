@@ -93,6 +93,38 @@ def test_simulate_from_an_image(widget, qtbot, errors, models):
     assert len(w.viewer.layers) == n and not errors
 
 
+def test_a_z_scored_image_layer_keeps_its_signs(widget, qtbot, errors, models):
+    from napari_medlearn.methods.recon import simulate
+
+    w = widget
+    image = (_phantom((48, 40)) - 0.5) * 2.0                   # background about -1, as a z-scored scan
+    layer = w.viewer.add_image(image.copy(), name="z")
+    w.image_picker.value = layer
+    w.model_picker.add_checkpoint(models["2d"])
+    w.acceleration.setValue(4)
+    w.centre_lines.setValue(6)
+    run_and_wait(w, qtbot)
+    assert not errors, errors
+    k, m, offset = simulate(image, 4, "cartesian", 6, w.seed.value())
+    zf = w.viewer.layers["z [zero-filled R=4]"]
+    np.testing.assert_allclose(zf.data, K.ifft2c(k).real + offset, atol=1e-5)
+    rec = w.viewer.layers["z [cascade R=4]"]
+    assert rec.data.min() < -0.5 and rec.contrast_limits[0] == pytest.approx(float(image.min()))
+    np.testing.assert_allclose(w.viewer.layers["z [error R=4]"].data, np.abs(rec.data - image), atol=1e-6)
+    first = w.metric_text("cascade", "PSNR (dB)")
+    assert first == f"{reconstruction_quality(image, rec.data)['psnr_db']:.2f}"
+    # the simulated k-space layer carries its offset: reconstructing it again gives the same image
+    kspace_layer = w.viewer.layers["z [k-space R=4]"]
+    assert kspace_layer.metadata["offset"] == pytest.approx(offset)
+    w.mode.setCurrentText(KSPACE)
+    w.kspace_picker.value = kspace_layer
+    w.mask_picker.value = w.viewer.layers["z [mask R=4]"]
+    run_and_wait(w, qtbot)
+    assert not errors, errors
+    assert w.result.signed and w.metric_text("cascade", "PSNR (dB)") == first
+    np.testing.assert_array_equal(layer.data, image)                       # input untouched
+
+
 def test_kspace_and_mask_input(widget, qtbot, errors, models, tmp_path):
     w = widget
     image = _phantom((2, 40, 32))

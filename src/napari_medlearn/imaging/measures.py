@@ -212,15 +212,21 @@ def image_quality(reference: np.ndarray, image: np.ndarray) -> dict[str, float]:
     """PSNR (dB) and SSIM of the magnitude of ``image`` against the magnitude of ``reference``.
 
     scikit-image metrics with the data range set to the reference's peak magnitude; for stacks
-    and cines PSNR is over the whole array and SSIM the mean over its 2D images.
+    and cines PSNR is over the whole array and SSIM the mean over its 2D images. Two real
+    arrays whose reference has negative values (a z-scored image) are compared as signed values
+    with the data range max - min, since magnitudes would fold them.
     """
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-    ref = np.abs(np.asarray(reference)).astype(np.float64)
-    est = np.abs(np.asarray(image)).astype(np.float64)
+    ref, est = np.asarray(reference), np.asarray(image)
+    signed = not (np.iscomplexobj(ref) or np.iscomplexobj(est)) and ref.size > 0 and float(ref.min()) < 0
+    if signed:
+        ref, est = ref.astype(np.float64), est.astype(np.float64)
+    else:
+        ref, est = np.abs(ref).astype(np.float64), np.abs(est).astype(np.float64)
     if ref.shape != est.shape:
         raise ValueError(f"reference {ref.shape} and image {est.shape} differ in shape")
-    peak = float(ref.max())
+    peak = float(ref.max() - ref.min()) if signed else float(ref.max())
     if not peak > 0:
         raise ValueError("the reference image is all zeros")
     with np.errstate(divide="ignore"):      # identical images: inf dB

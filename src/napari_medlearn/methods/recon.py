@@ -21,6 +21,12 @@ precision at the end, so the output's sampled k-space equals the input's to floa
 
 ``reconstruct_steps`` yields ``(done, total, message)`` and returns a :class:`ReconResult` (for a
 GUI worker); ``reconstruct`` drains it (CLI, batch, tests).
+
+The networks learnt MR images (magnitudes, background 0). :func:`simulate` acquires a real
+image with negative values (z-scored, e.g. BraTS's ``*_subtrMeanDivStd``) after subtracting its
+minimum, and returns that offset for ``reconstruct(..., offset=...)`` to add back to both
+results. Such a result is shown, saved and scored by its real part
+(:attr:`ReconResult.display`), which keeps the signs a magnitude would fold.
 """
 
 from __future__ import annotations
@@ -57,6 +63,9 @@ class ReconResult:
         Which weights produced this.
     seconds
         Wall time of the reconstruction (model loading excluded).
+    offset
+        0, or the (negative) minimum of a real image that :func:`simulate` subtracted before the
+        acquisition; already added back to ``image`` and ``zero_filled``.
     """
 
     image: np.ndarray
@@ -66,6 +75,7 @@ class ReconResult:
     model_name: str = ""
     model_sha256: str = ""
     seconds: float = 0.0
+    offset: float = 0.0
 
     @property
     def acceleration(self) -> float:
@@ -76,6 +86,22 @@ class ReconResult:
     def magnitude(self) -> np.ndarray:
         """``abs(image)`` as float32."""
         return np.abs(self.image).astype(np.float32)
+
+    @property
+    def signed(self) -> bool:
+        """The source was a real image with negative values (``offset < 0``): show real parts."""
+        return self.offset < 0
+
+    @property
+    def display(self) -> np.ndarray:
+        """The reconstruction to show and save, float32: its magnitude, or its real part when
+        :attr:`signed` (a magnitude would fold the source's negative values)."""
+        return (self.image.real if self.signed else np.abs(self.image)).astype(np.float32)
+
+    @property
+    def zero_filled_display(self) -> np.ndarray:
+        """The zero-filled image as :attr:`display` shows the reconstruction."""
+        return (self.zero_filled.real if self.signed else np.abs(self.zero_filled)).astype(np.float32)
 
 
 def validate_kspace(kspace: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -122,6 +148,28 @@ def validate_kspace(kspace: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, n
                          f"{per_image.size} (all zeros there)")
     k = np.where(m, k, 0).astype(np.complex64, copy=False)
     return k, m
+
+
+def simulate(image: np.ndarray, acceleration: float = 4.0, pattern: str = "cartesian", centre_lines: int = 8,
+             seed: int | None = 0, per_frame: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
+    """Simulate an undersampled acquisition of a real image: ``(kspace, mask, offset)``.
+
+    ``offset`` is the image's minimum when negative, else 0; the k-space is that of
+    ``image - offset`` (the networks learnt MR images with background 0, not z-scores). Pass it
+    on to :func:`reconstruct` to get results on the image's own scale. Arguments as for
+    :func:`napari_medlearn.imaging.kspace.simulate_acquisition`.
+    """
+    x = np.asarray(image)
+    if np.iscomplexobj(x) or not np.issubdtype(x.dtype, np.number):
+        raise ValueError(f"the image must be real numbers, got {x.dtype}")
+    x = x.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(x)):
+        raise ValueError("the image contains NaN or Inf values")
+    low = float(x.min()) if x.size else 0.0
+    offset = low if low < 0 else 0.0
+    k, mask = K.simulate_acquisition(x - offset if offset else x, acceleration, pattern, centre_lines, seed,
+                                     per_frame=per_frame)
+    return k, mask, offset
 
 
 def _model_dims(net) -> int:
@@ -187,11 +235,16 @@ def reconstruct_steps(
     dynamic: bool = False,
     batch_size: int = 4,
     cancelled: Callable[[], bool] | None = None,
+    offset: float = 0.0,
 ) -> Generator[tuple[int, int, str], None, ReconResult]:
     """Reconstruct, yielding ``(images_done, images_total, message)``; returns the result.
 
-    ``images`` are 2D images for a 2D model and sequences for a 2D+t model.
+    ``images`` are 2D images for a 2D model and sequences for a 2D+t model. ``offset`` (from
+    :func:`simulate`) is added to the reconstruction and the zero-filled image.
     """
+    offset = float(offset)
+    if not np.isfinite(offset) or offset > 0:
+        raise ValueError(f"offset must be a finite number <= 0 (from simulate), got {offset}")
     k, m = validate_kspace(kspace, mask)
     if dynamic and k.ndim == 2:
         raise ValueError("dynamic reconstruction needs a sequence (t, y, x), got a single image")
@@ -249,15 +302,18 @@ def reconstruct_steps(
     if swap:
         out, zf, m = (np.swapaxes(a, -1, -2).copy() for a in (out, zf, m))
     seconds = time.perf_counter() - t0
+    if offset:
+        out, zf = out + np.float32(offset), zf + np.float32(offset)
     return ReconResult(
-        image=out, zero_filled=zf.astype(np.complex64, copy=False), mask=m, axes=axes,
-        model_name=str(getattr(net, "zoo_name", card.get("name", ""))),
-        model_sha256=str(card.get("sha256", "")), seconds=seconds,
+        image=out.astype(np.complex64, copy=False), zero_filled=zf.astype(np.complex64, copy=False), mask=m,
+        axes=axes, model_name=str(getattr(net, "zoo_name", card.get("name", ""))),
+        model_sha256=str(card.get("sha256", "")), seconds=seconds, offset=offset,
     )
 
 
 def reconstruct(kspace: np.ndarray, mask: np.ndarray, model=None, device: str = "auto",
-                dynamic: bool = False, progress: Progress | None = None, batch_size: int = 4) -> ReconResult:
+                dynamic: bool = False, progress: Progress | None = None, batch_size: int = 4,
+                offset: float = 0.0) -> ReconResult:
     """Reconstruct MR images from undersampled Cartesian k-space.
 
     Parameters
@@ -277,8 +333,10 @@ def reconstruct(kspace: np.ndarray, mask: np.ndarray, model=None, device: str = 
         ``"auto"`` (CUDA, MPS, else CPU), ``"cpu"``, ...
     progress
         Called with ``(done, total, message)``.
+    offset
+        What :func:`simulate` subtracted from the image (0 for acquired k-space).
     """
-    return drain(reconstruct_steps(kspace, mask, model, device, dynamic, batch_size), progress)
+    return drain(reconstruct_steps(kspace, mask, model, device, dynamic, batch_size, offset=offset), progress)
 
 
 def reconstruction_quality(reference: np.ndarray, image: np.ndarray) -> dict[str, float]:

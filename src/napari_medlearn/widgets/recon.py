@@ -10,7 +10,8 @@ et al., IEEE TMI 2018) in a worker thread. Two inputs:
   makes one from ``.npy``/``.h5``) and a 0/1 mask layer that broadcasts to it.
 
 Outputs, named after the input (``"scan [cascade R=4]"``) with the input's geometry: the
-zero-filled and reconstructed magnitudes, the mask, the undersampled k-space (simulation), and
+zero-filled and reconstructed magnitudes (real parts for an image with negative values, e.g. a
+z-scored one, whose acquisition is simulated after subtracting its minimum), the mask, the undersampled k-space (simulation), and
 with a reference (the simulated image) the error map and PSNR/SSIM. A cine's layers share its
 time axis, so they move together with the time slider; the table shows the current frame's
 figures next to the whole sequence's. The input layer is never modified.
@@ -39,7 +40,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..imaging import kspace as K
-from ..methods.recon import TASK_2D, TASK_2DT, reconstruct_steps, reconstruction_quality
+from ..methods.recon import TASK_2D, TASK_2DT, reconstruct_steps, reconstruction_quality, simulate
 from ._common import USER_ERRORS, ModelPicker, TaskRunner, device_picker, layer_picker, notify_error
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -205,8 +206,9 @@ class ReconWidget(QWidget):
             self.mask_picker.value = self.viewer.layers[f"{name} [mask]"]
         return layer
 
-    def _inputs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, Any, str]:
-        """``(kspace, mask, reference or None, geometry source layer, output name prefix)``."""
+    def _inputs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, Any, str, float]:
+        """``(kspace, mask, reference or None, geometry source layer, output name prefix, offset)``;
+        ``offset`` as :func:`napari_medlearn.methods.recon.simulate` returns it."""
         if self.mode.currentText() == SIMULATE:
             layer = self.image_picker.value
             if layer is None:
@@ -219,10 +221,10 @@ class ReconWidget(QWidget):
             image = image.astype(np.float32)
             if not np.all(np.isfinite(image)):
                 raise ValueError(f"{layer.name} contains NaN or Inf values")
-            k, mask = K.simulate_acquisition(image, self.acceleration.value(), self.pattern.currentText(),
-                                             self.centre_lines.value(), self.seed.value(),
-                                             per_frame=self.dynamic.isChecked() and image.ndim >= 3)
-            return k, mask, image, layer, layer.name
+            k, mask, offset = simulate(image, self.acceleration.value(), self.pattern.currentText(),
+                                       self.centre_lines.value(), self.seed.value(),
+                                       per_frame=self.dynamic.isChecked() and image.ndim >= 3)
+            return k, mask, image, layer, layer.name, offset
         layer, mask_layer = self.kspace_picker.value, self.mask_picker.value
         if layer is None:
             raise ValueError("no k-space layer: use 'Load k-space...' or run a simulation first")
@@ -233,14 +235,15 @@ class ReconWidget(QWidget):
         if mask_layer is None:
             raise ValueError("no mask layer: choose the 0/1 sampling mask")
         reference = layer.metadata.get("reference")
+        offset = float(layer.metadata.get("offset", 0.0))
         name = layer.name.replace(" [k-space]", "").split(" [k-space")[0]
-        return np.asarray(k), np.asarray(mask_layer.data), reference, layer, name
+        return np.asarray(k), np.asarray(mask_layer.data), reference, layer, name, offset
 
     # ----- running ------------------------------------------------------------------------
     def run(self):
         """Reconstruct in a worker thread; returns the worker (or None when the input is unusable)."""
         try:
-            k, mask, reference, source, name = self._inputs()
+            k, mask, reference, source, name, offset = self._inputs()
         except USER_ERRORS as exc:
             notify_error(exc)
             return None
@@ -251,7 +254,7 @@ class ReconWidget(QWidget):
             return None
         dynamic = self.dynamic.isChecked() and np.ndim(k) >= 3
         steps = reconstruct_steps(k, mask, model, self.device_picker.currentText(), dynamic=dynamic,
-                                  cancelled=self.runner.cancel_requested)
+                                  cancelled=self.runner.cancel_requested, offset=offset)
         simulated = self.mode.currentText() == SIMULATE
         requested = self.acceleration.value() if simulated else None
         return self.runner.start(
@@ -292,11 +295,16 @@ class ReconWidget(QWidget):
         the mask achieves.
         """
         self.result = result
-        self.reference = None if reference is None else np.abs(np.asarray(reference)).astype(np.float32)
+        if reference is not None:
+            reference = np.asarray(reference)
+            reference = (reference.real if result.signed else np.abs(reference)).astype(np.float32)
+        self.reference = reference
         tag = f"R={requested:g}" if requested is not None else f"R={result.acceleration:.3g}"
-        mag, zf = result.magnitude, np.abs(result.zero_filled).astype(np.float32)
-        peak = float(self.reference.max()) if self.reference is not None else float(mag.max())
-        limits = (0.0, peak if peak > 0 else 1.0)
+        mag, zf = result.display, result.zero_filled_display
+        shown = self.reference if self.reference is not None else mag
+        low = float(shown.min()) if result.signed else 0.0
+        high = float(shown.max())
+        limits = (low, high if high > low else low + 1.0)
         meta = {"model": result.model_name, "model_sha256": result.model_sha256, "acceleration": result.acceleration,
                 "axes": tuple(source.metadata.get("axes") or ()) or None}
         if "affine" in source.metadata:
@@ -306,12 +314,13 @@ class ReconWidget(QWidget):
                   contrast_limits=(0.0, 1.0), visible=False, metadata=dict(meta))
         if kspace is not None:
             self._put("kspace", f"{name} [k-space {tag}]", K.log_magnitude(kspace), source, colormap="gray",
-                      visible=False, metadata={**meta, "kspace": kspace, "reference": self.reference})
+                      visible=False, metadata={**meta, "kspace": kspace, "reference": self.reference,
+                                               "offset": result.offset})
         self._put("zero_filled", f"{name} [zero-filled {tag}]", zf, source, colormap="gray",
                   contrast_limits=limits, visible=False, metadata=dict(meta))
         if self.reference is not None:
             self._put("error", f"{name} [error {tag}]", np.abs(mag - self.reference), source, colormap="magma",
-                      contrast_limits=(0.0, 0.2 * limits[1]), visible=False, metadata=dict(meta))
+                      contrast_limits=(0.0, 0.2 * (limits[1] - limits[0])), visible=False, metadata=dict(meta))
         self._put("cascade", f"{name} [cascade {tag}]", mag, source, colormap="gray",
                   contrast_limits=limits, metadata=dict(meta))
         if self.reference is None:
@@ -320,8 +329,8 @@ class ReconWidget(QWidget):
             self.current.pop("kspace", None)
         self.metrics = {}
         if self.reference is not None:
-            self.metrics = {"zero-filled": reconstruction_quality(self.reference, result.zero_filled),
-                            "cascade": reconstruction_quality(self.reference, result.image)}
+            self.metrics = {"zero-filled": reconstruction_quality(self.reference, zf),
+                            "cascade": reconstruction_quality(self.reference, mag)}
         self._frame_metrics_axis = 0 if result.axes in ("tyx", "zyx", "tzyx") else None
         self._fill_table()
         self.info.setText(f"model {result.model_name or '?'} ({result.model_sha256[:12]}...), "
@@ -339,10 +348,11 @@ class ReconWidget(QWidget):
             point = np.asarray(layer.world_to_data(point), dtype=float)    # the outputs' own grid
         index = tuple(min(max(int(round(point[a])), 0), self.result.image.shape[a] - 1) for a in range(nd - 2))
         ref = self.reference[index]
-        if not ref.max() > 0:
+        if not np.abs(ref).max() > 0:
             return {}
-        return {"zero-filled": reconstruction_quality(ref, self.result.zero_filled[index]),
-                "cascade": reconstruction_quality(ref, self.result.image[index])}
+        part = np.real if self.result.signed else np.abs
+        return {"zero-filled": reconstruction_quality(ref, part(self.result.zero_filled[index])),
+                "cascade": reconstruction_quality(ref, part(self.result.image[index]))}
 
     def _fill_table(self) -> None:
         frame = self.frame_metrics()
