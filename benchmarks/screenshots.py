@@ -12,7 +12,7 @@ measured along the way.
 
 - ``recon``: the MNI152 sample's mid slice undersampled at R=4 and reconstructed (zero-filled,
   reconstruction, mask, error map, PSNR/SSIM table); the cardiac sample's mid slice as a 2D+t
-  series at R=8, looked at on frame 5.
+  series at R=8, looked at on frame 5; a z-scored BraTS FLAIR slice (negative background) at R=4.
 
 - ``lesions``: a BraTS subject's FLAIR and T1c opened through the reader, Brain lesion
   segmentation (best shipped model, else ``$MEDLEARN_LESION_MODEL``), a brush stroke of oedema
@@ -227,6 +227,23 @@ def scenario_recon(viewer, out: Path):
     settle(0.5)
     print(f"  frame 5 metrics: {w.frame_metrics()}")
     shoot(viewer, out / "recon_cine_r8_frame5.png")
+    viewer.grid.enabled = False
+    for layer in list(viewer.layers):
+        viewer.layers.remove(layer)
+    try:
+        subject = _brats_subject("brats_2013_pat0006_1")
+    except FileNotFoundError as e:
+        print(f"recon: z-scored image skipped ({e})")
+        return
+    print(f"recon: {subject.name} FLAIR (z-scored, background negative) through the reader, one slice, R=4")
+    flair = viewer.open(str(subject / "Flair_subtrMeanDivStd.nii.gz"), plugin="napari-medlearn")[0]
+    z = flair.data.shape[0] // 2
+    data, scale = np.asarray(flair.data[z]), flair.scale[1:]
+    viewer.layers.remove(flair)
+    print(f"  slice z={z}: values {data.min():.2f} .. {data.max():.2f}")
+    _reconstruct(viewer, viewer.add_image(data, name=f"FLAIR z={z} (z-scored)", scale=scale), 4.0)
+    _grid_of_outputs(viewer)
+    shoot(viewer, out / "recon_brats_zscored_r4.png")
 
 
 SCENARIOS = {"sample": scenario_sample, "acdc": scenario_acdc, "dicom": scenario_dicom, "recon": scenario_recon}
@@ -285,7 +302,12 @@ def scenario_planes(viewer, out: Path):
 SCENARIOS["planes"] = scenario_planes
 
 
-BRATS_SUBJECT = Path("/work/shared/data/brats-deepmedic/brats_2013_pat0003_1")
+def _brats_subject(name: str = "brats_2013_pat0003_1") -> Path:
+    """A BraTS subject folder from ``../shared/data/brats-deepmedic`` (or ``$MEDLEARN_BRATS``)."""
+    from napari_medlearn.training.deepmedic import find_brats_root
+
+    return find_brats_root() / name
+
 
 
 def scenario_lesions(viewer, out: Path):
@@ -299,9 +321,10 @@ def scenario_lesions(viewer, out: Path):
     from napari_medlearn.imaging import measures as M
     from napari_medlearn.methods.lesions import TASK
 
-    print(f"lesions: {BRATS_SUBJECT.name} FLAIR and T1c opened through the reader")
+    subject = _brats_subject()
+    print(f"lesions: {subject.name} FLAIR and T1c opened through the reader")
     for name in ("Flair_subtrMeanDivStd.nii.gz", "T1c_subtrMeanDivStd.nii.gz"):
-        viewer.open(str(BRATS_SUBJECT / name), plugin="napari-medlearn")
+        viewer.open(str(subject / name), plugin="napari-medlearn")
     flair = viewer.layers["Flair_subtrMeanDivStd"]
     viewer.layers["T1c_subtrMeanDivStd"].visible = False
     _, w = viewer.window.add_plugin_dock_widget("napari-medlearn", "Brain lesion segmentation")
@@ -317,7 +340,7 @@ def scenario_lesions(viewer, out: Path):
     wait(lambda: not w.running)
     labels = w.labels_layer
     print(f"  run {time.time() - t0:.1f} s, model {w.model_picker.model()}: {w.runner.status.text()}")
-    truth = viewer.open(str(BRATS_SUBJECT / "OTMultiClass.nii.gz"), plugin="napari-medlearn")[0]
+    truth = viewer.open(str(subject / "OTMultiClass.nii.gz"), plugin="napari-medlearn")[0]
     truth.visible = False
     m = M.brats_region_metrics(np.asarray(labels.data), np.rint(truth.data).astype(np.uint8), w.spacing)
     print("  vs the reference labels: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items()))
@@ -389,7 +412,7 @@ def scenario_emma(viewer, out: Path):
     from napari_medlearn.methods.lesions import TASK
 
     never_seen = zoo.card("emma").get("training", {}).get("never_seen") if "emma" in zoo.available(TASK) else None
-    subject = BRATS_SUBJECT.parent / never_seen[0] if never_seen else BRATS_SUBJECT
+    subject = _brats_subject(never_seen[0]) if never_seen else _brats_subject()
     for name in ("Flair_subtrMeanDivStd.nii.gz", "T1c_subtrMeanDivStd.nii.gz"):
         viewer.open(str(subject / name), plugin="napari-medlearn")
     flair = viewer.layers["Flair_subtrMeanDivStd"]

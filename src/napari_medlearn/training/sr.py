@@ -35,18 +35,20 @@ BRATS_CITATION = ("B. H. Menze et al., The Multimodal Brain Tumor Image Segmenta
 
 
 def find_brats_root(data: str | Path | None = None) -> Path | None:
-    """The BraTS folder (``../shared/data/brats-deepmedic`` beside the repo or the cwd)."""
+    """The BraTS folder: ``data``, else as :func:`napari_medlearn.training.deepmedic.find_brats_root`
+    finds it (``$MEDLEARN_BRATS``, ``../shared/data/brats-deepmedic`` beside the repo or the cwd);
+    None when there is none."""
+    from .deepmedic import find_brats_root as find_subjects
+
     if data is not None:
         p = Path(data)
         if not p.is_dir():
             raise ValueError(f"BraTS folder not found: {p}")
         return p
-    here = Path(__file__).resolve().parents[3]
-    for c in (Path.cwd().parent / "shared/data/brats-deepmedic", here.parent / "shared/data/brats-deepmedic",
-              Path("/work/shared/data/brats-deepmedic")):
-        if c.is_dir():
-            return c
-    return None
+    try:
+        return find_subjects()
+    except FileNotFoundError:
+        return None
 
 
 @dataclass
