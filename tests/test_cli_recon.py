@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from napari_medlearn import zoo
-from napari_medlearn.cli import RECON_OUTPUTS, main
+from napari_medlearn.cli import main
+from napari_medlearn.jobs import RECON_OUTPUTS
 from napari_medlearn.imaging import kspace as K
 from napari_medlearn.imaging.io import read_nifti, write_nifti
 from napari_medlearn.imaging.volume import Volume, affine_from_spacing

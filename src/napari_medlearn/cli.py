@@ -25,8 +25,22 @@ def _out_dir(path: str, names: Sequence[str], overwrite: bool) -> Path:
     clash = [n for n in names if (out / n).exists()]
     if clash and not overwrite:
         raise CLIError(f"{out / clash[0]} already exists (use --overwrite to replace it)")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    return out      # made by the job once its inputs have been read
+
+
+def _progress(args: argparse.Namespace, label: str):
+    return None if args.quiet else _progress_printer(label)
+
+
+def _report(result) -> int:
+    """Print a job's notes and summary (stdout) and its warnings (stderr)."""
+    for text in result.notes:
+        _note(text)
+    for text in result.warnings:
+        print(f"medlearn: warning: {text}", file=sys.stderr)
+    for line in result.lines:
+        print(line)
+    return 0
 
 
 def _progress_printer(label: str):
@@ -36,190 +50,22 @@ def _progress_printer(label: str):
     return show
 
 
-def _read_single_volume(path: str):
-    from .imaging.io import read_volume
-
-    p = Path(path)
-    if not p.exists():
-        raise CLIError(f"{path}: no such file or directory")
-    vol = read_volume(p)
-    if isinstance(vol, list):
-        if len(vol) != 1:
-            names = ", ".join(str(v.meta.get("series", i)) for i, v in enumerate(vol))
-            raise CLIError(f"{path} holds {len(vol)} series ({names}); give a folder with one")
-        vol = vol[0]
-    return vol
-
-
-def write_cardiac_outputs(out: Path, vol, result, source: str) -> dict[str, Path]:
-    """labels.nii.gz (input geometry), measures.csv and measures.json for one case."""
-    from .imaging.io import write_nifti
-    from .methods.report import measures_row, write_measures_csv
-
-    labels_vol = vol.with_data(result.labels)
-    paths = {"labels": out / "labels.nii.gz", "csv": out / "measures.csv", "json": out / "measures.json"}
-    write_nifti(labels_vol, paths["labels"], overwrite=True)
-    row = measures_row(result.measures, result.qc, result.model_name, result.model_sha256, source)
-    write_measures_csv([row], paths["csv"])
-    from .zoo import write_json_atomic
-
-    write_json_atomic({"source": source, "model": result.model_name, "model_sha256": result.model_sha256,
-                       "ED_frame": result.ed, "ES_frame": result.es, "qc": result.qc,
-                       "measures": result.measures}, paths["json"])
-    return paths
-
-
 def cmd_segment_heart(args: argparse.Namespace) -> int:
-    from .methods import segment_heart
+    from .jobs import CARDIAC_OUTPUTS, segment_heart_job
 
-    out = _out_dir(args.out, ("labels.nii.gz", "measures.csv", "measures.json"), args.overwrite)
-    vol = _read_single_volume(args.input)
-    if len(vol.spatial_axes) != 3:
-        raise CLIError(f"{args.input}: a {vol.data.ndim}-D image; cardiac segmentation needs a short-axis stack or cine")
-    res = segment_heart(vol.data, vol.spacing, model=args.model, device=args.device,
-                        progress=None if args.quiet else _progress_printer("segment-heart"))
-    paths = write_cardiac_outputs(out, vol, res, str(args.input))
-    m = res.measures
-    print(f"LVEDV {m['LVEDV_mL']:.1f} mL  LVESV {m['LVESV_mL']:.1f} mL  LVEF {m['LVEF_pct']:.1f} %  "
-          f"LVM {m['LVM_g']:.1f} g  RVEDV {m['RVEDV_mL']:.1f} mL  RVEF {m['RVEF_pct']:.1f} %")
-    for f in res.qc:
-        print(f"QC: {f['reason']}")
-    print(f"wrote {paths['labels']}, {paths['csv']}, {paths['json']}")
-    return 0
-
-
-def _write_npy_atomic(array, path: Path) -> None:
-    import numpy as np
-
-    from .imaging.atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        np.save(tmp, array)
-
-
-RECON_OUTPUTS = ("reconstruction.nii.gz", "zero_filled.nii.gz", "mask.nii.gz", "reconstruction.npy", "recon.json")
-
-
-def write_recon_outputs(out: Path, result, volume=None, reference=None, source: str = "") -> dict:
-    """NIfTIs (reconstruction and zero-filled as ``result.display`` shows them: magnitudes, or
-    real parts for a signed source; mask) in ``volume``'s geometry (1 mm when None), the complex
-    reconstruction as .npy, and recon.json with model and figures."""
-    import numpy as np
-
-    from .imaging.io import write_nifti
-    from .imaging.volume import Volume, affine_from_spacing
-    from .methods.recon import reconstruction_quality
-    from .zoo import write_json_atomic
-
-    if volume is None:
-        axes = {"yx": ("y", "x"), "zyx": ("z", "y", "x"), "tyx": ("t", "y", "x"),
-                "tzyx": ("t", "z", "y", "x")}[result.axes]
-        volume = Volume(np.zeros(result.image.shape, np.float32),
-                        affine_from_spacing((1.0,) * min(3, sum(a != "t" for a in axes))), axes, {})
-    write_nifti(volume.with_data(result.display), out / "reconstruction.nii.gz", overwrite=True)
-    write_nifti(volume.with_data(result.zero_filled_display), out / "zero_filled.nii.gz", overwrite=True)
-    write_nifti(volume.with_data(result.mask.astype(np.uint8)), out / "mask.nii.gz", overwrite=True)
-    _write_npy_atomic(result.image, out / "reconstruction.npy")
-    report = {"source": source, "model": result.model_name, "model_sha256": result.model_sha256,
-              "axes": result.axes, "acceleration": result.acceleration, "seconds": result.seconds,
-              "offset": result.offset, "outputs": "real parts" if result.signed else "magnitudes"}
-    if reference is not None:
-        report["zero_filled"] = reconstruction_quality(reference, result.zero_filled_display)
-        report["reconstruction"] = reconstruction_quality(reference, result.display)
-    write_json_atomic(report, out / "recon.json")
-    return report
+    out = _out_dir(args.out, CARDIAC_OUTPUTS, args.overwrite)
+    return _report(segment_heart_job(out, args.input, model=args.model, device=args.device,
+                                     progress=_progress(args, "segment-heart")))
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from .imaging import kspace as K
-    from .methods import reconstruct
-    from .methods.recon import simulate
+    from .jobs import RECON_OUTPUTS, reconstruct_job
 
     out = _out_dir(args.out, RECON_OUTPUTS, args.overwrite)
-    is_kspace = Path(args.input).suffix.lower() in K.KSPACE_SUFFIXES
-    volume = reference = None
-    offset = 0.0
-    if is_kspace:
-        k, mask = K.read_kspace(args.input, args.mask, args.kspace_key, args.mask_key)
-        if mask is None:
-            raise CLIError(f"{args.input}: no mask; give --mask (a .npy or .h5 file that broadcasts to the k-space)")
-        source = str(args.input)
-    else:
-        if args.mask is not None:
-            raise CLIError("--mask is for k-space input (.npy/.h5); an image gets a simulated mask")
-        volume = _read_single_volume(args.input)
-        reference = np.asarray(volume.data, dtype=np.float32)
-        if reference.ndim < 2 or reference.ndim > 4:
-            raise CLIError(f"{args.input}: a {reference.ndim}-D image; need (y, x), (z, y, x), (t, y, x) "
-                           "or (t, z, y, x)")
-        k, mask, offset = simulate(reference, args.acceleration, args.pattern, args.centre_lines, args.seed,
-                                   per_frame=args.dynamic)
-        if offset:
-            _note(f"{args.input} has negative values (z-scored?): simulated the acquisition of the image minus "
-                  f"its minimum {offset:.4g} and added it back; outputs are real parts, not magnitudes")
-        source = f"{args.input} (simulated: {args.pattern}, R={args.acceleration:g}, "\
-                 f"{args.centre_lines} centre lines, seed {args.seed})"
-    res = reconstruct(k, mask, model=args.model, device=args.device, dynamic=args.dynamic, offset=offset,
-                      progress=None if args.quiet else _progress_printer("reconstruct"))
-    report = write_recon_outputs(out, res, volume, reference, source)
-    line = f"R={res.acceleration:.2f} model {res.model_name} {res.seconds:.2f} s"
-    if reference is not None:
-        zf, rc = report["zero_filled"], report["reconstruction"]
-        line += (f"  zero-filled PSNR {zf['psnr_db']:.2f} dB SSIM {zf['ssim']:.3f}  "
-                 f"cascade PSNR {rc['psnr_db']:.2f} dB SSIM {rc['ssim']:.3f}")
-    print(line)
-    print(f"wrote {', '.join(str(out / n) for n in RECON_OUTPUTS)}")
-    return 0
-
-
-LESION_CLASS_FILES = {1: "necrotic_core", 2: "oedema", 4: "enhancing"}
-LESION_OUTPUTS = ("labels.nii.gz", "volumes.csv", "lesions.json", "uncertainty.nii.gz",
-                  "mutual_information.nii.gz") + tuple(
-    f"probability_{n}.nii.gz" for n in LESION_CLASS_FILES.values())
-
-
-def write_lesion_outputs(out: Path, ref, result, source: str) -> dict[str, Path]:
-    """labels.nii.gz and probability_<class>.nii.gz with ``ref``'s geometry, volumes.csv, lesions.json;
-    for an ensemble also uncertainty.nii.gz (entropy of the mean, 0..1), mutual_information.nii.gz and
-    one volumes.csv row per member."""
-    import csv
-
-    from .imaging.atomic import atomic_path
-    from .imaging.io import write_nifti
-    from .zoo import write_json_atomic
-
-    paths = {"labels": out / "labels.nii.gz", "csv": out / "volumes.csv", "json": out / "lesions.json"}
-    write_nifti(ref.with_data(result.labels), paths["labels"], overwrite=True)
-    for k, value in enumerate(result.label_values):
-        if value in LESION_CLASS_FILES:
-            p = out / f"probability_{LESION_CLASS_FILES[value]}.nii.gz"
-            write_nifti(ref.with_data(result.probabilities[k].astype("float32")), p, overwrite=True)
-            paths[f"probability_{value}"] = p
-    rows = [{**{k: round(v, 3) for k, v in result.volumes_ml.items()}, "model": result.model,
-             "model_sha256": result.model_sha256, "source": source}]
-    member_volumes = result.extras.get("member_volumes_ml", {})
-    for name, vols in member_volumes.items():
-        rows.append({**{k: round(v, 3) for k, v in vols.items()}, "model": f"member {name}", "model_sha256": "",
-                     "source": source})
-    if result.uncertainty is not None:
-        for key, arr in (("uncertainty", result.uncertainty),
-                         ("mutual_information", result.extras.get("mutual_information"))):
-            if arr is not None:
-                paths[key] = out / f"{key}.nii.gz"
-                write_nifti(ref.with_data(arr.astype("float32")), paths[key], overwrite=True)
-    with atomic_path(paths["csv"]) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    write_json_atomic({"source": source, "model": result.model, "model_sha256": result.model_sha256,
-                       "members": list(result.members), "member_volumes_ml": member_volumes,
-                       "channels": list(result.channel_names), "label_values": list(result.label_values),
-                       "postprocess": result.extras.get("postprocess"),
-                       "warnings": list(result.extras.get("warnings") or []),
-                       "volumes_ml": result.volumes_ml, "seconds": round(result.seconds, 2)}, paths["json"])
-    return paths
+    return _report(reconstruct_job(out, args.input, mask=args.mask, kspace_key=args.kspace_key,
+                                   mask_key=args.mask_key, acceleration=args.acceleration, pattern=args.pattern,
+                                   centre_lines=args.centre_lines, seed=args.seed, dynamic=args.dynamic,
+                                   model=args.model, device=args.device, progress=_progress(args, "reconstruct")))
 
 
 def _note(text: str) -> None:
@@ -227,83 +73,18 @@ def _note(text: str) -> None:
     print(f"note: {text}")
 
 
-def _mm(spacing) -> str:
-    return "x".join(f"{s:.3g}" for s in spacing) + " mm"
-
-
-def _read_modalities(flair: str, t1c: str, mask_path: str | None, model: str):
-    """FLAIR + T1c (+ mask) files -> ``(channels in the model's order, reference Volume, mask)``.
-    Scans on other grids than the FLAIR's are resampled onto it by their scanner coordinates."""
-    import numpy as np
-
-    from . import zoo
-    from .imaging.volume import resample_onto
-
-    given = {"FLAIR": flair, "T1c": t1c}
-    vols = {}
-    for name, path in given.items():
-        v = _read_single_volume(path)
-        if len(v.spatial_axes) != 3 or v.data.ndim != 3:
-            raise CLIError(f"{path}: the {name} image is {v.data.ndim}-D {v.data.shape}; lesion segmentation "
-                           "needs 3D volumes")
-        vols[name] = v
-    ref = vols["FLAIR"]
-    for name, v in list(vols.items()):
-        # series of one session on different grids (a 2D FLAIR, a 3D T1c) meet on the FLAIR's grid
-        # through their scanner coordinates; the outputs keep the FLAIR's geometry
-        try:
-            vols[name] = resample_onto(v, ref, order=1, what=f"the {name} image", onto="the FLAIR image")
-        except ValueError as exc:
-            raise CLIError(str(exc)) from None
-        if vols[name] is not v:
-            _note(f"{name} {v.data.shape} at {_mm(v.spacing)} resampled onto the FLAIR grid {ref.data.shape} "
-                  f"at {_mm(ref.spacing)} (scanner coordinates, trilinear)")
-    c = zoo.card(model)
-    if c.get("kind") == "ensemble":
-        c = zoo.card(c["members"][0])
-    wanted = list(c.get("input", {}).get("channels", ["FLAIR", "T1c"]))
-    missing = [ch for ch in wanted if ch not in vols]
-    if missing:
-        raise CLIError(f"model {model} needs the modalities {', '.join(wanted)}; this command gives FLAIR "
-                       f"and T1c (missing: {', '.join(missing)})")
-    mask = None
-    if mask_path:
-        m = _read_single_volume(mask_path)
-        if m.data.ndim != 3 or len(m.spatial_axes) != 3:
-            raise CLIError(f"{mask_path}: the brain mask is {m.data.ndim}-D {m.data.shape}; it needs to be 3D")
-        try:
-            on_ref = resample_onto(m, ref, order=0, what="the brain mask", onto="the FLAIR image")
-        except ValueError as exc:
-            raise CLIError(str(exc)) from None
-        if on_ref is not m:
-            _note(f"brain mask {mask_path} resampled onto the FLAIR grid (nearest voxel)")
-        mask = on_ref.data
-    return np.stack([vols[ch].data for ch in wanted]), ref, mask
-
-
 def cmd_segment_lesions(args: argparse.Namespace) -> int:
-    from . import zoo
-    from .methods import segment_lesions
-    from .methods.lesions import TASK
+    from .jobs import LESION_OUTPUTS, segment_lesions_job
 
-    model = args.model or zoo.default_model(TASK)
-    channels, ref, mask = _read_modalities(args.flair, args.t1c, args.mask, model)
     out = _out_dir(args.out, LESION_OUTPUTS, args.overwrite)
-    res = segment_lesions(channels, ref.spacing, model=model, brain_mask=mask,
-                          device=args.device, decision=args.decision,
-                          progress=None if args.quiet else _progress_printer("segment-lesions"))
-    paths = write_lesion_outputs(out, ref, res, f"FLAIR {args.flair}; T1c {args.t1c}")
-    for w in res.extras.get("warnings") or []:
-        print(f"medlearn: warning: {w}", file=sys.stderr)
-    v = res.volumes_ml
-    print(f"whole tumour {v['whole_tumour_mL']:.1f} mL  oedema {v['oedema_mL']:.1f} mL  "
-          f"enhancing {v['enhancing_mL']:.1f} mL  necrotic core {v['necrotic_core_mL']:.1f} mL")
-    print(f"wrote {paths['labels']}, {paths['csv']}, {paths['json']} and the probabilities")
-    return 0
+    return _report(segment_lesions_job(out, args.flair, args.t1c, mask=args.mask, model=args.model,
+                                       decision=args.decision, device=args.device,
+                                       progress=_progress(args, "segment-lesions")))
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
     from . import zoo
+    from .jobs import read_modalities
     from .methods import adapt
     from .methods.lesions import TASK, scan_warnings
 
@@ -314,7 +95,10 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         raise CLIError(f"{len(args.mask)} brain masks for {len(args.flair)} scans: give one per scan or none")
     scans, spacings, masks = [], [], []
     for i, (f, t) in enumerate(zip(args.flair, args.t1c)):
-        ch, ref, mask = _read_modalities(f, t, args.mask[i] if args.mask else None, model)
+        notes: list[str] = []
+        ch, ref, mask = read_modalities(f, t, args.mask[i] if args.mask else None, model, notes)
+        for text in notes:
+            _note(text)
         for w in scan_warnings(ch, ref.spacing, mask):       # before the training, not after it
             print(f"medlearn: warning: scan {i + 1} ({f}): {w}", file=sys.stderr)
         scans.append(ch)
@@ -329,112 +113,12 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     return 0
 
 
-PLANE_OUTPUTS = ("scores.csv", "boxes.csv", "best_frames.csv", "planes.json", "saliency.npy")
-VIDEO_SUFFIXES = (".npy", ".tif", ".tiff", ".gif", ".png", ".jpg", ".jpeg", ".mp4", ".avi", ".mov")
-
-
-def read_video(path: str):
-    """An ultrasound video for ``detect-planes``: ``(array, Volume or None)``.
-
-    ``.npy`` (t, H, W[, 3]); TIFF/GIF stacks and single PNG/JPEG frames (imageio); MP4/AVI/MOV
-    when imageio has a video plugin (ffmpeg or PyAV); NIfTI, NRRD and DICOM through
-    :func:`napari_medlearn.imaging.io.read_volume` (the first axis is time).
-    """
-    import numpy as np
-
-    p = Path(path)
-    if not p.exists():
-        raise CLIError(f"{path}: no such file or directory")
-    suffix = p.suffix.lower()
-    if p.is_file() and suffix == ".npy":
-        try:
-            return np.load(p, allow_pickle=False), None
-        except Exception as e:   # pickled objects, truncated files
-            raise CLIError(f"{path}: cannot read as a NumPy array: {type(e).__name__}: {e}") from None
-    if p.is_file() and suffix in VIDEO_SUFFIXES:
-        import imageio.v3 as iio
-
-        try:
-            arr = np.asarray(iio.imread(p, index=None) if suffix in (".tif", ".tiff", ".gif") else iio.imread(p))
-        except Exception as e:
-            extra = " (video files need imageio's ffmpeg or PyAV plugin; or convert to .npy/TIFF)" \
-                if suffix in (".mp4", ".avi", ".mov") else ""
-            raise CLIError(f"{path}: cannot read: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                           f"{extra}") from None
-        return arr, None
-    vol = _read_single_volume(path)
-    return np.asarray(vol.data), vol
-
-
-def write_plane_outputs(out: Path, result, frames, volume=None, source: str = "") -> dict:
-    """scores.csv (posteriors per frame), boxes.csv, best_frames.csv + best_<class>.png,
-    saliency.npy (+ saliency.nii.gz in the input's geometry) and planes.json."""
-    import csv
-
-    import numpy as np
-
-    from .imaging.atomic import atomic_path
-    from .zoo import write_json_atomic
-
-    names = list(result.class_names)
-    with atomic_path(out / "scores.csv") as tmp, open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["frame", "predicted", "confidence"] + names)
-        for i in range(result.frames):
-            w.writerow([i, names[int(result.predicted[i])], f"{result.confidence[i]:.6f}"]
-                       + [f"{v:.6f}" for v in result.probabilities[i]])
-    with atomic_path(out / "boxes.csv") as tmp, open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["frame", "class", "y0", "x0", "y1", "x1"])
-        for i in range(result.frames):
-            if np.isfinite(result.boxes[i]).all():
-                w.writerow([i, names[int(result.predicted[i])]] + [f"{v:.1f}" for v in result.boxes[i]])
-    gray = frames        # (t, H, W) grayscale, as methods.planes.validate_video returns
-    best_rows = []
-    for name, i in sorted(result.best_frames.items(), key=lambda kv: kv[1]):
-        png = "best_" + "".join(c if c.isalnum() else "_" for c in name).strip("_") + ".png"
-        img = gray[i].astype(np.float64)
-        lo, hi = float(img.min()), float(img.max())
-        img8 = np.zeros(img.shape, np.uint8) if hi <= lo else ((img - lo) / (hi - lo) * 255).round().astype(np.uint8)
-        from PIL import Image
-
-        with atomic_path(out / png) as tmp:
-            Image.fromarray(img8).save(tmp, format="PNG")
-        best_rows.append({"class": name, "frame": i,
-                          "probability": float(result.probabilities[i, names.index(name)]), "png": png})
-    with atomic_path(out / "best_frames.csv") as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["class", "frame", "probability", "png"])
-        w.writeheader()
-        w.writerows(best_rows)
-    if result.saliency is not None:
-        _write_npy_atomic(result.saliency, out / "saliency.npy")
-        if volume is not None and volume.data.shape[:3] == result.saliency.shape:
-            from .imaging.io import write_nifti
-
-            write_nifti(volume.with_data(result.saliency), out / "saliency.nii.gz", overwrite=True)
-    report = {"source": source, "model": result.model, "model_sha256": result.model_sha256,
-              "frames": result.frames, "seconds": round(result.seconds, 3),
-              "frames_per_second": round(result.frames / result.seconds, 2) if result.seconds > 0 else None,
-              "class_names": names, "best_frames": best_rows,
-              "frames_per_class": {n: int((result.predicted == k).sum()) for k, n in enumerate(names)}}
-    write_json_atomic(report, out / "planes.json")
-    return report
-
-
 def cmd_detect_planes(args: argparse.Namespace) -> int:
-    from .methods import detect_planes
-    from .methods.planes import validate_video
+    from .jobs import PLANE_OUTPUTS, detect_planes_job
 
-    frames, volume = read_video(args.video)
     out = _out_dir(args.out, PLANE_OUTPUTS, args.overwrite)
-    res = detect_planes(frames, model=args.model, saliency=not args.no_saliency, device=args.device,
-                        progress=None if args.quiet else _progress_printer("detect-planes"))
-    report = write_plane_outputs(out, res, validate_video(frames), volume, str(args.video))
-    found = ", ".join(f"{r['class']} (frame {r['frame']}, p={r['probability']:.2f})" for r in report["best_frames"])
-    print(f"{res.frames} frames, model {res.model}, {report['frames_per_second']} frames/s; "
-          f"standard planes found: {found or 'none'}")
-    print(f"wrote {out}")
-    return 0
+    return _report(detect_planes_job(out, args.video, model=args.model, saliency=not args.no_saliency,
+                                     device=args.device, progress=_progress(args, "detect-planes")))
 
 
 def _nifti_output(path: str, overwrite: bool) -> Path:
@@ -449,65 +133,63 @@ def _nifti_output(path: str, overwrite: bool) -> Path:
 
 def cmd_super_resolve(args: argparse.Namespace) -> int:
     """One stack (or cine): learned through-plane SR; several stacks: fused in the first one's frame."""
-    from .imaging.io import write_nifti
-    from .imaging.volume import Volume
-    from .methods.sr import super_resolve, super_resolve_stacks
+    from .jobs import super_resolve_job
 
     out = _nifti_output(args.out, args.overwrite)
-    vols = [_read_single_volume(p) for p in args.inputs]
-    progress = None if args.quiet else _progress_printer("super-resolving")
-    ref = vols[0]
-    if len(vols) == 1:
-        if ref.data.ndim not in (3, 4):
-            raise CLIError(f"{args.inputs[0]}: a {ref.data.ndim}-D image; super-resolution needs a stack "
-                           "(z, y, x) or a cine (t, z, y, x)")
-        result = super_resolve(ref.data, ref.spacing, args.factor, model=args.model, progress=progress,
-                               device=args.device, affine=ref.affine)
-    else:
-        for path, v in zip(args.inputs, vols):
-            if v.data.ndim != 3:
-                raise CLIError(f"{path}: a {v.data.ndim}-D image; fusion takes 3-D stacks (z, y, x)")
-        dz, dy, dx = ref.spacing
-        if args.spacing is not None:
-            spacing = tuple(args.spacing)
-        else:
-            try:
-                f = float(args.factor)
-            except (TypeError, ValueError):
-                raise CLIError(f"--factor must be an integer >= 2, got {args.factor!r}") from None
-            if not (f.is_integer() and f >= 2):
-                raise CLIError(f"--factor must be an integer >= 2, got {args.factor!r}")
-            spacing = (dz / f, dy, dx)
-        result = super_resolve_stacks([(v.data, v.affine) for v in vols], spacing, model=args.model,
-                                      progress=progress, device=args.device)
-    meta = {k: v for k, v in ref.meta.items() if k != "nifti_header"}
-    meta.update(description=f"super-resolved by {result.model_name}")
-    written = write_nifti(Volume(result.image, result.affine, ref.axes if len(vols) == 1 else ("z", "y", "x"), meta),
-                          out, overwrite=args.overwrite)
-    print(f"{written}: {result.image.shape} at {tuple(round(s, 4) for s in result.spacing)} mm "
-          f"({result.model_name}, {result.seconds:.2f} s)")
-    return 0
+    return _report(super_resolve_job(out, args.inputs, factor=args.factor, spacing=args.spacing, model=args.model,
+                                     device=args.device, overwrite=args.overwrite,
+                                     progress=_progress(args, "super-resolving")))
 
 
 def cmd_correct_mask(args: argparse.Namespace) -> int:
     """Shape-prior correction of a cardiac label map; the output keeps the input's geometry."""
-    from .imaging.io import write_nifti
-    from .methods.acnn import correct_mask
+    from .jobs import correct_mask_job
 
     out = _nifti_output(args.out, args.overwrite)
     if Path(args.labels).resolve() == out.resolve():
         raise CLIError("--out must differ from the input: the input file is never modified")
-    vol = _read_single_volume(args.labels)
-    if len(vol.spatial_axes) != 3:
-        raise CLIError(f"{args.labels}: a {vol.data.ndim}-D label map; the shape prior needs a short-axis stack "
-                       "(z, y, x) or a cine (t, z, y, x)")
-    res = correct_mask(vol.data, vol.spacing, model=args.model, device=args.device,
-                       progress=None if args.quiet else _progress_printer("correct-mask"))
-    write_nifti(vol.with_data(res.labels), out, overwrite=args.overwrite)
-    print(f"plausibility before {res.plausibility_before:.3f}  after {res.plausibility:.3f}  "
-          f"({res.n_changed} voxels changed, model {res.model_name})")
-    print(f"wrote {out}")
-    return 0
+    return _report(correct_mask_job(out, args.labels, model=args.model, device=args.device, overwrite=args.overwrite,
+                                    progress=_progress(args, "correct-mask")))
+
+
+BATCH_OPTIONS = {   # CLI flag -> (job, option name)
+    "acceleration": ("reconstruct", "acceleration"), "pattern": ("reconstruct", "pattern"),
+    "centre_lines": ("reconstruct", "centre_lines"), "seed": ("reconstruct", "seed"),
+    "dynamic": ("reconstruct", "dynamic"), "factor": ("super-resolve", "factor"),
+    "decision": ("segment-lesions", "decision"), "no_saliency": ("detect-planes", "saliency"),
+}
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    """One job over a cohort; exit status 1 when any case failed (one line each on stderr)."""
+    from .batch import run_batch
+
+    options = {}
+    for flag, (job, name) in BATCH_OPTIONS.items():
+        value = getattr(args, flag)
+        if value is None or value is False:
+            continue
+        if job != args.job:
+            raise CLIError(f"--{flag.replace('_', '-')} is an option of {job}, not of {args.job}")
+        options[name] = (not value) if flag == "no_saliency" else value
+    if args.workers < 1:
+        raise CLIError(f"--workers must be >= 1, got {args.workers}")
+
+    def show(done: int, total: int, message: str) -> None:
+        if not args.quiet:
+            print(f"batch {args.job}: {done}/{total} {message}", file=sys.stderr, flush=True)
+
+    result = run_batch(args.job, args.cohort, args.out, options=options, model=args.model, device=args.device,
+                       workers=args.workers, scheduler=args.scheduler, overwrite=args.overwrite, progress=show)
+    for o in result.outcomes:
+        for w in o.warnings:
+            if o.status == "done":
+                print(f"medlearn: warning: case {o.case}: {w}", file=sys.stderr)
+    for o in result.failed:
+        print(f"medlearn: case {o.case} failed: {o.error}", file=sys.stderr)
+    print(f"{len(result.outcomes)} cases: {result.count('done')} done, {result.count('skipped')} skipped (done "
+          f"before, inputs unchanged), {result.count('failed')} failed; table {result.table}")
+    return 1 if result.failed else 0
 
 
 def cmd_import_weights(args: argparse.Namespace) -> int:
@@ -683,6 +365,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default=None, help="zoo name or checkpoint path (default: best shipped shape prior)")
     common(s)
     s.set_defaults(func=cmd_correct_mask)
+
+    s = sub.add_parser("batch", help="run one job on a cohort (a folder of cases or a CSV manifest): one output "
+                                     "folder per case, cohort.csv; resumable")
+    from .batch import JOBS
+
+    s.add_argument("job", choices=JOBS, help="the job, as its medlearn command")
+    s.add_argument("cohort", help="a folder (each image file or sub-folder a case; segment-lesions: each sub-folder "
+                                  "a session with FLAIR and T1c files) or a CSV manifest (columns case, image; "
+                                  "segment-lesions: case, flair, t1c, mask)")
+    s.add_argument("--out", required=True, help="output folder: OUT/<case>/ and OUT/cohort.csv")
+    s.add_argument("--model", default=None, help="zoo name or checkpoint path (default: best shipped)")
+    s.add_argument("--workers", type=int, default=1, help="cases run at once (dask processes; default 1: one "
+                                                         "after the other in this process)")
+    s.add_argument("--scheduler", default=None, help="dask scheduler: processes (default with --workers > 1), "
+                                                     "threads, sync, or a dask.distributed address tcp://host:port")
+    s.add_argument("--acceleration", type=float, default=None, help="reconstruct: simulated acceleration R")
+    s.add_argument("--pattern", choices=PATTERNS, default=None, help="reconstruct: simulated sampling pattern")
+    s.add_argument("--centre-lines", type=int, default=None, help="reconstruct: fully sampled centre lines")
+    s.add_argument("--seed", type=int, default=None, help="reconstruct: mask seed")
+    s.add_argument("--dynamic", action="store_true", help="reconstruct: the first axis is time")
+    s.add_argument("--factor", type=float, default=None, help="super-resolve: through-plane factor")
+    s.add_argument("--decision", default=None, choices=("argmax", "expected_dice"), help="segment-lesions: as there")
+    s.add_argument("--no-saliency", action="store_true", help="detect-planes: classification only")
+    common(s)
+    s.set_defaults(func=cmd_batch)
 
     s = sub.add_parser("import-weights", help="convert officially published weights into a zoo model")
     s.add_argument("kind", help="which published weights, e.g. deep-cascade-d5c5")

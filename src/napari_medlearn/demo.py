@@ -43,7 +43,7 @@ def _figure_cardiac(path: Path, image, labels, truth, result) -> None:
 
 def demo_cardiac(out: Path, device: str = "auto") -> list[str]:
     """Segment the cardiac sample phantom; compare with its exact labels."""
-    from .cli import write_cardiac_outputs
+    from .jobs import write_cardiac_outputs
     from .imaging import measures as M
     from .imaging.io import write_nifti
     from .methods import segment_heart
@@ -107,7 +107,7 @@ def _figure_recon(path: Path, rows) -> None:
 def demo_recon(out: Path, device: str = "auto") -> list[str]:
     """Undersample a held-out MNI152 slice (R=4, R=8) and a phantom cine (R=8); reconstruct."""
     from . import zoo
-    from .cli import write_recon_outputs
+    from .jobs import write_recon_outputs
     from .imaging import kspace as K
     from .imaging.volume import Volume, affine_from_spacing
     from .methods import reconstruct
@@ -211,7 +211,7 @@ def _figure_planes(path: Path, frames, truth, res) -> None:
 def demo_planes(out: Path, device: str = "auto") -> list[str]:
     """Detect standard planes in a phantom freehand sweep; compare with its per-frame truth."""
     from . import zoo
-    from .cli import write_plane_outputs
+    from .jobs import write_plane_outputs
     from .methods import detect_planes
     from .methods.planes import TASK
 
@@ -262,7 +262,7 @@ def demo_planes(out: Path, device: str = "auto") -> list[str]:
 def demo_lesions(out: Path, device: str = "auto") -> list[str]:
     """Segment a synthetic brain-tumour case (FLAIR + T1c); compare with its exact labels."""
     from . import zoo
-    from .cli import write_lesion_outputs
+    from .jobs import write_lesion_outputs
     from .imaging import measures as M
     from .imaging.io import write_nifti
     from .methods import segment_lesions
@@ -451,7 +451,7 @@ def demo_robust_lesions(out: Path, device: str = "auto") -> list[str]:
     """A synthetic case from a scanner the source model never saw: the source-only and the
     BraTS-adapted model, and an ensemble's mean labels with its uncertainty map."""
     from . import zoo
-    from .cli import write_lesion_outputs
+    from .jobs import write_lesion_outputs
     from .imaging import measures as M
     from .methods import segment_lesions
     from .methods.lesions import TASK

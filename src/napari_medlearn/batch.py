@@ -1,0 +1,542 @@
+"""Cohorts: one job over many cases, resumable, scaled out with dask.
+
+A cohort is a folder (one case per entry) or a CSV manifest (one row per case). Each case runs
+the job ``medlearn <job>`` runs (:mod:`napari_medlearn.jobs`) and writes the same files into
+``OUT/<case>/``; ``OUT/cohort.csv`` gathers one row per case (status, error, the job's figures
+with units in the column names: ``LVEDV_mL``, ``whole_tumour_mL``, ``PSNR_dB`` ...).
+
+- **Resumable.** A case's ``case.json`` is written last, with its inputs' sizes and modification
+  times, the job's options and the model asked for. A case done with the same inputs and
+  options is skipped when the batch runs again, so an interrupted cohort resumes where it
+  stopped; failed cases are tried again. ``overwrite=True`` runs every case anew.
+- **Nothing lost.** A case folder holding files this batch did not write (no ``case.json``) is
+  left alone and the case reported failed. Outputs are written atomically.
+- **One bad case does not stop a cohort.** Its error is recorded (``case.json``, the table) and
+  the others run.
+- **Scale-out.** ``workers=1`` runs the cases in this process, one after the other (models are
+  loaded once). More workers run them through dask (``scheduler="processes"`` by default, or
+  ``"threads"``, ``"sync"``, or the address of a ``dask.distributed`` scheduler); each process
+  loads its own models and uses its share of the CPU threads.
+
+Folder layouts understood (anything else: a manifest):
+
+- ``segment-heart``, ``reconstruct``, ``detect-planes``, ``super-resolve``, ``correct-mask``:
+  each image file is a case (NIfTI, NRRD/MetaImage; k-space ``.npy``/``.h5`` for
+  ``reconstruct``; videos for ``detect-planes``), and each sub-folder is one: a DICOM series,
+  or a folder holding one image (ACDC's layout: the ``*_4d`` cine is taken; without one, for
+  ``segment-heart`` the 3D frames, e.g. ED and ES, make the cine in name order). For
+  ``super-resolve`` a folder of several stacks is one case, the stacks fused.
+- ``segment-lesions``: each sub-folder is a session with a FLAIR (``flair``/``t2f`` in the file
+  name), a T1c (``t1c``, ``t1ce``, ``t1gd``, ``t1post``) and optionally a brain mask
+  (``brainmask``, ``mask``); segmentations (``seg``, ``label``, ``OTMultiClass``, ``gt``) are
+  ignored. BraTS 2013-2023 and DeepMedic names match.
+
+A manifest is a CSV with a ``case`` column (optional: the first input's name otherwise) and one
+column per input: ``image`` for the single-input jobs (``;`` between the stacks of a fused
+``super-resolve`` case; ``mask`` beside it for k-space), ``flair``, ``t1c`` and optionally
+``mask`` for ``segment-lesions``. Relative paths are relative to the manifest.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from .jobs import InputError, JobResult
+
+Progress = Callable[[int, int, str], Any]
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+KSPACE_SUFFIXES = (".npy", ".h5", ".hdf5")
+VIDEO_SUFFIXES = (".npy", ".tif", ".tiff", ".gif", ".mp4", ".avi", ".mov")
+CASE_FILE = "case.json"
+LOCAL_SCHEDULERS = ("processes", "threads", "sync", "synchronous", "single-threaded")
+TABLE_FILE = "cohort.csv"
+
+FLAIR_NAMES = ("flair", "t2f", "t2-flair", "t2_flair")
+T1C_NAMES = ("t1c", "t1ce", "t1gd", "t1-gd", "t1_gd", "t1post", "t1_post", "t1-post", "t1contrast")
+MASK_NAMES = ("brainmask", "brain_mask", "brain-mask", "mask")
+LABEL_NAMES = ("seg", "label", "labels", "otmulticlass", "gt", "truth")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One case of a cohort: a name (its output folder) and its input files by role."""
+
+    name: str
+    inputs: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class CaseOutcome:
+    """How one case went: ``status`` is ``"done"``, ``"skipped"`` (done before, unchanged) or
+    ``"failed"`` (``error`` says why)."""
+
+    case: str
+    status: str
+    seconds: float = 0.0
+    row: Mapping[str, Any] = field(default_factory=dict)
+    error: str = ""
+    warnings: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """Every case's outcome, in the cohort's order, and the cohort table written."""
+
+    outcomes: Sequence[CaseOutcome]
+    table: Path
+
+    @property
+    def failed(self) -> list[CaseOutcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+    def count(self, status: str) -> int:
+        return sum(o.status == status for o in self.outcomes)
+
+
+# ----- the jobs ------------------------------------------------------------------------------
+
+def _job_segment_heart(out: Path, inputs, options, model, device, progress) -> JobResult:
+    from .jobs import segment_heart_job
+
+    return segment_heart_job(out, inputs["image"], model=model, device=device, progress=progress)
+
+
+def _job_reconstruct(out: Path, inputs, options, model, device, progress) -> JobResult:
+    from .jobs import reconstruct_job
+
+    return reconstruct_job(out, inputs["image"], mask=inputs.get("mask"), model=model, device=device,
+                           progress=progress, **options)
+
+
+def _job_segment_lesions(out: Path, inputs, options, model, device, progress) -> JobResult:
+    from .jobs import segment_lesions_job
+
+    return segment_lesions_job(out, inputs["flair"], inputs["t1c"], mask=inputs.get("mask"), model=model,
+                               device=device, progress=progress, **options)
+
+
+def _job_detect_planes(out: Path, inputs, options, model, device, progress) -> JobResult:
+    from .jobs import detect_planes_job
+
+    return detect_planes_job(out, inputs["image"], model=model, device=device, progress=progress, **options)
+
+
+def _job_super_resolve(out: Path, inputs, options, model, device, progress) -> JobResult:
+    from .jobs import super_resolve_job
+
+    return super_resolve_job(out / "super_resolved.nii.gz", _as_list(inputs["image"]), model=model, device=device,
+                             overwrite=True, progress=progress, **options)
+
+
+def _job_correct_mask(out: Path, inputs, options, model, device, progress) -> JobResult:
+    from .jobs import correct_mask_job
+
+    return correct_mask_job(out / "corrected.nii.gz", inputs["image"], model=model, device=device, overwrite=True,
+                            progress=progress)
+
+
+@dataclass(frozen=True)
+class Job:
+    run: Callable[..., JobResult]
+    outputs: tuple[str, ...]            # files a case's folder gets (some only for some inputs)
+    roles: tuple[str, ...] = ("image",)
+    optional: tuple[str, ...] = ()
+    options: tuple[str, ...] = ()        # keyword options the job takes
+    suffixes: tuple[str, ...] = IMAGE_SUFFIXES
+
+
+def _jobs() -> dict[str, Job]:
+    from .jobs import CARDIAC_OUTPUTS, LESION_OUTPUTS, PLANE_OUTPUTS, RECON_OUTPUTS
+
+    return {
+        "segment-heart": Job(_job_segment_heart, CARDIAC_OUTPUTS),
+        "reconstruct": Job(_job_reconstruct, RECON_OUTPUTS, optional=("mask",),
+                           options=("acceleration", "pattern", "centre_lines", "seed", "dynamic", "kspace_key",
+                                    "mask_key"), suffixes=IMAGE_SUFFIXES + KSPACE_SUFFIXES),
+        "segment-lesions": Job(_job_segment_lesions, LESION_OUTPUTS, roles=("flair", "t1c"), optional=("mask",),
+                               options=("decision",)),
+        "detect-planes": Job(_job_detect_planes, PLANE_OUTPUTS, options=("saliency",),
+                             suffixes=IMAGE_SUFFIXES + VIDEO_SUFFIXES),
+        "super-resolve": Job(_job_super_resolve, ("super_resolved.nii.gz",), options=("factor", "spacing")),
+        "correct-mask": Job(_job_correct_mask, ("corrected.nii.gz",)),
+    }
+
+
+JOBS = ("segment-heart", "reconstruct", "segment-lesions", "detect-planes", "super-resolve", "correct-mask")
+
+
+def job_spec(job: str) -> Job:
+    specs = _jobs()
+    if job not in specs:
+        raise ValueError(f"job {job!r} not supported; one of {', '.join(JOBS)}")
+    return specs[job]
+
+
+# ----- finding the cases ---------------------------------------------------------------------
+
+def _as_list(value) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+
+
+def _has_suffix(path: Path, suffixes: Sequence[str]) -> bool:
+    return path.name.lower().endswith(tuple(suffixes))
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for s in sorted(IMAGE_SUFFIXES + KSPACE_SUFFIXES + VIDEO_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(s):
+            return name[: -len(s)]
+    return name
+
+
+def _visible(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def _tokens(path: Path) -> list[str]:
+    return [t for t in re.split(r"[^a-z0-9]+", _stem(path).lower()) if t]
+
+
+def _named(path: Path, names: Sequence[str]) -> bool:
+    stem, tokens = _stem(path).lower(), _tokens(path)
+    return any(n in tokens or (("-" in n or "_" in n) and n in stem) for n in names)
+
+
+def _lesion_session(folder: Path) -> dict[str, Any]:
+    images = [p for p in _visible(folder) if p.is_dir() or _has_suffix(p, IMAGE_SUFFIXES)]
+    images = [p for p in images if not _named(p, LABEL_NAMES)]
+    found: dict[str, Any] = {}
+    for role, names in (("flair", FLAIR_NAMES), ("t1c", T1C_NAMES), ("mask", MASK_NAMES)):
+        hits = [p for p in images if _named(p, names)]
+        if role == "mask":
+            hits = [p for p in hits if not any(_named(p, n) for n in (FLAIR_NAMES, T1C_NAMES))]
+        if len(hits) > 1:
+            raise InputError(f"{folder}: several {role} images ({', '.join(p.name for p in hits)}); "
+                             "name them in a manifest CSV")
+        if hits:
+            found[role] = str(hits[0])
+        elif role != "mask":
+            raise InputError(f"{folder}: no {role.upper() if role == 'flair' else 'T1c'} image (file names "
+                             f"with {' / '.join(names[:4])}); name the files in a manifest CSV")
+    return found
+
+
+def _single_input(entry: Path, job: str, spec: Job) -> Any:
+    """The input of a one-image case found in a folder entry (a file, or a folder)."""
+    if entry.is_file():
+        return str(entry)
+    inner = [p for p in _visible(entry) if p.is_file() and _has_suffix(p, spec.suffixes)]
+    if job != "correct-mask":       # its inputs are label maps; the others' are not
+        inner = [p for p in inner if not _named(p, LABEL_NAMES)] or inner
+    if not inner:
+        return str(entry)          # a DICOM series (read_volume says so if it is not one)
+    if len(inner) == 1:
+        return str(inner[0])
+    if job == "super-resolve":          # stacks of one region, fused
+        return [str(p) for p in inner]
+    four_d = [p for p in inner if "4d" in _tokens(p)]
+    if len(four_d) == 1:
+        return str(four_d[0])
+    if job == "segment-heart":          # 3D frames of one cine (ACDC's ED and ES), checked when read
+        return [str(p) for p in inner]
+    raise InputError(f"{entry}: several images ({', '.join(p.name for p in inner[:4])}"
+                     f"{', ...' if len(inner) > 4 else ''}); name the one to use in a manifest CSV")
+
+
+@dataclass(frozen=True)
+class _Unusable:
+    """A case whose inputs could not be worked out: it is reported failed, the rest run."""
+
+    name: str
+    error: str
+
+
+def find_cases(job: str, source: str | os.PathLike) -> list[Case | _Unusable]:
+    """The cases of a cohort folder or manifest (see the module docstring), in a stable order."""
+    spec = job_spec(job)
+    src = Path(source)
+    if not src.exists():
+        raise InputError(f"{src}: no such file or directory")
+    if src.is_file():
+        if src.suffix.lower() != ".csv":
+            raise InputError(f"{src}: a cohort is a folder or a CSV manifest")
+        return _read_manifest(src, spec)
+    cases: list[Case | _Unusable] = []
+    for entry in _visible(src):
+        if entry.is_file() and not _has_suffix(entry, spec.suffixes):
+            continue                       # notes, citations, configs beside the images
+        if job == "segment-lesions" and not entry.is_dir():
+            continue
+        name = _stem(entry)
+        try:
+            inputs = _lesion_session(entry) if job == "segment-lesions" else {"image": _single_input(entry, job, spec)}
+        except InputError as exc:
+            cases.append(_Unusable(name, str(exc)))
+            continue
+        cases.append(Case(name, inputs))
+    if not cases:
+        what = "sub-folders (sessions)" if job == "segment-lesions" else \
+            f"images ({', '.join(spec.suffixes[:3])}, ...) or sub-folders"
+        raise InputError(f"{src}: no cases found for {job}: expected {what}")
+    _check_unique(cases, src)
+    return cases
+
+
+def _read_manifest(path: Path, spec: Job) -> list[Case | _Unusable]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise InputError(f"{path}: the manifest has no rows")
+    columns = {c.strip().lower() for c in rows[0] if c}
+    missing = [r for r in spec.roles if r not in columns]
+    if missing:
+        raise InputError(f"{path}: the manifest needs the column(s) {', '.join(spec.roles)} (missing: "
+                         f"{', '.join(missing)}); optional: case, {', '.join(spec.optional) or 'nothing else'}")
+    cases: list[Case | _Unusable] = []
+    for i, raw in enumerate(rows, start=2):
+        row = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items()}
+        inputs: dict[str, Any] = {}
+        for role in spec.roles + spec.optional:
+            value = row.get(role, "")
+            if not value:
+                continue
+            paths = [str(p if p.is_absolute() else (path.parent / p)) for p in map(Path, value.split(";"))]
+            inputs[role] = paths if len(paths) > 1 else paths[0]
+        first = inputs.get(spec.roles[0])
+        name = row.get("case") or (_stem(Path(_as_list(first)[0])) if first else f"row{i}")
+        empty = [r for r in spec.roles if r not in inputs]
+        cases.append(_Unusable(name, f"{path} line {i}: no {', '.join(empty)}") if empty else Case(name, inputs))
+    _check_unique(cases, path)
+    return cases
+
+
+def _check_unique(cases, where: Path) -> None:
+    seen: dict[str, str] = {}
+    for c in cases:
+        key = _folder_name(c.name).lower()
+        if key in seen:
+            raise InputError(f"{where}: two cases named {seen[key]!r} and {c.name!r}; give distinct case names "
+                             "(a manifest's case column)")
+        seen[key] = c.name
+
+
+def _folder_name(name: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
+    return safe or "case"
+
+
+# ----- running -------------------------------------------------------------------------------
+
+def _fingerprint(job: str, inputs: Mapping[str, Any], options: Mapping[str, Any], model) -> dict:
+    files = {}
+    for role, value in sorted(inputs.items()):
+        for p in _as_list(value):
+            path = Path(p)
+            if path.is_dir():
+                stats = [(q.name, q.stat().st_size, q.stat().st_mtime_ns) for q in sorted(path.iterdir()) if q.is_file()]
+                files[f"{role}:{p}"] = [len(stats), sum(s[1] for s in stats), max((s[2] for s in stats), default=0)]
+            elif path.exists():
+                st = path.stat()
+                files[f"{role}:{p}"] = [st.st_size, st.st_mtime_ns]
+            else:
+                files[f"{role}:{p}"] = None
+    return {"job": job, "inputs": files, "options": json.loads(json.dumps(dict(options), default=str)),
+            "model": None if model is None else str(model)}
+
+
+def _read_case_file(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / CASE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def run_case(job: str, case: Case, out: str | os.PathLike, options: Mapping[str, Any] | None = None, model=None,
+             device: str = "auto", overwrite: bool = False, threads: int | None = None,
+             progress: Progress | None = None) -> CaseOutcome:
+    """Run (or skip, when done before with the same inputs) one case into ``out/<case>/``."""
+    from .zoo import write_json_atomic
+
+    spec = job_spec(job)
+    options = dict(options or {})
+    folder = Path(out) / _folder_name(case.name)
+    fingerprint = _fingerprint(job, case.inputs, options, model)
+    before = _read_case_file(folder)
+    if not overwrite and before is not None and before.get("status") == "done" \
+            and before.get("fingerprint") == fingerprint:
+        return CaseOutcome(case.name, "skipped", float(before.get("seconds", 0.0)), before.get("row", {}),
+                           warnings=before.get("warnings", []))
+    if before is None and not overwrite and folder.exists():
+        theirs = [n for n in spec.outputs if (folder / n).exists()]
+        if theirs:
+            return CaseOutcome(case.name, "failed", error=f"{folder / theirs[0]} exists and was not written by a "
+                                                          "batch run; not replaced (use overwrite)")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    record = {"case": case.name, "job": job, "inputs": {k: v for k, v in case.inputs.items()},
+              "fingerprint": fingerprint}
+    try:
+        result = spec.run(folder, case.inputs, options, model, device, progress)
+    except (KeyboardInterrupt, InterruptedError):
+        raise
+    except Exception as exc:  # one case's failure is recorded; the cohort goes on
+        text = str(exc).splitlines()[0] if str(exc) else ""
+        error = text if isinstance(exc, (ValueError, FileNotFoundError)) else f"{type(exc).__name__}: {text}"
+        seconds = time.perf_counter() - t0
+        if folder.exists():
+            write_json_atomic({**record, "status": "failed", "error": error, "seconds": round(seconds, 3)},
+                              folder / CASE_FILE)
+        return CaseOutcome(case.name, "failed", seconds, error=error)
+    seconds = time.perf_counter() - t0
+    write_json_atomic({**record, "status": "done", "seconds": round(seconds, 3), "row": result.row,
+                       "notes": result.notes, "warnings": result.warnings,
+                       "outputs": {k: str(v) for k, v in result.outputs.items()}}, folder / CASE_FILE)
+    return CaseOutcome(case.name, "done", seconds, result.row, warnings=list(result.warnings))
+
+
+def _table_rows(outcomes: Sequence[CaseOutcome]) -> list[dict[str, Any]]:
+    rows = []
+    for o in outcomes:
+        rows.append({"case": o.case, "status": o.status, "error": o.error, "seconds": round(o.seconds, 3),
+                     **dict(o.row), "warnings": "; ".join(o.warnings)})
+    return rows
+
+
+def _write_table(outcomes: Sequence[CaseOutcome], path: Path) -> None:
+    from .imaging.atomic import atomic_path
+    from .methods.report import write_measures_csv
+
+    rows = _table_rows(outcomes)
+    # every row gets every column, in first-seen order, so a failed first case does not drop the figures
+    columns: list[str] = ["case", "status", "error", "seconds"]
+    for r in rows:
+        columns += [k for k in r if k not in columns and k != "warnings"]
+    columns.append("warnings")
+    if not rows:
+        with atomic_path(path) as tmp:
+            tmp.write_text(",".join(columns) + "\n")
+        return
+    write_measures_csv([{c: r.get(c) for c in columns} for r in rows], path)
+
+
+def run_batch(job: str, cohort: str | os.PathLike | Sequence[Case], out: str | os.PathLike, *,
+              options: Mapping[str, Any] | None = None, model=None, device: str = "auto", workers: int = 1,
+              scheduler: str | None = None, overwrite: bool = False, progress: Progress | None = None,
+              cancelled: Callable[[], bool] | None = None) -> BatchResult:
+    """Run ``job`` on every case of ``cohort`` (a folder, a manifest CSV or a list of
+    :class:`Case`) into ``out``; returns the outcomes and writes ``out/cohort.csv``.
+
+    Parameters
+    ----------
+    job
+        One of :data:`JOBS` (the ``medlearn`` sub-command of the same name).
+    options
+        The job's options, e.g. ``{"acceleration": 8}`` for ``reconstruct``, ``{"factor": 4}``
+        for ``super-resolve``, ``{"decision": "argmax"}`` for ``segment-lesions``.
+    model, device
+        As for the single-case job (``model=None``: the best shipped model).
+    workers, scheduler
+        ``workers=1`` without ``scheduler``: the cases one after the other in this process.
+        Otherwise through dask with ``scheduler`` ``"processes"`` (the default), ``"threads"``,
+        ``"sync"`` or a ``dask.distributed`` address (``"tcp://host:8786"``).
+    overwrite
+        Run every case again, replacing what an earlier batch wrote.
+    progress
+        Called with ``(cases_finished, cases_total, message)``.
+    cancelled
+        Checked between cases (in-process runs): True stops the batch with ``InterruptedError``
+        after the table of the cases finished so far is written.
+    """
+    spec = job_spec(job)
+    options = dict(options or {})
+    unknown = [k for k in options if k not in spec.options]
+    if unknown:
+        raise ValueError(f"{job} takes no option {', '.join(map(repr, unknown))}; it takes "
+                         f"{', '.join(spec.options) or 'none'}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if scheduler is not None and "://" not in scheduler and scheduler not in LOCAL_SCHEDULERS:
+        raise ValueError(f"scheduler {scheduler!r} not supported; use {', '.join(LOCAL_SCHEDULERS[:3])} or a "
+                         "dask.distributed address (tcp://host:port)")
+    cases = list(cohort) if isinstance(cohort, (list, tuple)) else find_cases(job, cohort)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    table = out / TABLE_FILE
+    total = len(cases)
+    outcomes: list[CaseOutcome | None] = [None] * total
+    for i, c in enumerate(cases):
+        if isinstance(c, _Unusable):
+            outcomes[i] = CaseOutcome(c.name, "failed", error=c.error)
+    todo = [i for i in range(total) if outcomes[i] is None]
+
+    def finished(i: int, outcome: CaseOutcome) -> None:
+        outcomes[i] = outcome
+        if progress is not None:
+            done = sum(o is not None for o in outcomes)
+            progress(done, total, f"{outcome.case}: {outcome.status}")
+
+    if workers == 1 and scheduler is None:
+        if progress is not None:
+            progress(total - len(todo), total, "starting")
+        try:
+            for i in todo:
+                if cancelled is not None and cancelled():
+                    raise InterruptedError(f"cancelled after {sum(o is not None for o in outcomes)} of {total} cases")
+                finished(i, run_case(job, cases[i], out, options, model, device, overwrite))
+                _write_table([o for o in outcomes if o is not None], table)
+        finally:
+            _write_table([o for o in outcomes if o is not None], table)
+    else:
+        try:
+            _run_with_dask(job, [cases[i] for i in todo], todo, out, options, model, device, overwrite, workers,
+                           scheduler, finished)
+        finally:
+            _write_table([o for o in outcomes if o is not None], table)
+    return BatchResult([o for o in outcomes if o is not None], table)
+
+
+def _run_with_dask(job, cases, indices, out, options, model, device, overwrite, workers, scheduler, finished):
+    """Run the cases as dask tasks, calling ``finished(index, outcome)`` as each ends; CPU threads
+    shared out between workers."""
+    import dask
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    tasks = [dask.delayed(run_case, pure=False)(job, c, str(out), options, model, device, overwrite, threads)
+             for c in cases]
+    where = {t.key: i for t, i in zip(tasks, indices)}
+    if scheduler is not None and "://" in scheduler:
+        try:
+            from dask.distributed import Client, as_completed
+        except ImportError:
+            raise ValueError(f"scheduler {scheduler}: a dask.distributed address needs the 'distributed' package "
+                             "(pip install distributed)") from None
+        with Client(scheduler) as client:
+            futures = client.compute(tasks)
+            for future in as_completed(futures):
+                finished(where[future.key], future.result())
+        return
+    name = scheduler or "processes"
+    from dask.callbacks import Callback
+
+    class _Finished(Callback):      # local schedulers call it in this thread as each task ends
+        def _posttask(self, key, result, dsk, state, worker_id):
+            if key in where:
+                finished(where[key], result)
+
+    with _Finished():
+        dask.compute(*tasks, scheduler=name, num_workers=workers)
+__all__ = ["BatchResult", "Case", "CaseOutcome", "JOBS", "find_cases", "run_batch", "run_case"]
