@@ -400,10 +400,7 @@ def reconstruct_job(out: str | Path, source: str | Path, *, mask: str | Path | N
     volume = reference = None
     offset = 0.0
     if Path(source).suffix.lower() in K.KSPACE_SUFFIXES:
-        try:
-            k, m = K.read_kspace(source, mask, kspace_key, mask_key)
-        except (OSError, KeyError) as e:
-            raise InputError(f"{source}: {e}") from None
+        k, m = K.read_kspace(source, mask, kspace_key, mask_key)
         if m is None:
             raise InputError(f"{source}: no mask; give --mask (a .npy or .h5 file that broadcasts to the k-space)")
         described = str(source)
