@@ -25,7 +25,10 @@ measured along the way.
 - ``emma``: an ensemble of lesion models on a BraTS subject its members never saw: uncertainty
   heat map over the FLAIR, the review outline at 0.3, the members' volumes.
 
-Usage: ``xvfb-run -a python benchmarks/screenshots.py OUT_DIR [sample|acdc|dicom|recon|lesions|planes|emma ...]``
+- ``batch``: the Cohort (batch) widget running segment-heart over three ACDC patients, then one
+  case opened for review.
+
+Usage: ``xvfb-run -a python benchmarks/screenshots.py OUT_DIR [sample|acdc|dicom|recon|lesions|planes|emma|batch ...]``
 """
 
 from __future__ import annotations
@@ -546,6 +549,38 @@ def scenario_acnn(viewer, out: Path):
 
 
 SCENARIOS["acnn"] = scenario_acnn
+
+
+def scenario_batch(viewer, out: Path):
+    """Plugins > MedLearn > Cohort (batch): segment-heart over three ACDC patients (ED + ES frames
+    per patient folder, as ACDC ships them), the table, then one case opened for review."""
+    from napari_medlearn.training.acdc import find_acdc_root
+
+    root = find_acdc_root()
+    cohort = Path(tempfile.mkdtemp()) / "cohort"
+    cohort.mkdir()
+    for name in ("patient081", "patient091", "patient099"):
+        (cohort / name).symlink_to(root / name, target_is_directory=True)
+    _, w = viewer.window.add_plugin_dock_widget("napari-medlearn", "Cohort (batch)")
+    w.cohort_edit.setText(str(cohort))
+    w.out_edit.setText(str(cohort.parent / "results"))
+    print(f"batch: segment-heart on {', '.join(p.name for p in sorted(cohort.iterdir()))}")
+    t0 = time.time()
+    w.run()
+    wait(lambda: not w.running)
+    print(f"  {time.time() - t0:.1f} s; {w.summary.text()}")
+    for case in ("patient081", "patient091", "patient099"):
+        print(f"  {case}: " + ", ".join(f"{c} {w.cell(case, c)}" for c in ("status", "LVEDV_mL", "LVEF_pct", "RVEF_pct")))
+    w.table.selectRow(1)
+    layers = w.open_case()
+    print(f"  opened {[layer.name for layer in layers]}")
+    labels = layers[-1]
+    viewer.dims.set_point(1, (labels.data.shape[1] // 2) * labels.scale[1])
+    viewer.reset_view()
+    shoot(viewer, out / "batch_acdc.png")
+
+
+SCENARIOS["batch"] = scenario_batch
 
 
 def main() -> None:

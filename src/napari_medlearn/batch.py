@@ -459,54 +459,81 @@ def run_batch(job: str, cohort: str | os.PathLike | Sequence[Case], out: str | o
         Checked between cases (in-process runs): True stops the batch with ``InterruptedError``
         after the table of the cases finished so far is written.
     """
-    spec = job_spec(job)
-    options = dict(options or {})
-    unknown = [k for k in options if k not in spec.options]
-    if unknown:
-        raise ValueError(f"{job} takes no option {', '.join(map(repr, unknown))}; it takes "
-                         f"{', '.join(spec.options) or 'none'}")
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
-    if scheduler is not None and "://" not in scheduler and scheduler not in LOCAL_SCHEDULERS:
-        raise ValueError(f"scheduler {scheduler!r} not supported; use {', '.join(LOCAL_SCHEDULERS[:3])} or a "
-                         "dask.distributed address (tcp://host:port)")
-    cases = list(cohort) if isinstance(cohort, (list, tuple)) else find_cases(job, cohort)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    table = out / TABLE_FILE
-    total = len(cases)
-    outcomes: list[CaseOutcome | None] = [None] * total
-    for i, c in enumerate(cases):
-        if isinstance(c, _Unusable):
-            outcomes[i] = CaseOutcome(c.name, "failed", error=c.error)
-    todo = [i for i in range(total) if outcomes[i] is None]
-
-    def finished(i: int, outcome: CaseOutcome) -> None:
-        outcomes[i] = outcome
-        if progress is not None:
-            done = sum(o is not None for o in outcomes)
-            progress(done, total, f"{outcome.case}: {outcome.status}")
-
     if workers == 1 and scheduler is None:
+        from .methods.cardiac import drain
+
+        return drain(run_batch_steps(job, cohort, out, options=options, model=model, device=device,
+                                     overwrite=overwrite, cancelled=cancelled), progress)
+    state = _Cohort(job, cohort, out, options, workers, scheduler)
+    try:
+        _run_with_dask(job, [state.cases[i] for i in state.todo], state.todo, state.out, state.options, model, device,
+                       overwrite, workers, scheduler, lambda i, o: state.finished(i, o, progress))
+    finally:
+        state.write_table()
+    return state.result()
+
+
+def run_batch_steps(job: str, cohort: str | os.PathLike | Sequence[Case], out: str | os.PathLike, *,
+                    options: Mapping[str, Any] | None = None, model=None, device: str = "auto",
+                    overwrite: bool = False, cancelled: Callable[[], bool] | None = None):
+    """:func:`run_batch` in this process, one case after the other, as a generator: yields
+    ``(cases_finished, cases_total, message)`` and returns the :class:`BatchResult` (for a GUI
+    worker; the table is written after every case)."""
+    state = _Cohort(job, cohort, out, options, 1, None)
+    total = len(state.cases)
+    yield total - len(state.todo), total, "starting"
+    try:
+        for i in state.todo:
+            if cancelled is not None and cancelled():
+                raise InterruptedError(f"cancelled after {state.n_finished} of {total} cases")
+            outcome = run_case(job, state.cases[i], state.out, state.options, model, device, overwrite)
+            state.finished(i, outcome)
+            state.write_table()
+            yield state.n_finished, total, f"{outcome.case}: {outcome.status}"
+    finally:
+        state.write_table()
+    return state.result()
+
+
+class _Cohort:
+    """The cases of one run, their outcomes so far, and the table."""
+
+    def __init__(self, job, cohort, out, options, workers, scheduler) -> None:
+        spec = job_spec(job)
+        self.options = dict(options or {})
+        unknown = [k for k in self.options if k not in spec.options]
+        if unknown:
+            raise ValueError(f"{job} takes no option {', '.join(map(repr, unknown))}; it takes "
+                             f"{', '.join(spec.options) or 'none'}")
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        if scheduler is not None and "://" not in scheduler and scheduler not in LOCAL_SCHEDULERS:
+            raise ValueError(f"scheduler {scheduler!r} not supported; use {', '.join(LOCAL_SCHEDULERS[:3])} or a "
+                             "dask.distributed address (tcp://host:port)")
+        self.cases = list(cohort) if isinstance(cohort, (list, tuple)) else find_cases(job, cohort)
+        self.out = Path(out)
+        if self.out.exists() and not self.out.is_dir():
+            raise InputError(f"{self.out} exists and is not a folder")
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.table = self.out / TABLE_FILE
+        self.outcomes: list[CaseOutcome | None] = [
+            CaseOutcome(c.name, "failed", error=c.error) if isinstance(c, _Unusable) else None for c in self.cases]
+        self.todo = [i for i, o in enumerate(self.outcomes) if o is None]
+
+    @property
+    def n_finished(self) -> int:
+        return sum(o is not None for o in self.outcomes)
+
+    def finished(self, i: int, outcome: CaseOutcome, progress: Progress | None = None) -> None:
+        self.outcomes[i] = outcome
         if progress is not None:
-            progress(total - len(todo), total, "starting")
-        try:
-            for i in todo:
-                if cancelled is not None and cancelled():
-                    raise InterruptedError(f"cancelled after {sum(o is not None for o in outcomes)} of {total} cases")
-                finished(i, run_case(job, cases[i], out, options, model, device, overwrite))
-                _write_table([o for o in outcomes if o is not None], table)
-        finally:
-            _write_table([o for o in outcomes if o is not None], table)
-    else:
-        try:
-            _run_with_dask(job, [cases[i] for i in todo], todo, out, options, model, device, overwrite, workers,
-                           scheduler, finished)
-        finally:
-            _write_table([o for o in outcomes if o is not None], table)
-    return BatchResult([o for o in outcomes if o is not None], table)
+            progress(self.n_finished, len(self.cases), f"{outcome.case}: {outcome.status}")
+
+    def write_table(self) -> None:
+        _write_table([o for o in self.outcomes if o is not None], self.table)
+
+    def result(self) -> BatchResult:
+        return BatchResult([o for o in self.outcomes if o is not None], self.table)
 
 
 def _run_with_dask(job, cases, indices, out, options, model, device, overwrite, workers, scheduler, finished):
@@ -539,4 +566,4 @@ def _run_with_dask(job, cases, indices, out, options, model, device, overwrite, 
 
     with _Finished():
         dask.compute(*tasks, scheduler=name, num_workers=workers)
-__all__ = ["BatchResult", "Case", "CaseOutcome", "JOBS", "find_cases", "run_batch", "run_case"]
+__all__ = ["BatchResult", "Case", "CaseOutcome", "JOBS", "find_cases", "run_batch", "run_batch_steps", "run_case"]

@@ -187,7 +187,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
                 print(f"medlearn: warning: case {o.case}: {w}", file=sys.stderr)
     for o in result.failed:
         print(f"medlearn: case {o.case} failed: {o.error}", file=sys.stderr)
-    print(f"{len(result.outcomes)} cases: {result.count('done')} done, {result.count('skipped')} skipped (done "
+    n = len(result.outcomes)
+    print(f"{n} case{'s' if n != 1 else ''}: {result.count('done')} done, {result.count('skipped')} skipped (done "
           f"before, inputs unchanged), {result.count('failed')} failed; table {result.table}")
     return 1 if result.failed else 0
 

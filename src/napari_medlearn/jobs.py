@@ -360,7 +360,9 @@ def read_cine(image: str | Path | Sequence[str | Path]):
         if v.data.shape != first.data.shape or not np.allclose(v.affine, first.affine, atol=1e-3):
             raise InputError(f"{path} and {image[0]} are not frames of one cine (grids differ); name the "
                              "image to use in a manifest CSV")
-    return Volume(np.stack([v.data for v in frames]), first.affine, ("t",) + tuple(first.axes), dict(first.meta))
+    # frames from separate files (ED, ES) are not evenly spaced in time: no time step
+    meta = {k: v for k, v in first.meta.items() if k != "time_step"}
+    return Volume(np.stack([v.data for v in frames]), first.affine, ("t",) + tuple(first.axes), meta)
 
 
 def segment_heart_job(out: str | Path, image: str | Path | Sequence[str | Path], *, model=None,

@@ -1,0 +1,103 @@
+"""The cohort dock widget: find the cases, run them in a worker, the table of statuses and
+figures, a case opened as layers with its geometry for review, errors as notifications, cancel."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from napari.layers import Image, Labels
+
+from napari_medlearn.imaging import Volume
+from napari_medlearn.imaging.io import read_nifti, write_nifti
+from napari_medlearn.samples.cardiac_phantom import cardiac_cine_phantom
+from napari_medlearn.widgets.batch import BatchWidget
+
+TIMEOUT_MS = 120_000
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cohort")
+    for seed in (1, 2):
+        image, _ = cardiac_cine_phantom(seed=seed, n_frames=3, matrix=(40, 48), in_plane_spacing=6.0).volumes()
+        write_nifti(image, root / f"case{seed}.nii.gz")
+    write_nifti(Volume(np.zeros((40, 48), np.float32), np.eye(4), ("y", "x"), {}), root / "flat.nii.gz")
+    return root
+
+
+@pytest.fixture
+def widget(make_napari_viewer, qtbot, tiny_cardiac):
+    w = BatchWidget(make_napari_viewer())
+    qtbot.addWidget(w)
+    w.model_picker.add_checkpoint(tiny_cardiac)
+    w.device_picker.setCurrentText("cpu")
+    return w
+
+
+def run_and_wait(w, qtbot):
+    worker = w.run()
+    qtbot.waitUntil(lambda: not w.running, timeout=TIMEOUT_MS)
+    return worker
+
+
+def test_a_cohort_is_run_listed_and_its_cases_opened(widget, qtbot, errors, cohort, tmp_path):
+    w = widget
+    w.cohort_edit.setText(str(cohort))
+    w.out_edit.setText(str(tmp_path / "out"))
+    assert [c.name for c in w.find()] == ["case1", "case2", "flat"]
+    assert w.cell("case1", "status") == "to do"
+    assert run_and_wait(w, qtbot) is not None
+    assert not errors, errors
+    assert [w.cell(c, "status") for c in ("case1", "case2", "flat")] == ["done", "done", "failed"]
+    assert "2-D" in w.cell("flat", "error")
+    assert w.table.horizontalHeaderItem(2).text() == "LVEDV (mL)"
+    assert "2 done" in w.summary.text() and (tmp_path / "out" / "cohort.csv").exists()
+    # a case opens as its cine and its editable labels, on the input's grid
+    layers = w.open_case(0)
+    assert [type(layer) for layer in layers] == [Image, Labels]
+    src = read_nifti(cohort / "case1.nii.gz")
+    assert layers[0].data.shape == layers[1].data.shape == src.data.shape
+    np.testing.assert_allclose(layers[1].scale, layers[0].scale)
+    np.testing.assert_array_equal(layers[1].data, read_nifti(tmp_path / "out" / "case1" / "labels.nii.gz").data)
+    # a failed case says why instead of opening
+    assert w.open_case(2) == [] and "failed" in errors[-1]
+    # running again resumes: nothing is recomputed
+    run_and_wait(w, qtbot)
+    assert [w.cell(c, "status") for c in ("case1", "case2")] == ["skipped", "skipped"]
+
+
+def test_bad_choices_are_notifications(widget, qtbot, errors, cohort, tmp_path):
+    w = widget
+    assert w.run() is None and "no cohort" in errors[-1]
+    w.cohort_edit.setText(str(tmp_path / "missing"))
+    w.out_edit.setText(str(tmp_path / "out"))
+    assert w.run() is None and "no such file" in errors[-1]
+    w.cohort_edit.setText(str(cohort))
+    w.out_edit.setText(str(cohort / "results"))
+    assert w.run() is None and "inside the cohort" in errors[-1]
+    assert not (cohort / "results").exists()
+    w.job_picker.setCurrentText("segment-lesions")                 # image files are not sessions
+    w.out_edit.setText(str(tmp_path / "out"))
+    assert w.run() is None and "no cases found" in errors[-1]
+    assert w.model_picker.task == "brain-lesion-segmentation"
+
+
+def test_cancel_stops_between_cases(widget, qtbot, errors, cohort, tmp_path, monkeypatch):
+    from napari_medlearn import batch
+
+    w = widget
+    w.cohort_edit.setText(str(cohort))
+    w.out_edit.setText(str(tmp_path / "out"))
+    real = batch.run_case
+
+    def run_then_cancel(*args, **kwargs):          # Cancel pressed while the first case runs
+        outcome = real(*args, **kwargs)
+        w.runner._cancel = True
+        return outcome
+
+    monkeypatch.setattr(batch, "run_case", run_then_cancel)
+    assert run_and_wait(w, qtbot) is not None
+    assert w.runner.status.text() == "cancelled" and w.result is None and not errors
+    assert (tmp_path / "out" / "case1" / "labels.nii.gz").exists()
+    assert not (tmp_path / "out" / "case2").exists()
+    assert [r.split(",")[0] for r in (tmp_path / "out" / "cohort.csv").read_text().splitlines()] == ["case", "case1"]
