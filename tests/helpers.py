@@ -36,3 +36,19 @@ def have_acdc() -> bool:
 
 #: skip marker for tests that read the real ACDC data
 needs_acdc = __import__("pytest").mark.skipif(not have_acdc(), reason="ACDC data (../shared/data/acdc) not present")
+
+
+def write_cine_cohort(folder: Path) -> Path:
+    """A cohort folder: two tiny cardiac cine phantoms (case1, case2) and a 2D image (flat) that
+    cardiac segmentation refuses."""
+    import numpy as np
+
+    from napari_medlearn.imaging import Volume
+    from napari_medlearn.imaging.io import write_nifti
+    from napari_medlearn.samples.cardiac_phantom import cardiac_cine_phantom
+
+    for seed in (1, 2):
+        image, _ = cardiac_cine_phantom(seed=seed, n_frames=3, matrix=(40, 48), in_plane_spacing=6.0).volumes()
+        write_nifti(image, folder / f"case{seed}.nii.gz")
+    write_nifti(Volume(np.zeros((40, 48), np.float32), np.eye(4), ("y", "x"), {}), folder / "flat.nii.gz")
+    return folder

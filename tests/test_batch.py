@@ -19,7 +19,6 @@ from napari_medlearn.imaging import Volume
 from napari_medlearn.imaging.io import read_nifti, write_nifti
 from napari_medlearn.jobs import InputError
 from napari_medlearn.nets.deepmedic import DeepMedic
-from napari_medlearn.samples.cardiac_phantom import cardiac_cine_phantom
 
 
 def _touch(path):
@@ -109,12 +108,9 @@ def test_manifest_with_relative_paths(tmp_path):
 
 @pytest.fixture(scope="module")
 def cine_cohort(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cohort")
-    for seed in (1, 2):
-        image, _ = cardiac_cine_phantom(seed=seed, n_frames=3, matrix=(40, 48), in_plane_spacing=6.0).volumes()
-        write_nifti(image, root / f"case{seed}.nii.gz")
-    write_nifti(Volume(np.zeros((40, 48), np.float32), np.eye(4), ("y", "x"), {}), root / "flat.nii.gz")
-    return root
+    from helpers import write_cine_cohort
+
+    return write_cine_cohort(tmp_path_factory.mktemp("cohort"))
 
 
 def test_a_cohort_runs_each_case_and_records_the_bad_one(cine_cohort, tiny_cardiac, tmp_path):

@@ -7,9 +7,7 @@ import numpy as np
 import pytest
 from napari.layers import Image, Labels
 
-from napari_medlearn.imaging import Volume
-from napari_medlearn.imaging.io import read_nifti, write_nifti
-from napari_medlearn.samples.cardiac_phantom import cardiac_cine_phantom
+from napari_medlearn.imaging.io import read_nifti
 from napari_medlearn.widgets.batch import BatchWidget
 
 TIMEOUT_MS = 120_000
@@ -17,12 +15,9 @@ TIMEOUT_MS = 120_000
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cohort")
-    for seed in (1, 2):
-        image, _ = cardiac_cine_phantom(seed=seed, n_frames=3, matrix=(40, 48), in_plane_spacing=6.0).volumes()
-        write_nifti(image, root / f"case{seed}.nii.gz")
-    write_nifti(Volume(np.zeros((40, 48), np.float32), np.eye(4), ("y", "x"), {}), root / "flat.nii.gz")
-    return root
+    from helpers import write_cine_cohort
+
+    return write_cine_cohort(tmp_path_factory.mktemp("cohort"))
 
 
 @pytest.fixture
