@@ -220,6 +220,23 @@ def test_lesion_sessions_and_reconstruction_cohorts(tmp_path, capsys):
     rows = _rows(out / "cohort.csv")
     assert [r["case"] for r in rows] == ["s1", "s2"] and {"whole_tumour_mL", "oedema_mL"} <= set(rows[0])
     assert read_nifti(out / "s1" / "labels.nii.gz").data.shape == shape
+    # a hand correction: 10 voxels of oedema (2 mm voxels: 0.08 mL) and nothing else
+    from napari_medlearn.batch import record_correction
+
+    fixed = np.zeros(shape, np.uint8)
+    fixed[5, 5, 2:12] = 2
+    row = record_correction(out, "s1", fixed)
+    assert row["whole_tumour_mL"] == pytest.approx(0.08) and row["oedema_mL"] == pytest.approx(0.08)
+    table = {r["case"]: r for r in _rows(out / "cohort.csv")}
+    assert float(table["s1"]["whole_tumour_mL"]) == pytest.approx(0.08) and table["s2"]["corrected"] == ""
+    np.testing.assert_array_equal(read_nifti(out / "s1" / "labels_corrected.nii.gz").data, fixed)
+    with pytest.raises(ValueError, match="differ in shape"):
+        record_correction(out, "s1", fixed[1:])
+    with pytest.raises(ValueError, match="no finished result"):
+        record_correction(out, "s3", fixed)
+    assert main(["batch", "segment-lesions", str(tmp_path / "brats"), "--out", str(out), "--model", str(model),
+                 "--device", "cpu", "--quiet"]) == 0                       # resumed: the correction stays
+    assert float(_rows(out / "cohort.csv")[0]["whole_tumour_mL"]) == pytest.approx(0.08)
 
     # reconstruction: an image (simulated at the acceleration asked for) and acquired k-space + mask
     args = {"dims": 2, "n_cascades": 1, "n_layers": 2, "width": 4}

@@ -536,6 +536,77 @@ class _Cohort:
         return BatchResult([o for o in self.outcomes if o is not None], self.table)
 
 
+CORRECTED_FILE = "labels_corrected.nii.gz"
+CORRECTABLE = ("segment-heart", "segment-lesions")
+
+
+def corrected_row(job: str, labels, spacing, row: Mapping[str, Any]) -> dict[str, Any]:
+    """A case's table row measured again on hand-corrected ``labels`` (cardiac measures with QC
+    flags, or lesion volumes); model and source kept, ``corrected`` set."""
+    import numpy as np
+
+    labels = np.asarray(labels)
+    if job == "segment-heart":
+        from .methods.cardiac import measure_with_qc
+        from .methods.report import measures_row
+
+        measures, qc = measure_with_qc(labels, spacing)
+        new = measures_row(measures, qc, row.get("model", ""), row.get("model_sha256", ""), row.get("source", ""))
+    elif job == "segment-lesions":
+        from .methods.lesions import lesion_volumes
+
+        new = {**row, **{k: round(v, 3) for k, v in lesion_volumes(labels, spacing).items()}}
+    else:
+        raise ValueError(f"{job} results are not corrected by hand here (only {', '.join(CORRECTABLE)})")
+    new["corrected"] = CORRECTED_FILE
+    return new
+
+
+def record_correction(out: str | os.PathLike, case: str, labels) -> dict[str, Any]:
+    """Keep a hand correction of a case's labels: ``labels_corrected.nii.gz`` beside the model's
+    ``labels.nii.gz`` (which stays), the case's row measured again in ``case.json`` (the model's
+    row kept as ``row_model``) and in ``cohort.csv``. Returns the new row; a later batch run
+    that skips the case keeps it."""
+    import numpy as np
+
+    from .imaging.io import write_nifti
+    from .jobs import read_single_volume
+    from .zoo import write_json_atomic
+
+    folder = Path(out) / _folder_name(case)
+    record = _read_case_file(folder)
+    if record is None or record.get("status") != "done":
+        raise ValueError(f"{case}: no finished result in {folder} to correct")
+    model_labels = read_single_volume(folder / "labels.nii.gz")
+    labels = np.asarray(labels)
+    if labels.shape != model_labels.data.shape:
+        raise ValueError(f"{case}: corrected labels {labels.shape} differ in shape from the result "
+                         f"{model_labels.data.shape}")
+    row = corrected_row(record["job"], labels, model_labels.spacing, record.get("row_model", record.get("row", {})))
+    write_nifti(model_labels.with_data(labels.astype(model_labels.data.dtype, copy=False)), folder / CORRECTED_FILE,
+                overwrite=True)
+    record.setdefault("row_model", record.get("row", {}))
+    record["row"] = row
+    write_json_atomic(record, folder / CASE_FILE)
+    table = Path(out) / TABLE_FILE
+    rows = []
+    if table.exists():
+        with open(table, newline="") as f:
+            rows = list(csv.DictReader(f))
+    outcomes = [CaseOutcome(r.get("case", ""), r.get("status", ""), float(r.get("seconds") or 0.0),
+                            {k: v for k, v in r.items() if k not in ("case", "status", "error", "seconds", "warnings")},
+                            r.get("error", ""), [w for w in (r.get("warnings") or "").split("; ") if w])
+                for r in rows]
+    for i, o in enumerate(outcomes):
+        if o.case == case:
+            outcomes[i] = CaseOutcome(case, o.status, o.seconds, row, o.error, o.warnings)
+            break
+    else:
+        outcomes.append(CaseOutcome(case, "done", float(record.get("seconds", 0.0)), row))
+    _write_table(outcomes, table)
+    return row
+
+
 def _run_with_dask(job, cases, indices, out, options, model, device, overwrite, workers, scheduler, finished):
     """Run the cases as dask tasks, calling ``finished(index, outcome)`` as each ends; CPU threads
     shared out between workers."""
@@ -566,4 +637,5 @@ def _run_with_dask(job, cases, indices, out, options, model, device, overwrite, 
 
     with _Finished():
         dask.compute(*tasks, scheduler=name, num_workers=workers)
-__all__ = ["BatchResult", "Case", "CaseOutcome", "JOBS", "find_cases", "run_batch", "run_batch_steps", "run_case"]
+__all__ = ["BatchResult", "Case", "CaseOutcome", "JOBS", "corrected_row", "find_cases", "record_correction",
+           "run_batch", "run_batch_steps", "run_case"]

@@ -96,3 +96,42 @@ def test_cancel_stops_between_cases(widget, qtbot, errors, cohort, tmp_path, mon
     assert (tmp_path / "out" / "case1" / "labels.nii.gz").exists()
     assert not (tmp_path / "out" / "case2").exists()
     assert [r.split(",")[0] for r in (tmp_path / "out" / "cohort.csv").read_text().splitlines()] == ["case", "case1"]
+
+
+def test_a_case_corrected_by_hand_is_measured_again_and_kept(widget, qtbot, errors, cohort, tmp_path):
+    import csv
+
+    import numpy as np
+
+    from napari_medlearn.methods.cardiac import measure_with_qc
+
+    w = widget
+    w.cohort_edit.setText(str(cohort))
+    out = tmp_path / "out"
+    w.out_edit.setText(str(out))
+    run_and_wait(w, qtbot)
+    image, labels = w.open_case(1)                        # case2
+    assert not w.save_button.isEnabled()
+    # a hand edit: frame 0 all LV cavity, a little myocardium in frame 1 so QC still sees a heart
+    idx = np.nonzero(np.ones(labels.data.shape[1:], dtype=bool))
+    labels.data_setitem((np.zeros_like(idx[0]),) + idx, 1)
+    labels.data_setitem((np.array([1, 1]), np.array([2, 2]), np.array([20, 21]), np.array([20, 20])), 2)
+    qtbot.waitUntil(lambda: w.cell("case2", "status") == "edited", timeout=5000)
+    expected, _ = measure_with_qc(labels.data, labels.scale[1:])
+    assert w.cell("case2", "LVEDV_mL") == f"{expected['LVEDV_mL']:.1f}"
+    row = w.save_correction()
+    assert not errors, errors
+    assert w.cell("case2", "status") == "corrected" and row["corrected"] == "labels_corrected.nii.gz"
+    np.testing.assert_array_equal(read_nifti(out / "case2" / "labels_corrected.nii.gz").data, labels.data)
+    assert not np.array_equal(read_nifti(out / "case2" / "labels.nii.gz").data, labels.data)   # the model's stays
+    with open(out / "cohort.csv", newline="") as f:
+        table = {r["case"]: r for r in csv.DictReader(f)}
+    assert float(table["case2"]["LVEDV_mL"]) == pytest.approx(expected["LVEDV_mL"], abs=1e-3)
+    assert table["case2"]["corrected"] == "labels_corrected.nii.gz" and table["case1"]["corrected"] == ""
+    # resuming keeps the correction; opening the case again shows the corrected labels
+    run_and_wait(w, qtbot)
+    assert w.cell("case2", "status") == "skipped"
+    assert w.cell("case2", "LVEDV_mL") == f"{expected['LVEDV_mL']:.1f}"
+    again = w.open_case(1)
+    assert again[-1].name == "case2 [labels corrected]"
+    np.testing.assert_array_equal(again[-1].data, labels.data)

@@ -5,7 +5,11 @@ thread: each case's outputs go to ``<output folder>/<case>/`` and ``cohort.csv``
 before with unchanged inputs are skipped, so a cancelled or interrupted cohort resumes. The
 table lists every case with its status, its main figures and any error; **Open case** (or a
 double click) adds the case's input and outputs as layers with the input's geometry (labels as
-editable Labels layers) for review and hand correction. The cohort's files are never modified.
+editable Labels layers) for review. For cardiac and lesion cases a brush stroke on the opened
+labels measures the case again in the table ("edited"); **Save correction** keeps the corrected
+labels beside the model's (``labels_corrected.nii.gz``) and the new figures in ``case.json`` and
+``cohort.csv`` (:func:`napari_medlearn.batch.record_correction`). The cohort's own files are never
+modified.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -29,7 +34,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..batch import CASE_FILE, JOBS, find_cases, run_batch_steps
+from ..batch import CASE_FILE, CORRECTABLE, JOBS, corrected_row, find_cases, record_correction, run_batch_steps
 from ._common import USER_ERRORS, ModelPicker, TaskRunner, device_picker, notify_error
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -101,6 +106,12 @@ class BatchWidget(QWidget):
         self.table.setSelectionMode(QTableWidget.SingleSelection)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
         self.open_button = QPushButton("Open case")
+        self.save_button = QPushButton("Save correction")
+        self.save_button.setEnabled(False)
+        self.review: dict[str, Any] | None = None      # the opened case whose labels are followed
+        self._debounce = QTimer(self)
+        self._debounce.setSingleShot(True)
+        self._debounce.timeout.connect(self.remeasure)
 
         cohort_row = QHBoxLayout()
         cohort_row.addWidget(self.cohort_edit)
@@ -121,7 +132,10 @@ class BatchWidget(QWidget):
         layout.addWidget(self.runner)
         layout.addWidget(self.summary)
         layout.addWidget(self.table)
-        layout.addWidget(self.open_button)
+        open_row = QHBoxLayout()
+        open_row.addWidget(self.open_button)
+        open_row.addWidget(self.save_button)
+        layout.addLayout(open_row)
 
         self.job_picker.currentTextChanged.connect(self._on_job_changed)
         self.folder_button.clicked.connect(self._choose_folder)
@@ -130,7 +144,9 @@ class BatchWidget(QWidget):
         self.find_button.clicked.connect(self.find)
         self.runner.run_button.clicked.connect(self.run)
         self.open_button.clicked.connect(lambda: self.open_case())
+        self.save_button.clicked.connect(self.save_correction)
         self.table.cellDoubleClicked.connect(lambda row, _col: self.open_case(row))
+        self.viewer.layers.events.removed.connect(self._on_layer_removed)
 
     # ----- inputs -------------------------------------------------------------------------
     @property
@@ -239,13 +255,81 @@ class BatchWidget(QWidget):
                     item.setToolTip(text)
                 self.table.setItem(i, j, item)
 
+    def _row_of(self, case: str) -> int:
+        for i in range(self.table.rowCount()):
+            if self.table.item(i, 0).text() == case:
+                return i
+        raise KeyError(case)
+
     def cell(self, case: str, column: str) -> str:
         """The table's text for ``case`` in ``column`` (a cohort.csv name, e.g. ``LVEDV_mL``)."""
         columns = ["case", "status", *KEY_COLUMNS[self.job], "error"]
-        for i in range(self.table.rowCount()):
-            if self.table.item(i, 0).text() == case:
-                return self.table.item(i, columns.index(column)).text()
-        raise KeyError(case)
+        return self.table.item(self._row_of(case), columns.index(column)).text()
+
+    def _update_row(self, case: str, row: dict[str, Any], status: str) -> None:
+        columns = ["case", "status", *KEY_COLUMNS[self.job], "error"]
+        i = self._row_of(case)
+        for j, c in enumerate(columns[1:-1], start=1):
+            value = status if c == "status" else row.get(c, "")
+            text = f"{value:.1f}" if isinstance(value, float) else str("" if value is None else value)
+            self.table.item(i, j).setText(text)
+
+    # ----- hand correction of an opened case ----------------------------------------------
+    def _follow(self, case: str, layer, spacing, record: dict) -> None:
+        self._unfollow()
+        self.review = {"case": case, "layer": layer, "spacing": tuple(spacing), "record": record,
+                       "out": self._out(), "job": self.job}
+        layer.events.paint.connect(self._on_edited)
+        layer.events.data.connect(self._on_edited)
+
+    def _unfollow(self) -> None:
+        if self.review is None:
+            return
+        layer = self.review["layer"]
+        layer.events.paint.disconnect(self._on_edited)
+        layer.events.data.disconnect(self._on_edited)
+        self.review = None
+        self.save_button.setEnabled(False)
+
+    def _on_layer_removed(self, event) -> None:
+        if self.review is not None and event.value is self.review["layer"]:
+            self._unfollow()
+
+    def _on_edited(self, event=None) -> None:
+        # napari emits `paint` before the edit is in the array: measure on the next turn
+        self._debounce.start(0)
+
+    def remeasure(self) -> dict[str, Any]:
+        """Measure the opened case's labels as they are now; the table shows it as "edited"."""
+        if self.review is None:
+            return {}
+        r = self.review
+        try:
+            row = corrected_row(r["job"], r["layer"].data, r["spacing"], r["record"].get("row_model", r["record"]["row"]))
+        except ValueError as exc:
+            notify_error(exc)
+            return {}
+        if r["job"] == self.job:
+            self._update_row(r["case"], row, "edited")
+        self.save_button.setEnabled(True)
+        return row
+
+    def save_correction(self) -> dict[str, Any]:
+        """Keep the opened case's corrected labels and figures (case folder, cohort.csv)."""
+        if self.review is None:
+            notify_error("open a cardiac or lesion case and correct its labels first")
+            return {}
+        r = self.review
+        try:
+            row = record_correction(r["out"], r["case"], r["layer"].data)
+        except USER_ERRORS as exc:
+            notify_error(exc)
+            return {}
+        if r["job"] == self.job:
+            self._update_row(r["case"], row, "corrected")
+        self.summary.setText(f"{r['case']}: correction saved ({r['out'] / r['case']}/labels_corrected.nii.gz)")
+        self.save_button.setEnabled(False)
+        return row
 
     def open_case(self, row: int | None = None) -> list:
         """Add the case's input and outputs as layers (input geometry); returns the layers added."""
@@ -282,11 +366,15 @@ class BatchWidget(QWidget):
                 read_single_volume(first[0] if isinstance(first, list) else first)
             layers.append(self._add(vol, f"{name}", "labels" if self.job == "correct-mask" else "image"))
             for file, kind in CASE_LAYERS[self.job]:
+                if kind == "labels" and (folder / "labels_corrected.nii.gz").exists():
+                    file = "labels_corrected.nii.gz"        # the case was corrected by hand before
                 if (folder / file).exists():
                     out_vol = read_single_volume(folder / file)
                     if kind == "labels":
                         out_vol = out_vol.with_data(out_vol.data.astype("int32"))
                     layers.append(self._add(out_vol, f"{name} [{file.split('.')[0].replace('_', ' ')}]", kind))
+                    if kind == "labels" and self.job in CORRECTABLE:
+                        self._follow(name, layers[-1], out_vol.spacing, record)
         except USER_ERRORS as exc:
             notify_error(exc)
         return layers
