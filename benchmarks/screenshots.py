@@ -553,7 +553,8 @@ SCENARIOS["acnn"] = scenario_acnn
 
 def scenario_batch(viewer, out: Path):
     """Plugins > MedLearn > Cohort (batch): segment-heart over three ACDC patients (ED + ES frames
-    per patient folder, as ACDC ships them), the table, then one case opened for review."""
+    per patient folder, as ACDC ships them), the table, then one case opened for review, a
+    brush stroke (the case measured again), the correction saved."""
     from napari_medlearn.training.acdc import find_acdc_root
 
     root = find_acdc_root()
@@ -577,7 +578,14 @@ def scenario_batch(viewer, out: Path):
     labels = layers[-1]
     viewer.dims.set_point(1, (labels.data.shape[1] // 2) * labels.scale[1])
     viewer.reset_view()
+    ed = 0 if float(w.cell("patient091", "LVEDV_mL")) else 1
+    before = w.cell("patient091", "LVEDV_mL")
+    paint_stroke(viewer, labels, ed)
+    wait(lambda: w.cell("patient091", "status") == "edited", timeout=30)
+    print(f"  a brush stroke on frame {ed}: LVEDV (mL) {before} -> {w.cell('patient091', 'LVEDV_mL')} (edited)")
     shoot(viewer, out / "batch_acdc.png")
+    w.save_correction()
+    print(f"  {w.summary.text()}")
 
 
 SCENARIOS["batch"] = scenario_batch

@@ -143,6 +143,14 @@ def test_cine_maps_t_z_y_x_to_x_y_z_t(tmp_path):
     assert back.time_step == pytest.approx(40.0)
 
 
+def test_a_cine_without_a_time_step_reads_back_without_one(tmp_path):
+    vol = Volume.from_spacing(np.zeros((2, 3, 4, 5), np.uint8), (8.0, 1.5, 1.25))       # e.g. ED + ES frames
+    write_nifti(vol, tmp_path / "frames.nii.gz")
+    back = read_nifti(tmp_path / "frames.nii.gz")
+    assert vol.time_step is None and back.time_step is None                 # not a made-up 1 s step
+    assert back.layer_kwargs()["scale"][0] == 1.0
+
+
 def test_scaled_file_reads_as_float32(tmp_path):
     img = nib.Nifti1Image(np.arange(24, dtype=np.int16).reshape(2, 3, 4), np.eye(4))
     img.header.set_slope_inter(0.5, -3.0)

@@ -293,6 +293,10 @@ def write_nifti(volume: Volume, path: str | os.PathLike, overwrite: bool = False
             hdr.set_xyzt_units(hdr.get_xyzt_units()[0], "sec")
             t_unit = "sec"
         hdr["pixdim"][4] = float(meta["time_step"]) / _MS_PER_TIME_UNIT[t_unit]
+    elif has_time:
+        # no known step (e.g. ED and ES frames from separate files): 0 reads back as none, where
+        # nibabel's default 1 would read back as a 1 s step
+        hdr["pixdim"][4] = 0.0
 
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
