@@ -7,7 +7,7 @@ from napari_medlearn.imaging.io import read_nifti
 def test_every_method_has_a_demo_section():
     names = [name for name, _ in demo.SECTIONS]
     assert names == sorted(set(names), key=names.index)          # no section twice
-    for method in ("cardiac", "recon", "planes", "lesions", "sr", "acnn", "robust"):
+    for method in ("cardiac", "recon", "planes", "lesions", "sr", "acnn", "robust", "cohort"):
         assert method in names
 
 
