@@ -552,15 +552,18 @@ SCENARIOS["acnn"] = scenario_acnn
 
 
 def scenario_batch(viewer, out: Path):
-    """Plugins > MedLearn > Cohort (batch): segment-heart over three ACDC patients (ED + ES frames
-    per patient folder, as ACDC ships them), the table, then one case opened for review, a
+    """Plugins > MedLearn > Cohort (batch): segment-heart over three ACDC patients the model never
+    trained on (ED + ES frames per patient folder, as ACDC ships them), the table, then one case opened for review, a
     brush stroke (the case measured again), the correction saved."""
+    from napari_medlearn import zoo
     from napari_medlearn.training.acdc import find_acdc_root
 
     root = find_acdc_root()
     cohort = Path(tempfile.mkdtemp()) / "cohort"
     cohort.mkdir()
-    for name in ("patient081", "patient091", "patient099"):
+    held_out = zoo.card("cardiac-fcn-acdc")["training"]["split"]["validation"]   # never trained on
+    cases = [held_out[i] for i in (16, 17, 18)]
+    for name in cases:
         (cohort / name).symlink_to(root / name, target_is_directory=True)
     _, w = viewer.window.add_plugin_dock_widget("napari-medlearn", "Cohort (batch)")
     w.cohort_edit.setText(str(cohort))
@@ -570,7 +573,7 @@ def scenario_batch(viewer, out: Path):
     w.run()
     wait(lambda: not w.running)
     print(f"  {time.time() - t0:.1f} s; {w.summary.text()}")
-    for case in ("patient081", "patient091", "patient099"):
+    for case in cases:
         print(f"  {case}: " + ", ".join(f"{c} {w.cell(case, c)}" for c in ("status", "LVEDV_mL", "LVEF_pct", "RVEF_pct")))
     w.table.selectRow(1)
     layers = w.open_case()
@@ -578,11 +581,11 @@ def scenario_batch(viewer, out: Path):
     labels = layers[-1]
     viewer.dims.set_point(1, (labels.data.shape[1] // 2) * labels.scale[1])
     viewer.reset_view()
-    ed = 0 if float(w.cell("patient091", "LVEDV_mL")) else 1
-    before = w.cell("patient091", "LVEDV_mL")
-    paint_stroke(viewer, labels, ed)
-    wait(lambda: w.cell("patient091", "status") == "edited", timeout=30)
-    print(f"  a brush stroke on frame {ed}: LVEDV (mL) {before} -> {w.cell('patient091', 'LVEDV_mL')} (edited)")
+    case = cases[1]
+    before = w.cell(case, "LVEDV_mL")
+    paint_stroke(viewer, labels, 0)
+    wait(lambda: w.cell(case, "status") == "edited", timeout=30)
+    print(f"  a brush stroke on frame 0: LVEDV (mL) {before} -> {w.cell(case, 'LVEDV_mL')} (edited)")
     shoot(viewer, out / "batch_acdc.png")
     w.save_correction()
     print(f"  {w.summary.text()}")
