@@ -48,13 +48,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from .jobs import InputError, JobResult
+from .imaging.io import ITK_SUFFIXES, NIFTI_SUFFIXES
+from .imaging.kspace import KSPACE_SUFFIXES
+from .jobs import VIDEO_SUFFIXES, InputError, JobResult
 
 Progress = Callable[[int, int, str], Any]
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-KSPACE_SUFFIXES = (".npy", ".h5", ".hdf5")
-VIDEO_SUFFIXES = (".npy", ".tif", ".tiff", ".gif", ".mp4", ".avi", ".mov")
+IMAGE_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
 CASE_FILE = "case.json"
 LOCAL_SCHEDULERS = ("processes", "threads", "sync", "synchronous", "single-threaded")
 TABLE_FILE = "cohort.csv"
@@ -334,6 +334,11 @@ def _folder_name(name: str) -> str:
     return safe or "case"
 
 
+def case_folder(out: str | os.PathLike, case: str) -> Path:
+    """Where a batch writes case ``case`` of a cohort run into ``out``."""
+    return Path(out) / _folder_name(case)
+
+
 # ----- running -------------------------------------------------------------------------------
 
 def _fingerprint(job: str, inputs: Mapping[str, Any], options: Mapping[str, Any], model) -> dict:
@@ -368,7 +373,7 @@ def run_case(job: str, case: Case, out: str | os.PathLike, options: Mapping[str,
 
     spec = job_spec(job)
     options = dict(options or {})
-    folder = Path(out) / _folder_name(case.name)
+    folder = case_folder(out, case.name)
     fingerprint = _fingerprint(job, case.inputs, options, model)
     before = _read_case_file(folder)
     if not overwrite and before is not None and before.get("status") == "done" \
@@ -573,7 +578,7 @@ def record_correction(out: str | os.PathLike, case: str, labels) -> dict[str, An
     from .jobs import read_single_volume
     from .zoo import write_json_atomic
 
-    folder = Path(out) / _folder_name(case)
+    folder = case_folder(out, case)
     record = _read_case_file(folder)
     if record is None or record.get("status") != "done":
         raise ValueError(f"{case}: no finished result in {folder} to correct")
@@ -637,5 +642,5 @@ def _run_with_dask(job, cases, indices, out, options, model, device, overwrite, 
 
     with _Finished():
         dask.compute(*tasks, scheduler=name, num_workers=workers)
-__all__ = ["BatchResult", "Case", "CaseOutcome", "JOBS", "corrected_row", "find_cases", "record_correction",
-           "run_batch", "run_batch_steps", "run_case"]
+__all__ = ["BatchResult", "Case", "CaseOutcome", "JOBS", "case_folder", "corrected_row", "find_cases",
+           "record_correction", "run_batch", "run_batch_steps", "run_case"]

@@ -34,7 +34,17 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..batch import CASE_FILE, CORRECTABLE, JOBS, corrected_row, find_cases, record_correction, run_batch_steps
+from ..batch import (
+    CASE_FILE,
+    CORRECTABLE,
+    CORRECTED_FILE,
+    JOBS,
+    case_folder,
+    corrected_row,
+    find_cases,
+    record_correction,
+    run_batch_steps,
+)
 from ._common import USER_ERRORS, ModelPicker, TaskRunner, device_picker, notify_error
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -327,13 +337,12 @@ class BatchWidget(QWidget):
             return {}
         if r["job"] == self.job:
             self._update_row(r["case"], row, "corrected")
-        self.summary.setText(f"{r['case']}: correction saved ({r['out'] / r['case']}/labels_corrected.nii.gz)")
+        self.summary.setText(f"{r['case']}: correction saved ({case_folder(r['out'], r['case']) / CORRECTED_FILE})")
         self.save_button.setEnabled(False)
         return row
 
     def open_case(self, row: int | None = None) -> list:
         """Add the case's input and outputs as layers (input geometry); returns the layers added."""
-        from ..batch import _folder_name
         from ..jobs import read_cine, read_single_volume
 
         if row is None:
@@ -347,7 +356,7 @@ class BatchWidget(QWidget):
             notify_error(f"{name} {status}: {self.table.item(row, self.table.columnCount() - 1).text()}")
             return []
         try:
-            folder = self._out() / _folder_name(name)
+            folder = case_folder(self._out(), name)
             record = json.loads((folder / CASE_FILE).read_text())
         except json.JSONDecodeError:
             notify_error(f"{name}: {CASE_FILE} is not readable")
@@ -366,8 +375,8 @@ class BatchWidget(QWidget):
                 read_single_volume(first[0] if isinstance(first, list) else first)
             layers.append(self._add(vol, f"{name}", "labels" if self.job == "correct-mask" else "image"))
             for file, kind in CASE_LAYERS[self.job]:
-                if kind == "labels" and (folder / "labels_corrected.nii.gz").exists():
-                    file = "labels_corrected.nii.gz"        # the case was corrected by hand before
+                if kind == "labels" and (folder / CORRECTED_FILE).exists():
+                    file = CORRECTED_FILE                   # the case was corrected by hand before
                 if (folder / file).exists():
                     out_vol = read_single_volume(folder / file)
                     if kind == "labels":
