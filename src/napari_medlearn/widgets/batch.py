@@ -251,8 +251,12 @@ class BatchWidget(QWidget):
         self.summary.setText(f"{len(rows)} cases: {result.count('done')} done, {result.count('skipped')} done "
                              f"before, {result.count('failed')} failed; table {result.table}")
 
+    def _columns(self) -> list[str]:
+        """The table's columns, as cohort.csv names."""
+        return ["case", "status", *KEY_COLUMNS[self.job], "error"]
+
     def _fill(self, rows: list[dict[str, Any]]) -> None:
-        columns = ["case", "status", *KEY_COLUMNS[self.job], "error"]
+        columns = self._columns()
         self.table.setColumnCount(len(columns))
         self.table.setHorizontalHeaderLabels([_unit(c) for c in columns])
         self.table.setRowCount(len(rows))
@@ -273,11 +277,10 @@ class BatchWidget(QWidget):
 
     def cell(self, case: str, column: str) -> str:
         """The table's text for ``case`` in ``column`` (a cohort.csv name, e.g. ``LVEDV_mL``)."""
-        columns = ["case", "status", *KEY_COLUMNS[self.job], "error"]
-        return self.table.item(self._row_of(case), columns.index(column)).text()
+        return self.table.item(self._row_of(case), self._columns().index(column)).text()
 
     def _update_row(self, case: str, row: dict[str, Any], status: str) -> None:
-        columns = ["case", "status", *KEY_COLUMNS[self.job], "error"]
+        columns = self._columns()
         i = self._row_of(case)
         for j, c in enumerate(columns[1:-1], start=1):
             value = status if c == "status" else row.get(c, "")
