@@ -253,3 +253,14 @@ def test_written_files_are_valid_dicom(tmp_path):
     files = write_series(tmp_path, n_t=1, n_z=1)
     ds = pydicom.dcmread(files[(0, 0)])
     np.testing.assert_array_equal(ds.pixel_array, expected_pixels(0, 0))
+
+
+def test_a_file_copied_twice_is_one_image_not_a_second_phase(tmp_path):
+    import shutil
+
+    files = write_series(tmp_path, n_t=1, n_z=3)
+    for f in files.values():
+        shutil.copy(f, f.with_name(f.stem + " (copy).dcm"))
+    with pytest.warns(UserWarning, match="3 file.*same SOPInstanceUID"):
+        vol = read_dicom_folder(tmp_path)
+    assert vol.axes == ("z", "y", "x") and vol.data.shape == (3, ROWS, COLS)

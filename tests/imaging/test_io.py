@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 
 import nibabel as nib
 import numpy as np
@@ -253,3 +254,39 @@ def test_sform_with_wrong_voxel_size_is_repaired_from_pixdim(tmp_path):
     assert vol.spacing == pytest.approx((10.0, 1.7578125, 1.7578125))
     assert np.allclose(vol.direction, np.asarray(vol.affine[:3, :3]) / vol.spacing)
     assert "geometry_repaired" in vol.meta
+
+
+def test_2d_file_keeps_its_slice_thickness(tmp_path):
+    aff = np.diag([0.7, 0.8, 4.5, 1.0])
+    nib.save(nib.Nifti1Image(np.zeros((9, 7), np.float32), aff), tmp_path / "slice.nii.gz")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # a consistent file is not "repaired"
+        vol = read_nifti(tmp_path / "slice.nii.gz")
+    write_nifti(vol, tmp_path / "out.nii.gz")
+    assert nib.load(tmp_path / "out.nii.gz").affine[2, 2] == pytest.approx(4.5)
+
+
+@pytest.mark.parametrize("unit, factor", [("micron", 1e-3), ("meter", 1e3), ("mm", 1.0), ("unknown", 1.0)])
+def test_spatial_units_become_mm(tmp_path, unit, factor):
+    img = nib.Nifti1Image(np.zeros((4, 5, 3), np.float32), np.diag([500.0, 500.0, 2000.0, 1.0]))
+    img.header.set_xyzt_units(unit)
+    nib.save(img, tmp_path / "u.nii.gz")
+    vol = read_nifti(tmp_path / "u.nii.gz")
+    assert vol.spacing == pytest.approx((2000 * factor, 500 * factor, 500 * factor))
+    write_nifti(vol, tmp_path / "mm.nii.gz")
+    back = nib.load(tmp_path / "mm.nii.gz")
+    assert back.header.get_xyzt_units()[0] == "mm"
+    assert np.allclose(back.affine, np.diag([500 * factor, 500 * factor, 2000 * factor, 1.0]))
+
+
+def test_colour_nifti_is_refused_clearly(tmp_path):
+    rgb = np.zeros((4, 3), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    nib.save(nib.Nifti1Image(rgb, np.eye(4)), tmp_path / "photo.nii.gz")
+    with pytest.raises(ValueError, match="photo.nii.gz.*colour"):
+        read_nifti(tmp_path / "photo.nii.gz")
+
+
+def test_labels_beyond_int32_are_written_as_int64(tmp_path):
+    lab = np.array([[[0, 2**40]]], dtype=np.int64)
+    write_nifti(Volume.from_spacing(lab, (1.0, 1.0, 1.0)), tmp_path / "big.nii.gz")
+    assert read_nifti(tmp_path / "big.nii.gz").data.max() == 2**40

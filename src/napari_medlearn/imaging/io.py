@@ -58,6 +58,7 @@ _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # NIfTI time units -> milliseconds. NIfTI files often leave the unit unknown; like FSL we
 # then take pixdim[4] to be in seconds.
 _MS_PER_TIME_UNIT = {"sec": 1000.0, "msec": 1.0, "usec": 1e-3, "unknown": 1000.0}
+_MM_PER_SPACE_UNIT = {"meter": 1000.0, "mm": 1.0, "micron": 1e-3}
 
 
 def _has_suffix(path: str | os.PathLike, suffixes: tuple[str, ...]) -> bool:
@@ -118,12 +119,19 @@ def read_nifti(path: str | os.PathLike) -> Volume:
         arr = arr.astype(arr.dtype.newbyteorder("="))
     if not arr.flags.writeable:
         arr = arr.copy()
+    if arr.dtype.fields is not None or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        what = "colour (RGB) voxels" if arr.dtype.fields else f"voxels of type {arr.dtype}"
+        raise ValueError(f"cannot read {path}: it holds {what}, not grey values; convert it to grey first")
     if arr.ndim not in (2, 3, 4):
         raise ValueError(f"cannot read {path}: {arr.ndim}-D NIfTI (only 2-D, 3-D and 4-D are supported)")
 
     data = np.ascontiguousarray(arr.T)  # (x, y[, z[, t]]) -> ([t,] [z,] y, x)
     axes = {2: ("y", "x"), 3: ("z", "y", "x"), 4: ("t", "z", "y", "x")}[arr.ndim]
     affine_ijk, repaired = _nifti_affine(img)
+    space_unit = header.get_xyzt_units()[0]
+    if space_unit in _MM_PER_SPACE_UNIT:          # "unknown" is read as mm, like every tool does
+        affine_ijk = affine_ijk.copy()
+        affine_ijk[:3] *= _MM_PER_SPACE_UNIT[space_unit]
     affine = affine_ijk[:, _ZYX_FROM_IJK]
     if repaired:
         warnings.warn(f"{path.name}: {repaired}", stacklevel=2)
@@ -156,9 +164,9 @@ def _nifti_affine(img) -> tuple[np.ndarray, str | None]:
     """
     header = img.header
     aff = np.asarray(img.affine, dtype=float)
-    zooms = np.ones(3)
-    z = [float(v) for v in header.get_zooms()[:3]]
-    zooms[:len(z)] = z
+    # pixdim[1:4], not get_zooms(): a 2-D file's zooms stop at two, but its pixdim[3] is the
+    # slice thickness its sform's third column also holds
+    zooms = np.asarray(header["pixdim"][1:4], dtype=float)
     norms = np.linalg.norm(aff[:3, :3], axis=0)
     if int(header["sform_code"]) <= 0 or np.any(zooms <= 0) or np.allclose(norms, zooms, rtol=1e-3):
         return aff, None
@@ -267,7 +275,7 @@ def write_nifti(volume: Volume, path: str | os.PathLike, overwrite: bool = False
     header = template.copy() if isinstance(template, nib.Nifti1Header) else None
 
     # the cast is exact: out_dtype holds every value (see _nifti_output_dtype)
-    img = image_class(data_xyz.astype(out_dtype, copy=False), affine_ijk, header=header)
+    img = image_class(data_xyz.astype(out_dtype, copy=False), affine_ijk, header=header, dtype=out_dtype)
     hdr = img.header
     hdr.set_data_dtype(out_dtype)
     hdr.set_slope_inter(np.nan, np.nan)
@@ -277,6 +285,7 @@ def write_nifti(volume: Volume, path: str | os.PathLike, overwrite: bool = False
             hdr.set_intent("none")
             hdr["cal_min"] = 0.0
             hdr["cal_max"] = 0.0
+        hdr.set_xyzt_units("mm", hdr.get_xyzt_units()[1])   # the affine is in mm, whatever the source's unit
     else:
         hdr.set_xyzt_units("mm", "sec")
 
@@ -406,6 +415,7 @@ class _SliceHeader:
     frames: int
     samples_per_pixel: int
     slice_spacing_tag: float | None  # SpacingBetweenSlices, else SliceThickness: 1-slice only
+    sop_uid: str = ""                 # SOPInstanceUID: the same image copied twice has the same one
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -469,6 +479,7 @@ def _read_slice_header(path: Path) -> _SliceHeader | None:
         frames=_int_or_none(ds.get("NumberOfFrames")) or 1,
         samples_per_pixel=_int_or_none(ds.get("SamplesPerPixel")) or 1,
         slice_spacing_tag=spacing_tag,
+        sop_uid=str(ds.get("SOPInstanceUID", "") or ""),
     )
 
 
@@ -479,12 +490,26 @@ def _scan_series(folder: str | os.PathLike) -> dict[str, list[_SliceHeader]]:
     if not folder.is_dir():
         raise FileNotFoundError(f"no such folder: {folder}")
     groups: dict[str, list[_SliceHeader]] = {}
+    seen: dict[tuple[str, str], Path] = {}
+    copies: list[tuple[Path, Path]] = []
     for p in _candidate_files(folder):
         h = _read_slice_header(p)
-        if h is not None:
-            groups.setdefault(h.series_uid, []).append(h)
+        if h is None:
+            continue
+        if h.sop_uid:
+            # a second file of an image already read (an export copied twice) is the same image,
+            # not another phase
+            first = seen.setdefault((h.series_uid, h.sop_uid), p)
+            if first != p:
+                copies.append((p, first))
+                continue
+        groups.setdefault(h.series_uid, []).append(h)
     if not groups:
         raise ValueError(f"no DICOM files in {folder}")
+    if copies:
+        warnings.warn(f"{folder}: {len(copies)} file(s) repeat an image already read (same SOPInstanceUID, "
+                      f"e.g. {copies[0][0].name} = {copies[0][1].name}); each image is used once",
+                      stacklevel=3)
 
     def order(uid: str) -> tuple:
         n = groups[uid][0].series_number
