@@ -137,7 +137,24 @@ def test_existing_folder(tmp_path):
     with pytest.raises(FileExistsError, match="notes.txt"):
         write_dicom_series(vol, target, overwrite=True)
     assert (target / "notes.txt").exists()
+    (target / "notes.txt").rename(target / ".notes.txt")     # hidden is still somebody's file
+    with pytest.raises(FileExistsError, match=".notes.txt"):
+        write_dicom_series(vol, target, overwrite=True)
+    (target / ".notes.txt").unlink()
+    (target / ".DS_Store").write_bytes(b"finder")          # OS litter goes with the folder
+    write_dicom_series(vol, target, overwrite=True)
+    assert not (target / ".DS_Store").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["s"]  # nothing left beside it
+
+
+def test_text_beyond_latin1_is_kept(tmp_path):
+    vol = Volume(_data("uint16", (2, Y, X)), _affine("axis-aligned"), ("z", "y", "x"))
+    files = write_dicom_series(vol, tmp_path / "s", series_description="Cœur 心脏", patient_id="Zoë")
+    ds = pydicom.dcmread(files[0])
+    assert ds.SpecificCharacterSet == "ISO_IR 192"
+    assert (ds.SeriesDescription, str(ds.PatientID)) == ("Cœur 心脏", "Zoë")
+    plain = write_dicom_series(vol, tmp_path / "t", series_description="LV short axis")
+    assert pydicom.dcmread(plain[0]).SpecificCharacterSet == "ISO_IR 100"
 
 
 @pytest.mark.parametrize("data, axes, match", [

@@ -195,8 +195,10 @@ def _check_target(folder: Path, overwrite: bool) -> None:
     if not overwrite:
         raise FileExistsError(f"{folder} already exists and is not empty "
                               "(use overwrite=True to replace it)")
+    # a folder's OS litter (Finder's .DS_Store and ._ companions) goes with it; any other file
+    # that is not DICOM, hidden or not, is somebody's and stops the replacement
     foreign = [p for p in entries
-               if not (p.is_file() and (p.name.startswith(".") or is_dicom_file(p)))]
+               if not (p.is_file() and (p.name == ".DS_Store" or p.name.startswith("._") or is_dicom_file(p)))]
     if foreign:
         raise FileExistsError(f"refusing to replace {folder}: it holds {foreign[0].name}, which is "
                               "not a DICOM file (only folders of DICOM files are overwritten)")
@@ -346,6 +348,13 @@ def write_dicom_series(
     if cine:
         common.update({"CardiacNumberOfImages": n_t, "NumberOfTemporalPositions": n_t})
 
+    # Latin-1 when the text fits it (what every viewer reads), else UTF-8, so no name is lost
+    try:
+        (series_description + patient_id).encode("latin-1")
+        charset = "ISO_IR 100"
+    except UnicodeEncodeError:
+        charset = "ISO_IR 192"
+
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:12]}.partial")
     tmp.mkdir()
@@ -361,7 +370,7 @@ def write_dicom_series(
                 meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
                 ds = Dataset()
                 ds.file_meta = meta
-                ds.SpecificCharacterSet = "ISO_IR 100"
+                ds.SpecificCharacterSet = charset
                 ds.SOPClassUID = sop_class
                 ds.SOPInstanceUID = sop_uid
                 for keyword, value in common.items():
