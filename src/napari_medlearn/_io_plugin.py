@@ -187,6 +187,8 @@ def _volume_from_layer(data: Any, meta: dict[str, Any]) -> Volume:
 
     from .imaging.volume import Volume
 
+    if meta.get("rgb"):
+        raise ValueError("this is an RGB (colour) layer; NIfTI is written from grey-scale layers only")
     if meta.get("multiscale") or isinstance(data, (list, tuple)):
         data = data[0]  # the full-resolution level
     return Volume.from_layer(np.asarray(data), meta.get("scale"), meta.get("translate"),

@@ -169,3 +169,11 @@ def test_napari_labels_layer_state_round_trip(tmp_path, labels_file):
     out = tmp_path / "saved.nii.gz"
     write_labels(str(out), layer_data, state)
     np.testing.assert_array_equal(nib.load(out).affine, OBLIQUE)
+
+
+def test_write_image_refuses_a_colour_layer_clearly(tmp_path):
+    target = tmp_path / "photo.nii.gz"
+    with pytest.raises(ValueError, match="RGB"):
+        write_image(str(target), np.zeros((6, 8, 3), np.uint8),
+                    {"rgb": True, "scale": (1.0, 1.0), "translate": (0.0, 0.0), "metadata": {}})
+    assert not target.exists()
