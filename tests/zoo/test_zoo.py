@@ -77,3 +77,12 @@ def test_every_shipped_model_matches_its_card():
         model = zoo.load(name, device="cpu")
         assert model.zoo_name == name
     assert zoo.default_model("cardiac-segmentation") in names
+
+
+def test_json_outputs_are_strict_json(tmp_path):
+    import json
+
+    path = tmp_path / "m.json"
+    zoo.write_json_atomic({"LVEF_pct": float("nan"), "x": np.float32(np.inf), "ok": [np.float64(1.5), np.int64(2)]}, path)
+    strict = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert strict == {"LVEF_pct": None, "x": None, "ok": [1.5, 2]}

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -212,10 +213,25 @@ def save_checkpoint(model, path: str | os.PathLike, arch: str, arch_args: dict[s
     return sha256_of(path)
 
 
+def _json_ready(obj: Any) -> Any:
+    """``obj`` with NumPy scalars as Python numbers and NaN / infinity as ``None``: strict JSON
+    has no NaN, and a measure that could not be made is written ``null``, as in the CSVs."""
+    if isinstance(obj, dict):
+        return {k: _json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_ready(v) for v in obj]
+    if hasattr(obj, "item") and getattr(obj, "ndim", None) == 0:   # NumPy scalar or 0-d array
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
 def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """Write JSON to ``path`` via a temporary file and ``os.replace``."""
+    """Write strict JSON (NaN and infinity as ``null``) to ``path`` via a temporary file and
+    ``os.replace``."""
     with atomic_path(path) as tmp, open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False, default=float)
+        json.dump(_json_ready(obj), f, indent=2, sort_keys=False, default=float, allow_nan=False)
         f.write("\n")
 
 
