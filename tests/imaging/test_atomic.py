@@ -15,6 +15,11 @@ def test_replaces_on_success_and_keeps_the_suffix(tmp_path):
     assert [p.name for p in target.parent.iterdir()] == ["labels.nii.gz"]
 
 
+def test_upper_case_nifti_suffix_is_kept_whole(tmp_path):
+    with atomic_path(tmp_path / "CASE01.NII.GZ") as tmp:
+        assert tmp.name.endswith(".NII.GZ")
+
+
 def test_failure_leaves_the_old_file_and_no_debris(tmp_path):
     target = tmp_path / "measures.csv"
     target.write_text("old")

@@ -27,7 +27,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     name = path.name
-    suffix = "".join(path.suffixes[-2:]) if name.endswith(".nii.gz") else path.suffix
+    suffix = "".join(path.suffixes[-2:]) if name.lower().endswith(".nii.gz") else path.suffix
     tmp = path.with_name(f".{name}.{uuid.uuid4().hex[:12]}.tmp{suffix}")
     os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))   # reserve the name
     try:
