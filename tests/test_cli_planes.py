@@ -38,8 +38,14 @@ def test_npy_video(tmp_path, tiny, capsys):
     boxes = list(csv.DictReader(open(out / "boxes.csv")))
     assert all(r["class"] != "Background" for r in boxes)
     assert "standard planes found" in capsys.readouterr().out
-    # outputs are not overwritten without --overwrite
+    # outputs are not overwritten without --overwrite: the fixed names, and each plane's picture
     assert main(["detect-planes", str(src), "--out", str(out), "--model", tiny, "--quiet"]) == 2
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / best[0]["png"]).write_bytes(b"my picture")
+    assert main(["detect-planes", str(src), "--out", str(other), "--model", tiny, "--quiet"]) == 2
+    assert (other / best[0]["png"]).read_bytes() == b"my picture"
+    assert best[0]["png"] in capsys.readouterr().err
     assert main(["detect-planes", str(src), "--out", str(out), "--model", tiny, "--quiet", "--overwrite",
                  "--no-saliency"]) == 0
 

@@ -381,9 +381,11 @@ def run_case(job: str, case: Case, out: str | os.PathLike, options: Mapping[str,
         return CaseOutcome(case.name, "skipped", float(before.get("seconds", 0.0)), before.get("row", {}),
                            warnings=before.get("warnings", []))
     if before is None and not overwrite and folder.exists():
-        theirs = [n for n in spec.outputs if (folder / n).exists()]
+        from .jobs import existing_outputs
+
+        theirs = existing_outputs(folder, spec.outputs)
         if theirs:
-            return CaseOutcome(case.name, "failed", error=f"{folder / theirs[0]} exists and was not written by a "
+            return CaseOutcome(case.name, "failed", error=f"{theirs[0]} exists and was not written by a "
                                                           "batch run; not replaced (use overwrite)")
     if threads:
         import torch

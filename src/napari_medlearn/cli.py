@@ -22,9 +22,11 @@ def _out_dir(path: str, names: Sequence[str], overwrite: bool) -> Path:
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out} exists and is not a directory")
-    clash = [n for n in names if (out / n).exists()]
+    from .jobs import existing_outputs
+
+    clash = existing_outputs(out, names) if out.is_dir() else []
     if clash and not overwrite:
-        raise CLIError(f"{out / clash[0]} already exists (use --overwrite to replace it)")
+        raise CLIError(f"{clash[0]} already exists (use --overwrite to replace it)")
     return out      # made by the job once its inputs have been read
 
 

@@ -69,6 +69,16 @@ def read_single_volume(path: str | Path):
     return vol
 
 
+def _one_frame_as_3d(vol):
+    """A 3D scan stored as a 4D file of one frame (``x, y, z, 1``) as the 3D volume it is."""
+    from .imaging.volume import Volume
+
+    if vol.axes[:1] == ("t",) and vol.data.shape[0] == 1 and len(vol.spatial_axes) == 3:
+        meta = {k: v for k, v in vol.meta.items() if k != "time_step"}
+        return Volume(vol.data[0], vol.affine, vol.axes[1:], meta)
+    return vol
+
+
 
 
 def write_cardiac_outputs(out: Path, vol, result, source: str) -> dict[str, Path]:
@@ -207,7 +217,7 @@ def read_modalities(flair: str | Path, t1c: str | Path, mask_path: str | Path | 
     given = {"FLAIR": flair, "T1c": t1c}
     vols = {}
     for name, path in given.items():
-        v = read_single_volume(path)
+        v = _one_frame_as_3d(read_single_volume(path))
         if len(v.spatial_axes) != 3 or v.data.ndim != 3:
             raise InputError(f"{path}: the {name} image is {v.data.ndim}-D {v.data.shape}; lesion segmentation "
                            "needs 3D volumes")
@@ -233,7 +243,7 @@ def read_modalities(flair: str | Path, t1c: str | Path, mask_path: str | Path | 
                        f"and T1c (missing: {', '.join(missing)})")
     mask = None
     if mask_path:
-        m = read_single_volume(mask_path)
+        m = _one_frame_as_3d(read_single_volume(mask_path))
         if m.data.ndim != 3 or len(m.spatial_axes) != 3:
             raise InputError(f"{mask_path}: the brain mask is {m.data.ndim}-D {m.data.shape}; it needs to be 3D")
         try:
@@ -248,7 +258,17 @@ def read_modalities(flair: str | Path, t1c: str | Path, mask_path: str | Path | 
 
 
 
-PLANE_OUTPUTS = ("scores.csv", "boxes.csv", "best_frames.csv", "planes.json", "saliency.npy")
+PLANE_OUTPUTS = ("scores.csv", "boxes.csv", "best_frames.csv", "planes.json", "saliency.npy", "saliency.nii.gz",
+                 "best_*.png")   # one best_<plane>.png per plane found
+
+
+def existing_outputs(folder: Path, names) -> list[Path]:
+    """The files of ``names`` (shell patterns allowed, as in PLANE_OUTPUTS) already in ``folder``."""
+    folder = Path(folder)
+    found: list[Path] = []
+    for n in names:
+        found += sorted(folder.glob(n)) if any(c in n for c in "*?[") else [folder / n] if (folder / n).exists() else []
+    return found
 VIDEO_SUFFIXES = (".npy", ".tif", ".tiff", ".gif", ".png", ".jpg", ".jpeg", ".mp4", ".avi", ".mov")
 
 
@@ -474,7 +494,7 @@ def detect_planes_job(out: str | Path, video: str | Path, *, model=None, salienc
     row = {"frames": res.frames, "planes_found": ";".join(r["class"] for r in report["best_frames"]),
            **{f"best_frame_{r['class']}": r["frame"] for r in report["best_frames"]},
            "model": res.model, "model_sha256": res.model_sha256, "source": str(video)}
-    return JobResult({n: out / n for n in PLANE_OUTPUTS if (out / n).exists()}, row, lines)
+    return JobResult({p.name: p for p in existing_outputs(out, PLANE_OUTPUTS)}, row, lines)
 
 
 def super_resolve_job(out_file: str | Path, stacks: Sequence[str | Path], *, factor: float = 4,
