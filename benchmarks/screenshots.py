@@ -305,6 +305,29 @@ def scenario_planes(viewer, out: Path):
 SCENARIOS["planes"] = scenario_planes
 
 
+def scenario_planes_dicom(viewer, out: Path):
+    """File > Open a real ultrasound DICOM clip (pydicom's ``examples_ybr_color.dcm``: 30 colour
+    frames, YBR_FULL_422, calibrated regions), then Standard plane detection on it."""
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("examples_ybr_color.dcm")
+    print(f"planes_dicom: File > Open {path}")
+    layers = viewer.open(path, plugin="napari-medlearn")
+    clip = layers[0]
+    print(f"  layer {clip.name!r}: {clip.data.shape} rgb={clip.rgb} scale={tuple(round(s, 3) for s in clip.scale)}")
+    _, w = viewer.window.add_plugin_dock_widget("napari-medlearn", "Standard plane detection")
+    w.video_picker.value = clip
+    w.run()
+    wait(lambda: not w.running)
+    print(f"  {w.runner.status.text()}; found {w.found_planes()}")
+    viewer.reset_view()
+    viewer.dims.set_current_step(0, 12)
+    shoot(viewer, out / "planes_dicom_clip.png")
+
+
+SCENARIOS["planes_dicom"] = scenario_planes_dicom
+
+
 def _brats_subject(name: str = "brats_2013_pat0003_1") -> Path:
     """A BraTS subject folder from ``../shared/data/brats-deepmedic`` (or ``$MEDLEARN_BRATS``)."""
     from napari_medlearn.training.deepmedic import find_brats_root

@@ -65,6 +65,19 @@ def test_tiff_and_nifti_videos(tmp_path, tiny):
     assert [r["predicted"] for r in a] == [r["predicted"] for r in b]
     sal = read_nifti(tmp_path / "b" / "saliency.nii.gz")
     assert sal.data.shape == video.shape
+    # the same frames as a multi-frame ultrasound DICOM, as scanners export clips
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "_medlearn_dicom_video_tests", Path(__file__).parent / "imaging" / "test_dicom_video.py")
+    helpers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helpers)
+    helpers.grey_clip(tmp_path / "sweep.dcm", video, FrameTime="33.3")
+    assert main(["detect-planes", str(tmp_path / "sweep.dcm"), "--out", str(tmp_path / "c"), "--model", tiny,
+                 "--quiet"]) == 0
+    c = list(csv.DictReader(open(tmp_path / "c" / "scores.csv")))
+    assert [r["predicted"] for r in a] == [r["predicted"] for r in c]
 
 
 @pytest.mark.parametrize("content, match", [

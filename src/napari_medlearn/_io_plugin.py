@@ -141,8 +141,8 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
     ``scale``, ``translate`` and ``metadata['affine']`` from :meth:`Volume.layer_kwargs`.
     """
     from .imaging.io import (
-        ITK_SUFFIXES, NIFTI_SUFFIXES, dicom_series_uid, read_dicom_folder, read_dicom_series,
-        read_volume,
+        ITK_SUFFIXES, NIFTI_SUFFIXES, dicom_series_uid, dicom_videos, is_dicom_video, read_dicom_folder,
+        read_dicom_series, read_volume,
     )
 
     layers: list[LayerData] = []
@@ -158,9 +158,22 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
         for v, name in zip(fresh, _series_layer_names(fresh)):
             layers.append(v.to_layer_data(name=name, layer_type="image"))
 
+    def add_video(file: Path) -> None:
+        key = (str(file.resolve()), "clip")
+        if key not in seen_series:
+            seen_series.add(key)
+            layers.append(video_layer_data(file))
+
     for p in _as_paths(path):
         if p.is_dir():
-            add_series(read_dicom_series(p, skip_invalid=True))
+            clips = dicom_videos(p)
+            for clip in clips:
+                add_video(clip)
+            try:
+                add_series(read_dicom_series(p, skip_invalid=True, skip_video=True))
+            except ValueError:
+                if not clips:        # a folder of clips alone has no series: not an error
+                    raise
         elif p.name.lower().endswith(NIFTI_SUFFIXES + ITK_SUFFIXES):
             volume = read_volume(p)
             name = _file_stem(p)
@@ -169,6 +182,8 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
                 layers.append(volume.to_layer_data(name=name, layer_type="image"))
             else:
                 layers.append(volume.with_data(labels).to_layer_data(name=name, layer_type="labels"))
+        elif is_dicom_video(p):
+            add_video(p)
         else:
             series_uid = dicom_series_uid(p)
             if series_uid is None:
@@ -176,6 +191,20 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
             if (str(p.parent.resolve()), series_uid) not in seen_series:
                 add_series([read_dicom_folder(p.parent, series_uid=series_uid)])
     return layers
+
+
+def video_layer_data(path: str | Path) -> LayerData:
+    """One DICOM clip (ultrasound, endoscopy, a colour capture) as an image layer: frames
+    ``(t, H, W)`` or RGB ``(t, H, W, 3)``, scaled by the frame time (ms) and the pixel size
+    (mm) when the file gives them; the time axis is the first slider."""
+    from .imaging.io import read_dicom_video
+
+    frames, meta = read_dicom_video(path)
+    dy, dx = meta.get("spacing", (1.0, 1.0))
+    kwargs = {"name": meta["series"], "rgb": frames.ndim == 4,
+              "scale": (float(meta.get("time_step", 1.0)), dy, dx),
+              "metadata": {**meta, "axes": ("t", "y", "x")}}
+    return (frames, kwargs, "image")
 
 
 def _nifti_path(path: str) -> str:

@@ -276,8 +276,10 @@ def read_video(path: str | Path):
     """An ultrasound video for ``detect-planes``: ``(array, Volume or None)``.
 
     ``.npy`` (t, H, W[, 3]); TIFF/GIF stacks and single PNG/JPEG frames (imageio); MP4/AVI/MOV
-    when imageio has a video plugin (ffmpeg or PyAV); NIfTI, NRRD and DICOM through
-    :func:`napari_medlearn.imaging.io.read_volume` (the first axis is time).
+    when imageio has a video plugin (ffmpeg or PyAV); a DICOM clip as ultrasound machines
+    store them (multi-frame, colour or palette; :func:`napari_medlearn.imaging.io.read_dicom_video`);
+    NIfTI, NRRD and DICOM series through :func:`napari_medlearn.imaging.io.read_volume` (the
+    first axis is time).
     """
     import numpy as np
 
@@ -301,6 +303,13 @@ def read_video(path: str | Path):
             raise InputError(f"{path}: cannot read: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                            f"{extra}") from None
         return arr, None
+    from .imaging.io import is_dicom_video, read_dicom_video
+
+    if p.is_file() and is_dicom_video(p):
+        try:
+            return read_dicom_video(p)[0], None
+        except ValueError as e:
+            raise InputError(str(e)) from None
     vol = read_single_volume(path)
     return np.asarray(vol.data), vol
 

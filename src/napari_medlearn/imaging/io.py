@@ -416,6 +416,7 @@ class _SliceHeader:
     samples_per_pixel: int
     slice_spacing_tag: float | None  # SpacingBetweenSlices, else SliceThickness: 1-slice only
     sop_uid: str = ""                 # SOPInstanceUID: the same image copied twice has the same one
+    palette: bool = False             # PhotometricInterpretation PALETTE COLOR
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -480,12 +481,14 @@ def _read_slice_header(path: Path) -> _SliceHeader | None:
         samples_per_pixel=_int_or_none(ds.get("SamplesPerPixel")) or 1,
         slice_spacing_tag=spacing_tag,
         sop_uid=str(ds.get("SOPInstanceUID", "") or ""),
+        palette=str(ds.get("PhotometricInterpretation", "")).upper() == "PALETTE COLOR",
     )
 
 
-def _scan_series(folder: str | os.PathLike) -> dict[str, list[_SliceHeader]]:
+def _scan_series(folder: str | os.PathLike, skip_video: bool = False) -> dict[str, list[_SliceHeader]]:
     """DICOM image headers in ``folder`` grouped by SeriesInstanceUID, series in
-    SeriesNumber order. Raises ``ValueError`` when there are none."""
+    SeriesNumber order (without clips when ``skip_video``). Raises ``ValueError`` when there
+    are none."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"no such folder: {folder}")
@@ -494,7 +497,7 @@ def _scan_series(folder: str | os.PathLike) -> dict[str, list[_SliceHeader]]:
     copies: list[tuple[Path, Path]] = []
     for p in _candidate_files(folder):
         h = _read_slice_header(p)
-        if h is None:
+        if h is None or (skip_video and _is_video(h)):
             continue
         if h.sop_uid:
             # a second file of an image already read (an export copied twice) is the same image,
@@ -677,7 +680,8 @@ def _load_series(headers: list[_SliceHeader], folder: Path, plan: _SeriesPlan | 
     return Volume(data[0], plan.affine, ("z", "y", "x"), meta)
 
 
-def read_dicom_series(folder: str | os.PathLike, skip_invalid: bool = False) -> list[Volume]:
+def read_dicom_series(folder: str | os.PathLike, skip_invalid: bool = False,
+                      skip_video: bool = False) -> list[Volume]:
     """Read every DICOM series in a folder, one :class:`Volume` per SeriesInstanceUID.
 
     Parameters
@@ -689,6 +693,9 @@ def read_dicom_series(folder: str | os.PathLike, skip_invalid: bool = False) -> 
         Skip a series that cannot be assembled (with a warning naming it and the problem)
         instead of raising; useful for whole exams with localisers. If no series is left,
         the error of the first series is raised.
+    skip_video
+        Leave out DICOM clips (:func:`is_dicom_video`: ultrasound and other multi-frame or
+        colour pictures), which :func:`read_dicom_video` reads one file at a time.
 
     Returns
     -------
@@ -713,7 +720,7 @@ def read_dicom_series(folder: str | os.PathLike, skip_invalid: bool = False) -> 
         headers before any pixels are read.
     """
     folder = Path(folder)
-    groups = _scan_series(folder)
+    groups = _scan_series(folder, skip_video=skip_video)
     if not skip_invalid:
         plans = [_plan_series(h) for h in groups.values()]  # fail fast, before reading pixels
         return [_load_series(h, folder, plan) for h, plan in zip(groups.values(), plans)]
@@ -745,6 +752,112 @@ def read_dicom_folder(folder: str | os.PathLike, series_uid: str | None = None) 
         names = "; ".join(_series_label(h) for h in groups.values())
         raise ValueError(f"{folder} holds {len(groups)} DICOM series, expected one: {names}")
     return _load_series(next(iter(groups.values())), folder)
+
+
+# ---------------------------------------------------------------------------------------
+# DICOM clips: ultrasound (and other) multi-frame or colour images of one file
+# ---------------------------------------------------------------------------------------
+_VIDEO_MODALITIES = ("US", "XA", "RF", "ES", "XC", "OT")
+
+
+def is_dicom_video(path: str | os.PathLike) -> bool:
+    """True for a DICOM image file that is a clip or a picture rather than a slice of a
+    series: ultrasound, angiography, fluoroscopy, endoscopy or a secondary capture (one frame
+    or many), or any colour / palette image. Such a file is read by :func:`read_dicom_video`,
+    not as part of a series (a multi-frame MR or CT stays a series, and is refused there)."""
+    h = _read_slice_header(Path(path)) if Path(path).is_file() else None
+    return h is not None and _is_video(h)
+
+
+def _is_video(h: "_SliceHeader") -> bool:
+    return h.modality in _VIDEO_MODALITIES or h.samples_per_pixel > 1 or h.palette
+
+
+def dicom_videos(folder: str | os.PathLike) -> list[Path]:
+    """The DICOM clips (see :func:`is_dicom_video`) in ``folder``, not its subfolders."""
+    return [p for p in _candidate_files(Path(folder)) if is_dicom_video(p)]
+
+
+def read_dicom_video(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
+    """The frames of one DICOM clip, as an ultrasound machine or a video capture stores them.
+
+    Returns ``(frames, meta)``: ``frames`` is ``(t, H, W)`` grey or ``(t, H, W, 3)`` RGB in the
+    file's integer type (YBR colour converted to RGB, palettes applied, MONOCHROME1 inverted,
+    a modality rescale applied as float32); a single frame has ``t = 1``. ``meta`` holds
+    ``source``, ``modality``, ``series``, ``photometric``, ``time_step`` (ms, from FrameTime,
+    FrameTimeVector or CineRate, when given) and ``spacing`` ``(dy, dx)`` in mm (from
+    PixelSpacing, else from the ultrasound region calibration in cm, when given).
+    Compressed files need pydicom's decoder for their transfer syntax (JPEG: pillow or
+    pylibjpeg). Raises ``ValueError`` with one line naming the file and the problem.
+    """
+    import pydicom
+    from pydicom.pixels import apply_color_lut, apply_modality_lut
+
+    path = Path(path)
+    try:
+        ds = pydicom.dcmread(str(path))
+        frames = np.asarray(ds.pixel_array)      # pydicom converts YBR colour spaces to RGB
+    except Exception as exc:
+        raise ValueError(f"cannot read the frames of DICOM file {path}: {_one_line(exc)}") from None
+    n_frames = int(_int_or_none(ds.get("NumberOfFrames")) or 1)
+    samples = int(_int_or_none(ds.get("SamplesPerPixel")) or 1)
+    photometric = str(ds.get("PhotometricInterpretation", "") or "").upper()
+    if photometric == "PALETTE COLOR":
+        try:
+            frames = np.asarray(apply_color_lut(frames, ds))
+        except Exception as exc:
+            raise ValueError(f"cannot apply the colour palette of {path}: {_one_line(exc)}") from None
+        samples = 3
+        if frames.dtype == np.uint16:            # a 16-bit palette: the 8-bit colours a display shows
+            frames = (frames >> 8).astype(np.uint8)
+    elif samples == 1:
+        if ds.get("RescaleSlope") is not None or ds.get("RescaleIntercept") is not None:
+            frames = np.asarray(apply_modality_lut(frames, ds), dtype=np.float32)
+        if photometric == "MONOCHROME1":
+            frames = frames.max() - frames
+    colour = samples > 1
+    if n_frames == 1:
+        frames = frames[None]
+    if frames.ndim != (4 if colour else 3) or (colour and frames.shape[-1] not in (3, 4)):
+        raise ValueError(f"cannot read {path}: unexpected frame array {frames.shape} for "
+                         f"{n_frames} frame(s) of {samples} sample(s)")
+    frames = frames[..., :3] if colour else frames
+
+    meta: dict[str, Any] = {"source": str(path), "modality": str(ds.get("Modality", "") or ""),
+                            "series": str(ds.get("SeriesDescription", "") or "") or path.stem,
+                            "photometric": photometric}
+    step = _float_or_none(ds.get("FrameTime"))
+    if not step and ds.get("FrameTimeVector") is not None:
+        try:
+            vec = [float(v) for v in ds.FrameTimeVector][1:]   # the first entry is 0
+            step = float(np.median(vec)) if vec else None
+        except (TypeError, ValueError):
+            step = None
+    if not step:
+        rate = _float_or_none(ds.get("CineRate")) or _float_or_none(ds.get("RecommendedDisplayFrameRate"))
+        step = 1000.0 / rate if rate else None
+    if step and step > 0:
+        meta["time_step"] = float(step)
+    ps = ds.get("PixelSpacing")
+    spacing = None
+    try:
+        if ps is not None and len(ps) == 2 and float(ps[0]) > 0 and float(ps[1]) > 0:
+            spacing = (float(ps[0]), float(ps[1]))
+        else:
+            for region in ds.get("SequenceOfUltrasoundRegions", []):
+                # units 3 = cm; a 2D tissue region (spatial format 1) calibrates the image
+                if int(region.get("PhysicalUnitsXDirection", 0)) == 3 and \
+                        int(region.get("PhysicalUnitsYDirection", 0)) == 3 and \
+                        int(region.get("RegionSpatialFormat", 0)) == 1:
+                    dy, dx = abs(float(region.PhysicalDeltaY)) * 10, abs(float(region.PhysicalDeltaX)) * 10
+                    if dy > 0 and dx > 0:
+                        spacing = (dy, dx)
+                        break
+    except (TypeError, ValueError, AttributeError):
+        spacing = None
+    if spacing is not None:
+        meta["spacing"] = spacing
+    return frames, meta
 
 
 # ---------------------------------------------------------------------------------------
