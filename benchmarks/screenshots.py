@@ -359,7 +359,7 @@ def scenario_lesions(viewer, out: Path):
             print("  no shipped lesion model and no $MEDLEARN_LESION_MODEL checkpoint: skipped")
             return
         w.model_picker.add_checkpoint(os.environ["MEDLEARN_LESION_MODEL"])
-    print(f"  pickers: " + ", ".join(f"{k} = {p.value.name}" for k, p in w.modality_pickers.items())
+    print("  pickers: " + ", ".join(f"{k} = {p.value.name}" for k, p in w.modality_pickers.items())
           + f"; brain mask {w.mask_picker.value}")
     t0 = time.time()
     w.run()
@@ -402,7 +402,7 @@ def scenario_lesions(viewer, out: Path):
     for layer in list(viewer.layers):
         viewer.layers.remove(layer)
     viewer.open_sample("napari-medlearn", "brain_lesion")
-    print(f"  pickers: " + ", ".join(f"{k} = {p.value.name}" for k, p in w.modality_pickers.items()))
+    print("  pickers: " + ", ".join(f"{k} = {p.value.name}" for k, p in w.modality_pickers.items()))
     t0 = time.time()
     w.run()
     wait(lambda: not w.running)
