@@ -51,6 +51,8 @@ def test_swapping_rows_and_columns_transposes_the_answer(shape, tiny_cardiac):
     (np.zeros((2, 8, 8), np.float32), (8, 1.5, 1.5), "too small"),
     (np.zeros((2, 32, 32), np.float32), (8, 1.5), "spacing"),
     (np.zeros((2, 32, 32), np.float32), (8, 0, 1.5), "spacing"),
+    (np.zeros((2, 96, 96), np.float32), (500, 100, 100), "field of view of 9600"),   # not mm
+    (np.zeros((2, 96, 96), np.float32), (0.008, 0.0015, 0.0015), "field of view of 0.144"),
 ])
 def test_bad_input_is_refused_clearly(data, spacing, match, tiny_cardiac):
     with pytest.raises(ValueError, match=match):

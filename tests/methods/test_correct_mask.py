@@ -75,6 +75,7 @@ def test_cine_is_corrected_frame_by_frame(tiny_acnn):
     (np.zeros((4, 20, 20), np.uint8), None, "spacing is missing"),
     (np.zeros((4, 20, 20), np.uint8), (8.0, 0.0, 2.0), "positive"),
     (np.zeros((4, 20, 20), np.uint8), (8.0, 2.0), "three"),
+    (np.zeros((4, 96, 96), np.uint8), (0.05, 0.01, 0.01), "field of view of 0.96"),   # metres read as mm
 ])
 def test_bad_input_names_the_problem(tiny_acnn, labels, spacing, match):
     with pytest.raises(ValueError, match=match):

@@ -114,6 +114,7 @@ def test_cancel(tiny_net):
     (lambda c: c[:, 5], "2D images"),
     (lambda c: c[:, :, :1], "2D"),
     (lambda c: np.where(np.arange(c.size).reshape(c.shape) == 7, np.nan, c), "FLAIR image contains NaN"),
+    (lambda c: np.stack([np.zeros_like(c[0]), c[1]]), "FLAIR image is constant"),
 ])
 def test_bad_input(tiny_net, make, match):
     ch, _ = _case()

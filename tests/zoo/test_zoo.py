@@ -86,3 +86,16 @@ def test_json_outputs_are_strict_json(tmp_path):
     zoo.write_json_atomic({"LVEF_pct": float("nan"), "x": np.float32(np.inf), "ok": [np.float64(1.5), np.int64(2)]}, path)
     strict = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
     assert strict == {"LVEF_pct": None, "x": None, "ok": [1.5, 2]}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_an_absent_device_is_refused_clearly():
+    with pytest.raises(zoo.ModelError, match="'cuda' is not available on this machine"):
+        zoo.resolve_device("cuda")
+
+
+def test_a_model_of_another_task_is_refused():
+    with pytest.raises(zoo.ModelError, match="recon-cascade-mr is a mri-reconstruction-2d model; this needs a "
+                                             "us-standard-planes model"):
+        zoo.load("recon-cascade-mr", device="cpu", task="us-standard-planes")
+    assert zoo.load("recon-cascade-mr", device="cpu", task="mri-reconstruction").card["name"] == "recon-cascade-mr"

@@ -114,6 +114,9 @@ def validate_labels(labels, spacing, n_classes: int = 4) -> tuple[np.ndarray, tu
     sp = tuple(float(s) for s in np.ravel(spacing))
     if len(sp) != 3 or not all(np.isfinite(s) and s > 0 for s in sp):
         raise ValueError(f"spacing must be three positive numbers (dz, dy, dx) in mm, got {spacing}")
+    from .cardiac import check_field_of_view
+
+    check_field_of_view(arr.shape[-2:], sp[1:], "the label map")
     return (arr[None] if arr.ndim == 3 else arr), sp
 
 
@@ -122,7 +125,7 @@ def _load(model, device: str = "cpu"):
 
     if hasattr(model, "forward"):
         return model
-    return zoo.load(model or zoo.default_model(TASK), device=device)
+    return zoo.load(model or zoo.default_model(TASK), device=device, task=TASK)
 
 
 def _grid_of(net) -> tuple[tuple, tuple]:

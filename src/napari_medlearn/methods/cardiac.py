@@ -63,6 +63,23 @@ class CardiacResult:
         return 1 if self.labels.ndim == 3 else self.labels.shape[0]
 
 
+# The in-plane field of view of any heart image, from a cropped small heart to a whole body (mm);
+# outside it the spacing is not in mm (metres, microns) or is wrong, and the networks' resampling
+# would make slices of one pixel or of tens of thousands.
+HEART_FOV_MM = (10.0, 1000.0)
+
+
+def check_field_of_view(shape_yx, spacing_yx, what: str = "the image") -> None:
+    """``ValueError`` when ``shape_yx`` pixels of ``spacing_yx`` mm cannot be a heart image's plane."""
+    fov = [int(n) * float(s) for n, s in zip(shape_yx, spacing_yx)]
+    lo, hi = HEART_FOV_MM
+    if min(fov) < lo or max(fov) > hi:
+        raise ValueError(
+            f"{what}: {shape_yx[0]}x{shape_yx[1]} pixels of {spacing_yx[0]:g} x {spacing_yx[1]:g} mm make an "
+            f"in-plane field of view of {fov[0]:.4g} x {fov[1]:.4g} mm, which no heart scan has (expected "
+            f"{lo:g} to {hi:g} mm); check the pixel spacing, which must be in mm")
+
+
 def validate_cine(cine: np.ndarray, spacing) -> tuple[np.ndarray, tuple[float, float, float]]:
     """Check a cine or stack and its spacing; return ``(t, z, y, x)`` float32 and ``(dz, dy, dx)``."""
     arr = np.asarray(cine)
@@ -85,6 +102,7 @@ def validate_cine(cine: np.ndarray, spacing) -> tuple[np.ndarray, tuple[float, f
     sp = tuple(float(s) for s in np.ravel(spacing)) if spacing is not None else ()
     if len(sp) != 3 or not all(np.isfinite(s) and s > 0 for s in sp):
         raise ValueError(f"spacing must be three positive numbers (dz, dy, dx) in mm, got {spacing}")
+    check_field_of_view(arr.shape[-2:], sp[1:])
     if arr.ndim == 3:
         arr = arr[None]
     return arr, sp
@@ -243,7 +261,7 @@ def segment_heart_steps(
 
     arr, sp = validate_cine(cine, spacing)
     single = np.ndim(cine) == 3
-    net = model if hasattr(model, "forward") else zoo.load(model or zoo.default_model(TASK), device=device)
+    net = model if hasattr(model, "forward") else zoo.load(model or zoo.default_model(TASK), device=device, task=TASK)
     n_classes = int(getattr(net, "card", {}).get("n_classes", 4))
     T, Z, H, W = arr.shape
     probs = np.zeros((n_classes, T, Z, H, W), dtype=np.float16)

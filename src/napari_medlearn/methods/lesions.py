@@ -203,6 +203,10 @@ def validate_channels(channels, spacing, channel_names: Sequence[str] = DEFAULT_
         mask = mask > 0
         if not mask.any():
             raise ValueError("the brain mask is empty")
+    flat = [n for n, c in zip(names, arr) if float(c.max()) == float(c.min())]
+    if flat:   # an empty export or a channel swapped for a blank: nothing a model could read
+        raise ValueError(f"the {' and '.join(flat)} image is constant ({float(arr[names.index(flat[0])].min()):g} "
+                         "everywhere): no scan to segment")
     return arr, sp, mask
 
 
@@ -454,7 +458,7 @@ def _load(model, device: str):
         return model
     if model is None:
         model = zoo.default_model(TASK)
-    return zoo.load(model, device=device)
+    return zoo.load(model, device=device, task=TASK)
 
 
 def ensemble_members(model) -> tuple[list, dict[str, Any]] | None:

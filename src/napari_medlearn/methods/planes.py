@@ -148,7 +148,7 @@ def resolve_model(model=None, device: str = "auto"):
     if hasattr(model, "forward"):
         return model
     if model:
-        return zoo.load(model, device=device)
+        return zoo.load(model, device=device, task=TASK)
     if not zoo.available(TASK):
         raise zoo.ModelError(
             "no standard-plane model available: convert the official weights "

@@ -187,7 +187,7 @@ def resolve_model(model=None, dynamic: bool = False, device: str = "auto"):
     if hasattr(model, "forward"):
         return model
     if model:
-        return zoo.load(model, device=device)
+        return zoo.load(model, device=device, task="mri-reconstruction")
     if dynamic and zoo.available(TASK_2DT):
         return zoo.load(zoo.default_model(TASK_2DT), device=device)
     if not zoo.available(TASK_2D):

@@ -133,7 +133,7 @@ def resolve_model(model, task: str, device: str = "auto"):
     if hasattr(model, "forward"):
         return model
     if model:
-        return zoo.load(model, device=device)
+        return zoo.load(model, device=device, task="mr-super-resolution")
     if not zoo.available(task):
         cmd = "sr-brain"
         raise zoo.ModelError(f"no super-resolution model for {task} available: train one "

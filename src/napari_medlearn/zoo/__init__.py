@@ -127,9 +127,18 @@ def resolve_device(device: str = "auto"):
             return torch.device("mps")
         return torch.device("cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise ModelError(f"unknown device {device!r}: {e}") from None
+    mps = getattr(torch.backends, "mps", None)
+    available = {"cpu": lambda: True, "cuda": torch.cuda.is_available,
+                 "mps": lambda: mps is not None and mps.is_available()}.get(dev.type)
+    if available is not None and not available():
+        raise ModelError(f"device {device!r} is not available on this machine (torch {torch.__version__}); "
+                         "use --device auto or cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ModelError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return dev
 
 
 def _read_checkpoint(path: Path) -> dict[str, Any]:
@@ -165,15 +174,19 @@ def _locate(name_or_path: str | os.PathLike) -> tuple[Path, str | None, dict[str
     return w, c["sha256"], c
 
 
-def load(name_or_path: str | os.PathLike, device: str = "auto"):
+def load(name_or_path: str | os.PathLike, device: str = "auto", task: str | None = None):
     """Load a model by zoo name or checkpoint path, in eval mode, on ``device``.
 
     The returned module has ``.card`` (dict) and ``.zoo_name`` attributes. The weights file's
-    sha256 is checked against its card before ``torch.load(..., weights_only=True)``.
+    sha256 is checked against its card before ``torch.load(..., weights_only=True)``. With
+    ``task``, a model whose card names another task (one not starting with ``task``) is
+    refused with a :class:`ModelError` naming both, before its weights are read.
     """
     from .. import nets
 
     path, expected, c = _locate(name_or_path)
+    if task is not None:
+        _check_task(name_or_path, c.get("task") or _checkpoint_task(path), task)
     actual = sha256_of(path)
     if expected is not None and actual != expected:
         raise ModelError(f"sha256 mismatch for {path.name}: card says {expected[:12]}..., file is {actual[:12]}...")
@@ -192,6 +205,19 @@ def load(name_or_path: str | os.PathLike, device: str = "auto"):
     model.zoo_name = c.get("name", path.stem)
     _CACHE[key] = model
     return model
+
+
+def _checkpoint_task(path: Path) -> str | None:
+    """The task in a checkpoint's own card (a .pt given by path, without a sidecar card)."""
+    try:
+        return dict(_read_checkpoint(path).get("card", {}) or {}).get("task")
+    except ModelError:
+        return None
+
+
+def _check_task(name, has: str | None, wanted: str) -> None:
+    if has and not str(has).startswith(wanted):
+        raise ModelError(f"model {Path(str(name)).name} is a {has} model; this needs a {wanted} model")
 
 
 def save_checkpoint(model, path: str | os.PathLike, arch: str, arch_args: dict[str, Any],
