@@ -155,6 +155,37 @@ def test_files_a_batch_did_not_write_are_left_alone(cine_cohort, tiny_cardiac, t
     assert result.outcomes[0].status == "done"
 
 
+def test_an_interrupted_case_is_run_again_not_taken_for_the_users(cine_cohort, tiny_cardiac, tmp_path, monkeypatch):
+    from napari_medlearn import batch, jobs
+
+    out = tmp_path / "out"
+    case = [Case("case1", {"image": str(cine_cohort / "case1.nii.gz")})]
+    real = jobs.write_cardiac_outputs
+
+    def interrupted(folder, *args, **kwargs):       # Ctrl-C after the labels, before the rest
+        real(folder, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(jobs, "write_cardiac_outputs", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_batch("segment-heart", case, out, model=str(tiny_cardiac), device="cpu")
+    assert json.loads((out / "case1" / "case.json").read_text())["status"] == "running"
+    monkeypatch.setattr(jobs, "write_cardiac_outputs", real)
+    assert run_batch("segment-heart", case, out, model=str(tiny_cardiac), device="cpu").outcomes[0].status == "done"
+    assert batch.case_folder(out, "cohort.csv").name != "cohort.csv"     # a case never takes the table's place
+
+
+def test_an_output_folder_inside_the_cohort_is_not_a_case(cine_cohort, tiny_cardiac, tmp_path):
+    import shutil
+
+    root = tmp_path / "cohort"
+    root.mkdir()
+    shutil.copy(cine_cohort / "case1.nii.gz", root / "case1.nii.gz")
+    for _ in range(2):
+        result = run_batch("segment-heart", root, root / "results", model=str(tiny_cardiac), device="cpu")
+        assert [o.case for o in result.outcomes] == ["case1"] and not result.failed
+
+
 def test_cancel_between_cases_keeps_the_finished_ones(cine_cohort, tiny_cardiac, tmp_path):
     out = tmp_path / "out"
     calls = iter([False, True])

@@ -43,6 +43,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -260,10 +261,13 @@ class _Unusable:
     error: str
 
 
-def find_cases(job: str, source: str | os.PathLike) -> list[Case | _Unusable]:
-    """The cases of a cohort folder or manifest (see the module docstring), in a stable order."""
+def find_cases(job: str, source: str | os.PathLike, exclude: str | os.PathLike | None = None) -> list[Case | _Unusable]:
+    """The cases of a cohort folder or manifest (see the module docstring), in a stable order;
+    a folder's entry holding ``exclude`` (the run's output folder, when it lies inside the
+    cohort) is not a case."""
     spec = job_spec(job)
     src = Path(source)
+    skip = Path(exclude).resolve() if exclude is not None else None
     if not src.exists():
         raise InputError(f"{src}: no such file or directory")
     if src.is_file():
@@ -272,6 +276,8 @@ def find_cases(job: str, source: str | os.PathLike) -> list[Case | _Unusable]:
         return _read_manifest(src, spec)
     cases: list[Case | _Unusable] = []
     for entry in _visible(src):
+        if skip is not None and (skip == entry.resolve() or entry.resolve() in skip.parents):
+            continue                       # the outputs of this very run
         if entry.is_file() and not _has_suffix(entry, spec.suffixes):
             continue                       # notes, citations, configs beside the images
         if job == "segment-lesions" and not entry.is_dir():
@@ -330,8 +336,8 @@ def _check_unique(cases, where: Path) -> None:
 
 
 def _folder_name(name: str) -> str:
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
-    return safe or "case"
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "case"
+    return safe + "_case" if safe.lower() == TABLE_FILE else safe     # the table keeps its name
 
 
 def case_folder(out: str | os.PathLike, case: str) -> Path:
@@ -394,6 +400,10 @@ def run_case(job: str, case: Case, out: str | os.PathLike, options: Mapping[str,
     t0 = time.perf_counter()
     record = {"case": case.name, "job": job, "inputs": {k: v for k, v in case.inputs.items()},
               "fingerprint": fingerprint}
+    # said before any output is written, so outputs of a run that is interrupted are known as
+    # this batch's (and replaced by the next run), not taken for the user's own files
+    created = not folder.exists()
+    write_json_atomic({**record, "status": "running"}, folder / CASE_FILE)
     try:
         result = spec.run(folder, case.inputs, options, model, device, progress)
     except (KeyboardInterrupt, InterruptedError):
@@ -402,7 +412,9 @@ def run_case(job: str, case: Case, out: str | os.PathLike, options: Mapping[str,
         text = str(exc).splitlines()[0] if str(exc) else ""
         error = text if isinstance(exc, (ValueError, FileNotFoundError)) else f"{type(exc).__name__}: {text}"
         seconds = time.perf_counter() - t0
-        if folder.exists():
+        if created and [p.name for p in folder.iterdir()] == [CASE_FILE]:
+            shutil.rmtree(folder, ignore_errors=True)       # failed before any output: nothing left behind
+        else:
             write_json_atomic({**record, "status": "failed", "error": error, "seconds": round(seconds, 3)},
                               folder / CASE_FILE)
         return CaseOutcome(case.name, "failed", seconds, error=error)
@@ -517,7 +529,7 @@ class _Cohort:
         if scheduler is not None and "://" not in scheduler and scheduler not in LOCAL_SCHEDULERS:
             raise ValueError(f"scheduler {scheduler!r} not supported; use {', '.join(LOCAL_SCHEDULERS[:3])} or a "
                              "dask.distributed address (tcp://host:port)")
-        self.cases = list(cohort) if isinstance(cohort, (list, tuple)) else find_cases(job, cohort)
+        self.cases = list(cohort) if isinstance(cohort, (list, tuple)) else find_cases(job, cohort, exclude=out)
         self.out = Path(out)
         if self.out.exists() and not self.out.is_dir():
             raise InputError(f"{self.out} exists and is not a folder")
