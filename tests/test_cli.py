@@ -41,6 +41,14 @@ def test_existing_outputs_are_not_overwritten(cine_nifti, tiny_cardiac, tmp_path
     assert main(["segment-heart", str(cine_nifti), "--out", str(out), "--model", str(tiny_cardiac)]) == 2
     assert (out / "labels.nii.gz").read_bytes() == b"precious"
     assert "--overwrite" in capsys.readouterr().err
+    # an input inside --out with an output's name is never replaced, even with --overwrite
+    inside = out / "labels.nii.gz"
+    inside.write_bytes(cine_nifti.read_bytes())
+    assert main(["segment-heart", str(inside), "--out", str(out), "--model", str(tiny_cardiac), "--overwrite"]) == 2
+    assert "is an input" in capsys.readouterr().err and inside.read_bytes() == cine_nifti.read_bytes()
+    # a model for another task is named as such
+    assert main(["segment-heart", str(cine_nifti), "--out", str(tmp_path / "o2"), "--model", "sr-cardiac-x4"]) == 2
+    assert "mr-super-resolution model; this needs a cardiac-segmentation model" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("make, match", [

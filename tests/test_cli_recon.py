@@ -111,6 +111,14 @@ def test_bad_input_gives_one_line_and_status_2(setup, args, match, tmp_path, tin
     assert not (tmp_path / "o" / "reconstruction.npy").exists()
 
 
+def test_a_constant_image_is_refused_before_any_work(tmp_path, tiny_model, capsys):
+    path = tmp_path / "zero.nii.gz"
+    write_nifti(Volume.from_spacing(np.zeros((3, 32, 24), np.float32), (5.0, 1.0, 1.0)), path)
+    assert main(["reconstruct", str(path), "--out", str(tmp_path / "o"), "--model", tiny_model, "--quiet"]) == 2
+    assert "constant" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_outputs_are_not_overwritten(tmp_path, tiny_model, capsys):
     k, m = K.simulate_acquisition(_image((32, 24)), 3, seed=1)
     np.save(tmp_path / "k.npy", k)

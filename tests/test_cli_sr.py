@@ -43,6 +43,11 @@ def test_super_resolve_keeps_geometry_and_refuses_to_overwrite(stack_file, tmp_p
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "already exists" in err[0]
     assert out.read_bytes() == before
+    # the input itself as --out: refused even with --overwrite
+    source = stack_file.read_bytes()
+    assert main(["super-resolve", str(stack_file), "--out", str(stack_file), "--overwrite", "--model", "spline",
+                 "--quiet"]) == 2
+    assert "differ from the inputs" in capsys.readouterr().err and stack_file.read_bytes() == source
 
 
 def test_a_checkpoint_model_and_a_bad_factor(stack_file, tmp_path, capsys):

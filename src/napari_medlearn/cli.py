@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -18,10 +19,27 @@ class CLIError(Exception):
     """An error to report as one line and exit status 2."""
 
 
-def _out_dir(path: str, names: Sequence[str], overwrite: bool) -> Path:
+def _writable(out: Path) -> None:
+    """Refuse, before any work, an output whose folder (or nearest existing parent) cannot be written."""
+    folder = out if out.is_dir() else out.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CLIError(f"cannot write to {folder}: permission denied (choose another --out)")
+
+
+def _out_dir(path: str, names: Sequence[str], overwrite: bool, inputs: Sequence = ()) -> Path:
+    import fnmatch
+
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out} exists and is not a directory")
+    _writable(out)
+    for given in inputs:     # an input is never an output, even with --overwrite
+        p = Path(given).resolve() if given else None
+        if p is not None and p.parent == out.resolve() and any(fnmatch.fnmatch(p.name, n) for n in names):
+            raise CLIError(f"{given} is an input and would be replaced by an output of the same name in --out "
+                           f"{out}: choose another --out (the input file is never modified)")
     from .jobs import existing_outputs
 
     clash = existing_outputs(out, names) if out.is_dir() else []
@@ -55,7 +73,7 @@ def _progress_printer(label: str):
 def cmd_segment_heart(args: argparse.Namespace) -> int:
     from .jobs import CARDIAC_OUTPUTS, segment_heart_job
 
-    out = _out_dir(args.out, CARDIAC_OUTPUTS, args.overwrite)
+    out = _out_dir(args.out, CARDIAC_OUTPUTS, args.overwrite, [args.input])
     return _report(segment_heart_job(out, args.input, model=args.model, device=args.device,
                                      progress=_progress(args, "segment-heart")))
 
@@ -63,7 +81,7 @@ def cmd_segment_heart(args: argparse.Namespace) -> int:
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from .jobs import RECON_OUTPUTS, reconstruct_job
 
-    out = _out_dir(args.out, RECON_OUTPUTS, args.overwrite)
+    out = _out_dir(args.out, RECON_OUTPUTS, args.overwrite, [args.input, args.mask])
     return _report(reconstruct_job(out, args.input, mask=args.mask, kspace_key=args.kspace_key,
                                    mask_key=args.mask_key, acceleration=args.acceleration, pattern=args.pattern,
                                    centre_lines=args.centre_lines, seed=args.seed, dynamic=args.dynamic,
@@ -78,7 +96,7 @@ def _note(text: str) -> None:
 def cmd_segment_lesions(args: argparse.Namespace) -> int:
     from .jobs import LESION_OUTPUTS, segment_lesions_job
 
-    out = _out_dir(args.out, LESION_OUTPUTS, args.overwrite)
+    out = _out_dir(args.out, LESION_OUTPUTS, args.overwrite, [args.flair, args.t1c, args.mask])
     return _report(segment_lesions_job(out, args.flair, args.t1c, mask=args.mask, model=args.model,
                                        decision=args.decision, device=args.device,
                                        progress=_progress(args, "segment-lesions")))
@@ -118,7 +136,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 def cmd_detect_planes(args: argparse.Namespace) -> int:
     from .jobs import PLANE_OUTPUTS, detect_planes_job
 
-    out = _out_dir(args.out, PLANE_OUTPUTS, args.overwrite)
+    out = _out_dir(args.out, PLANE_OUTPUTS, args.overwrite, [args.video])
     return _report(detect_planes_job(out, args.video, model=args.model, saliency=not args.no_saliency,
                                      device=args.device, progress=_progress(args, "detect-planes")))
 
@@ -130,6 +148,7 @@ def _nifti_output(path: str, overwrite: bool) -> Path:
         raise CLIError(f"--out {out} must end in .nii or .nii.gz")
     if out.exists() and not overwrite:
         raise CLIError(f"{out} already exists (use --overwrite to replace it)")
+    _writable(out)
     return out
 
 

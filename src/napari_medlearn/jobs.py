@@ -131,16 +131,16 @@ def write_recon_outputs(out: Path, result, volume=None, reference=None, source: 
                 "tzyx": ("t", "z", "y", "x")}[result.axes]
         volume = Volume(np.zeros(result.image.shape, np.float32),
                         affine_from_spacing((1.0,) * min(3, sum(a != "t" for a in axes))), axes, {})
+    report = {"source": source, "model": result.model_name, "model_sha256": result.model_sha256,
+              "axes": result.axes, "acceleration": result.acceleration, "seconds": result.seconds,
+              "offset": result.offset, "outputs": "real parts" if result.signed else "magnitudes"}
+    if reference is not None:     # figures first: a reference they cannot be made against writes nothing
+        report["zero_filled"] = reconstruction_quality(reference, result.zero_filled_display)
+        report["reconstruction"] = reconstruction_quality(reference, result.display)
     write_nifti(volume.with_data(result.display), out / "reconstruction.nii.gz", overwrite=True)
     write_nifti(volume.with_data(result.zero_filled_display), out / "zero_filled.nii.gz", overwrite=True)
     write_nifti(volume.with_data(result.mask.astype(np.uint8)), out / "mask.nii.gz", overwrite=True)
     _write_npy_atomic(result.image, out / "reconstruction.npy")
-    report = {"source": source, "model": result.model_name, "model_sha256": result.model_sha256,
-              "axes": result.axes, "acceleration": result.acceleration, "seconds": result.seconds,
-              "offset": result.offset, "outputs": "real parts" if result.signed else "magnitudes"}
-    if reference is not None:
-        report["zero_filled"] = reconstruction_quality(reference, result.zero_filled_display)
-        report["reconstruction"] = reconstruction_quality(reference, result.display)
     write_json_atomic(report, out / "recon.json")
     return report
 
@@ -443,6 +443,9 @@ def reconstruct_job(out: str | Path, source: str | Path, *, mask: str | Path | N
         if reference.ndim < 2 or reference.ndim > 4:
             raise InputError(f"{source}: a {reference.ndim}-D image; need (y, x), (z, y, x), (t, y, x) "
                              "or (t, z, y, x)")
+        if reference.size and np.all(np.isfinite(reference)) and float(reference.max()) == float(reference.min()):
+            raise InputError(f"{source}: the image is constant ({float(reference.min()):g} everywhere); "
+                             "there is nothing to acquire or reconstruct")
         k, m, offset = simulate(reference, acceleration, pattern, centre_lines, seed, per_frame=dynamic)
         if offset:
             notes.append(f"{source} has negative values (z-scored?): simulated the acquisition of the image minus "
@@ -517,6 +520,8 @@ def super_resolve_job(out_file: str | Path, stacks: Sequence[str | Path], *, fac
 
     if not stacks:
         raise InputError("no stack to super-resolve")
+    if any(Path(p).resolve() == Path(out_file).resolve() for p in stacks):
+        raise InputError("the output must differ from the inputs: an input file is never modified")
     vols = [read_single_volume(p) for p in stacks]
     ref = vols[0]
     if len(vols) == 1:

@@ -29,7 +29,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     name = path.name
     suffix = "".join(path.suffixes[-2:]) if name.lower().endswith(".nii.gz") else path.suffix
     tmp = path.with_name(f".{name}.{uuid.uuid4().hex[:12]}.tmp{suffix}")
-    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))   # reserve the name
+    try:
+        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))   # reserve the name
+    except OSError as e:       # name the file the user asked for, not the temporary one
+        raise type(e)(e.errno, f"cannot write {path}: {e.strerror}") from None
     try:
         yield tmp
         os.replace(tmp, path)
