@@ -113,7 +113,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         raise CLIError(f"{len(args.flair)} FLAIR files but {len(args.t1c)} T1c files: give one of each per scan")
     if args.mask and len(args.mask) != len(args.flair):
         raise CLIError(f"{len(args.mask)} brain masks for {len(args.flair)} scans: give one per scan or none")
-    scans, spacings, masks = [], [], []
+    scans, spacings, masks, affines = [], [], [], []
     for i, (f, t) in enumerate(zip(args.flair, args.t1c)):
         notes: list[str] = []
         ch, ref, mask = read_modalities(f, t, args.mask[i] if args.mask else None, model, notes)
@@ -124,10 +124,11 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         scans.append(ch)
         spacings.append(tuple(ref.spacing))
         masks.append(mask)
+        affines.append(ref.affine)
     name = adapt(model, scans, spacings, brain_masks=masks if args.mask else None, name=args.name,
                  epochs=args.epochs, iters_per_epoch=args.iters, device=args.device,
                  progress=None if args.quiet else _progress_printer("adapt"),
-                 self_training=args.self_training or ())
+                 self_training=args.self_training or (), affines=affines)
     print(f"adapted model {name} (from {model}, {len(scans)} unlabelled scans) in {zoo.user_dir()}; "
           f"use it with --model {name}")
     return 0

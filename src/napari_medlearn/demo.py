@@ -278,7 +278,8 @@ def demo_lesions(out: Path, device: str = "auto") -> list[str]:
     for name, fname in (("FLAIR", "FLAIR"), ("T1c", "T1c"), ("labels", "truth")):
         write_nifti(vols[name], out / f"{fname}.nii.gz", overwrite=True)
     model = "lesions-synthetic" if "lesions-synthetic" in zoo.available(TASK) else None
-    res = segment_lesions(case.channels, case.spacing, model=model, brain_mask=case.brain_mask, device=device)
+    res = segment_lesions(case.channels, case.spacing, model=model, brain_mask=case.brain_mask, device=device,
+                              affine=case.affine)
     write_lesion_outputs(out, vols["FLAIR"], res, "sample: synthetic brain lesion seed 2024, scanner A")
     m = M.brats_region_metrics(res.labels, case.labels, case.spacing)
     from .methods.lesions import lesion_volumes
@@ -474,7 +475,8 @@ def demo_robust_lesions(out: Path, device: str = "auto") -> list[str]:
     vols = case.volumes()
     rows = []
     for name in singles:
-        res = segment_lesions(case.channels, case.spacing, model=name, brain_mask=case.brain_mask, device=device)
+        res = segment_lesions(case.channels, case.spacing, model=name, brain_mask=case.brain_mask, device=device,
+                              affine=case.affine)
         m = M.brats_region_metrics(res.labels, case.labels, case.spacing)
         rows.append(f"| `{name}` | {m['dice_whole_tumour']:.3f} | {m['dice_tumour_core']:.3f} | "
                     f"{m['dice_enhancing']:.3f} |")
@@ -492,7 +494,8 @@ def demo_robust_lesions(out: Path, device: str = "auto") -> list[str]:
               "its row shows what adapting to one target does to another. To adapt to your own scanner, use "
               "`medlearn adapt` (below).", ""]
     if ensemble is not None:
-        res = segment_lesions(case.channels, case.spacing, model=ensemble, brain_mask=case.brain_mask, device=device)
+        res = segment_lesions(case.channels, case.spacing, model=ensemble, brain_mask=case.brain_mask, device=device,
+                              affine=case.affine)
         write_lesion_outputs(out, vols["FLAIR"], res, "sample: synthetic brain lesion seed 2025, scanner B")
         m = M.brats_region_metrics(res.labels, case.labels, case.spacing)
         truth = case.labels > 0

@@ -479,7 +479,7 @@ def segment_lesions_job(out: str | Path, flair: str | Path, t1c: str | Path, *, 
     notes: list[str] = []
     channels, ref, brain = read_modalities(flair, t1c, mask, model, notes)
     res = segment_lesions(channels, ref.spacing, model=model, brain_mask=brain, device=device,
-                          decision=decision, progress=progress)
+                          decision=decision, progress=progress, affine=ref.affine)
     paths = write_lesion_outputs(_ready(out), ref, res, f"FLAIR {flair}; T1c {t1c}")
     v = res.volumes_ml
     lines = [f"whole tumour {v['whole_tumour_mL']:.1f} mL  oedema {v['oedema_mL']:.1f} mL  "

@@ -210,3 +210,30 @@ def test_fill_lesion_holes_fills_the_core_inside_its_rim_and_nothing_outside():
     ring_out = fill_lesion_holes(ring)
     assert (ring_out[10, 8:22, 8:22] == 2).all() and (ring_out[9] == 0).all() and (ring_out[11] == 0).all()
     assert not fill_lesion_holes(np.zeros((3, 4, 5), np.uint8)).any()
+
+
+def test_a_scan_in_another_orientation_is_read_in_the_models(tiny_net):
+    import copy
+
+    from napari_medlearn.imaging.volume import affine_from_spacing
+
+    net = copy.copy(tiny_net)
+    net.card = {**CARD, "input": {**CARD["input"], "orientation": "SPL"}}     # as BraTS arrays are stored
+    ch, mask = _case(shape=(14, 18, 16))
+    ch[:, 5:8, 6:9, 4:7] += 2.0
+    spl = segment_lesions(ch, (2.0, 2.0, 2.0), model=net, brain_mask=mask)
+    # the same scan stored as dcm2niix / nilearn store it: axes towards S, A, R
+    sar = segment_lesions(ch[:, :, ::-1, ::-1], (2.0, 2.0, 2.0), model=net, brain_mask=mask[:, ::-1, ::-1],
+                          affine=affine_from_spacing((2.0, 2.0, 2.0)))
+    np.testing.assert_array_equal(sar.labels, spl.labels[:, ::-1, ::-1])
+    np.testing.assert_allclose(sar.probabilities, spl.probabilities[:, :, ::-1, ::-1], atol=1e-6)
+    assert sar.extras["orientation"] == {"input": "SAR", "turned": {"tiny-lesions": "SAR -> SPL"}}
+    # a sagittal stack: axes towards R, S, A
+    sag_aff = np.array([[2.0, 0, 0, 0], [0, 0, 2.0, 0], [0, 2.0, 0, 0], [0, 0, 0, 1]])
+    sag_ch = np.ascontiguousarray(np.transpose(ch[:, :, ::-1, ::-1], (0, 3, 1, 2)))   # (C, R, S, A)
+    sag = segment_lesions(sag_ch, (2.0, 2.0, 2.0), model=net, brain_mask=np.transpose(mask[:, ::-1, ::-1], (2, 0, 1)),
+                          affine=sag_aff)
+    assert sag.labels.shape == sag_ch.shape[1:]
+    np.testing.assert_array_equal(np.transpose(sag.labels, (1, 2, 0))[:, ::-1, ::-1], spl.labels)
+    # without an affine the arrays are taken as they are
+    assert segment_lesions(ch, (2.0, 2.0, 2.0), model=net, brain_mask=mask).extras["orientation"]["turned"] == {}

@@ -31,7 +31,8 @@ import numpy as np
 
 from ._threads import progress_from_thread
 from .cardiac import drain
-from .lesions import DEFAULT_CHANNELS, TASK, _check_spacing, _load, ensemble_members, scan_warnings, validate_channels
+from .lesions import (DEFAULT_CHANNELS, TASK, _check_spacing, _load, ensemble_members, model_turn, scan_warnings,
+                      validate_channels)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -98,7 +99,11 @@ def _source_cases(card: dict, source, names: Sequence[str], spacing):
     for s in range(int(a), int(b)):
         c = synthetic_lesion_case(seed=s, domain=domains[(s - int(a)) % len(domains)],
                                   spacing_mm=float(spec.get("spacing_mm", 2.0)))
-        cases.append(prepare_case(c.channels, c.labels, c.spacing, c.brain_mask, target_spacing=spacing,
+        ch, lab, sp, mask = c.channels, c.labels, c.spacing, c.brain_mask
+        turn = model_turn(card, c.affine)          # source and targets meet in the model's orientation
+        if turn is not None:
+            ch, lab, sp, mask = turn.apply(ch), turn.apply(lab), turn.spacing(sp), turn.apply(mask)
+        cases.append(prepare_case(ch, lab, sp, mask, target_spacing=spacing,
                                   channel_names=tuple(c.channel_names), name=f"seed {s}"))
     return cases, (f"synthetic cases {a}..{int(b) - 1} of samples.brain_lesions ({domains_text(spec.get('domain', 'A'))}), "
                    "the parent's own training data")
@@ -107,7 +112,7 @@ def _source_cases(card: dict, source, names: Sequence[str], spacing):
 def adapt_steps(model, target_images, spacing=None, brain_masks=None, name: str | None = None, source=None,
                 epochs: int = 4, iters_per_epoch: int = 100, lam_max: float = 0.05, batch_size: int = 10,
                 device: str = "auto", cancelled: Callable[[], bool] | None = None,
-                self_training: bool | Sequence[float] = (),
+                self_training: bool | Sequence[float] = (), affines=None,
                 ) -> Generator[tuple[int, int, str], None, str]:
     """:func:`adapt` as a generator of ``(iterations_done, total, message)``; returns the new name."""
     from .. import zoo
@@ -134,6 +139,15 @@ def adapt_steps(model, target_images, spacing=None, brain_masks=None, name: str 
         raise ValueError(f"model {parent!r} has no architecture/arch_args in its card; cannot save an adapted copy")
     names = tuple(card.get("input", {}).get("channels", DEFAULT_CHANNELS))
     targets = _targets(target_images, spacing, brain_masks, names)
+    if affines is not None:       # each scan turned to the orientation the parent learnt
+        affs = [affines] * len(targets) if np.ndim(affines) == 2 else list(affines)
+        if len(affs) != len(targets):
+            raise ValueError(f"{len(affs)} affines for {len(targets)} target scans")
+        for i, aff in enumerate(affs):
+            turn = model_turn(card, aff)
+            if turn is not None:
+                a, s_, m = targets[i]
+                targets[i] = (turn.apply(a), turn.spacing(s_), None if m is None else turn.apply(m))
     warnings = [f"target scan {i + 1}: {w}" for i, (a, s, m) in enumerate(targets) for w in scan_warnings(a, s, m)]
     name = name or f"{parent}-adapted-{time.strftime('%Y%m%d-%H%M%S')}"
     if not NAME_RE.match(name):
@@ -189,7 +203,8 @@ def adapt_steps(model, target_images, spacing=None, brain_masks=None, name: str 
 def adapt(model, target_images, spacing=None, brain_masks=None, name: str | None = None, source=None,
           epochs: int = 4, iters_per_epoch: int = 100, lam_max: float = 0.05, batch_size: int = 10,
           device: str = "auto", progress: Callable[[int, int, str], Any] | None = None,
-          cancelled: Callable[[], bool] | None = None, self_training: bool | Sequence[float] = ()) -> str:
+          cancelled: Callable[[], bool] | None = None, self_training: bool | Sequence[float] = (),
+          affines=None) -> str:
     """Adapt a lesion model to unlabelled scans; return the new model's zoo name.
 
     Parameters
@@ -219,9 +234,13 @@ def adapt(model, target_images, spacing=None, brain_masks=None, name: str | None
         it: 2 epochs of ``iters_per_epoch`` per round): the model's most confident voxels of each
         class become pseudo-labels (:func:`napari_medlearn.training.uda.self_train_lesion_segmenter`).
         Default: none.
+    affines
+        The scans' voxel-to-world matrices (one, or one per scan): each scan is turned to the
+        orientation the parent learnt (its card's ``input.orientation``), as
+        :func:`~napari_medlearn.methods.lesions.segment_lesions` does. None: taken as they are.
     """
     return drain(adapt_steps(model, target_images, spacing, brain_masks, name, source, epochs, iters_per_epoch,
-                             lam_max, batch_size, device, cancelled, self_training), progress)
+                             lam_max, batch_size, device, cancelled, self_training, affines), progress)
 
 
 __all__ = ["adapt", "adapt_steps"]

@@ -66,6 +66,7 @@ from typing import Any, Callable, Generator, Sequence
 import numpy as np
 
 from ..imaging import measures as M
+from ..imaging.orientation import Turn, axis_codes, turn_to
 from ._threads import progress_from_thread
 from .cardiac import drain
 
@@ -688,6 +689,16 @@ def postprocess_labels(labels: np.ndarray, min_component_fraction: float = 0.0, 
     return out
 
 
+def model_turn(card: dict, affine) -> "Turn | None":
+    """How a scan with ``affine`` turns to the orientation ``card`` learnt (``input.orientation``);
+    None when either is unknown or they already agree."""
+    target = (card.get("input") or {}).get("orientation")
+    if affine is None or not target:
+        return None
+    turn = turn_to(affine, target)
+    return None if turn.identity else turn
+
+
 def segment_lesions_steps(
     channels,
     spacing,
@@ -699,6 +710,7 @@ def segment_lesions_steps(
     min_component_fraction: float | None = None,
     fill_holes: bool | None = None,
     decision: str | None = None,
+    affine=None,
 ) -> Generator[tuple[int, int, str], None, LesionResult]:
     """Segment lesions, yielding ``(segments_done, segments_total, message)``; returns the result.
 
@@ -736,10 +748,18 @@ def segment_lesions_steps(
     yield 0, 1, "preparing"
     if mask is None:
         mask = derive_brain_mask(arr)
-    member_probs = []
+    member_probs, turned = [], {}
     for i, (net, nm) in enumerate(zip(nets, names_of)):
         label = f"{nm} ({i + 1}/{len(nets)}): " if ens else ""
-        member_probs.append((yield from _member_steps(net, arr, sp, mask, output_block, cancelled, label)))
+        turn = model_turn(cards[i], affine)
+        if turn is None:
+            member_probs.append((yield from _member_steps(net, arr, sp, mask, output_block, cancelled, label)))
+            continue
+        # the member sees the scan in its training orientation; its posteriors come back to the input's grid
+        turned[nm] = f"{turn.source} -> {turn.target}"
+        p = yield from _member_steps(net, turn.apply(arr), turn.spacing(sp), turn.apply(mask), output_block,
+                                     cancelled, label)
+        member_probs.append(turn.inverse().apply(p))
     if min_component_fraction is None:
         min_component_fraction = post.get("min_component_fraction")
     if fill_holes is None:
@@ -762,6 +782,7 @@ def segment_lesions_steps(
         extras = {**maps, "member_labels": member_labels,
                   "member_volumes_ml": {nm: lesion_volumes(lab, sp) for nm, lab in member_labels.items()}}
     extras["warnings"] = input_warnings(mask, sp)
+    extras["orientation"] = {"input": axis_codes(affine) if affine is not None else None, "turned": turned}
     extras["postprocess"] = {"decision": decision, "min_component_fraction": float(min_component_fraction or 0.0),
                              "fill_holes": bool(fill_holes)}
     if decision == "expected_dice":
@@ -787,6 +808,7 @@ def segment_lesions(
     min_component_fraction: float | None = None,
     fill_holes: bool | None = None,
     decision: str | None = None,
+    affine=None,
 ) -> LesionResult:
     """Segment a brain tumour (necrotic core, oedema, enhancing) in co-registered MR modalities.
 
@@ -819,10 +841,17 @@ def segment_lesions(
         How labels follow from the probabilities (:func:`decide_labels`): ``"argmax"`` or
         ``"expected_dice"`` (the whole tumour of maximal expected Dice, found per scan); None
         takes the card's ``postprocess.decision``, else the argmax.
+    affine
+        The scan's 4x4 voxel-to-world matrix (columns in ``(z, y, x)`` order, as
+        :class:`~napari_medlearn.imaging.volume.Volume` has it). Given, each model sees the scan
+        turned to the orientation its card learnt (``input.orientation``, e.g. BraTS's
+        ``"SPL"``), so a scan stored in any orientation (RAS from dcm2niix, a sagittal 3D FLAIR)
+        is read the way the model knows; the results come back on the input's grid. None: the
+        arrays are taken as they are, i.e. already in the model's orientation.
     """
     return drain(segment_lesions_steps(channels, spacing, model, brain_mask, device, output_block,
                                        min_component_fraction=min_component_fraction, fill_holes=fill_holes,
-                                       decision=decision),
+                                       decision=decision, affine=affine),
                  progress)
 
 

@@ -284,7 +284,8 @@ class LesionWidget(QWidget):
         if resampled:
             show_info(f"{' and '.join(resampled)} resampled onto the {ref_name} grid {ref.data.shape} "
                       "(scanner coordinates, trilinear); the results are on that grid")
-        return channels, spacing, mask, layers
+        # with the scans' affine: their orientation, for each model to read them its way
+        return channels, spacing, mask, layers, ref.affine
 
     def _mask_array(self, ref: Volume, ref_name: str = "the scans"):
         shape = ref.data.shape
@@ -332,13 +333,13 @@ class LesionWidget(QWidget):
             notify_error("no brain-lesion model shipped yet: choose 'load checkpoint...' in the model list")
             return None
         try:
-            channels, spacing, mask, layers = self._gather()
+            channels, spacing, mask, layers, affine = self._gather()
         except (ValueError, TypeError) as exc:
             notify_error(exc)
             return None
         steps = lesion_method.segment_lesions_steps(
             channels, spacing, model=model, brain_mask=mask, device=self.device_picker.currentText(),
-            cancelled=self.runner.cancel_requested)
+            cancelled=self.runner.cancel_requested, affine=affine)
         source = layers[0]
         return self.runner.start(steps, lambda result: self.show_result(result, source, spacing),
                                  description=f"segmenting lesions in {source.name}")

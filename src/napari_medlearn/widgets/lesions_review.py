@@ -257,7 +257,7 @@ class AdaptPanel(QGroupBox):
             model = self._model()
             if model is None or isinstance(model, (list, tuple)):
                 raise ValueError("choose one model to adapt (switch the ensemble off)")
-            channels, spacing, mask, layers = self._gather()
+            channels, spacing, mask, layers, affine = self._gather()
         except (ValueError, TypeError) as exc:
             notify_error(exc)
             return None
@@ -266,7 +266,7 @@ class AdaptPanel(QGroupBox):
         steps = adapt_steps(model, [channels], spacing, brain_masks=[mask] if mask is not None else None,
                             name=self.name_edit.text().strip() or None, epochs=self.epochs.value(),
                             iters_per_epoch=self.iters.value(), cancelled=self.runner.cancel_requested,
-                            self_training=self.self_train.isChecked())
+                            self_training=self.self_train.isChecked(), affines=[affine])
         return self.runner.start(steps, self._done, description=f"adapting {model} to {layers[0].name}")
 
     def _done(self, name: str) -> None:
