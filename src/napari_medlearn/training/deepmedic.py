@@ -103,11 +103,13 @@ def domains_text(domain: str) -> str:
 
 
 def synthetic_training_cases(n_cases: int, spacing_mm: float = 2.0, domains: Sequence = ("A",), seed: int = 0,
-                             necrosis_fluid: float | None = 0.0, progress: bool = False) -> list[LesionTrainingCase]:
+                             necrosis_fluid: float | None = 0.0, progress: bool = False,
+                             orientation: str | None = None) -> list[LesionTrainingCase]:
     """``n_cases`` synthetic lesion cases (seeds ``seed``.., scanner domains cycling through
     ``domains``: names such as ``"ABC"`` or domain dicts; ``necrosis_fluid`` as
     :func:`~napari_medlearn.samples.brain_lesions.synthetic_lesion_case` takes it), preprocessed as
-    training cases on their own grid."""
+    training cases on their own grid, turned to ``orientation`` (e.g. the real scans' ``"SPL"``
+    when they train beside real scans; None: the generator's own, :func:`synthetic_orientation`)."""
     from ..samples.brain_lesions import synthetic_lesion_case
 
     out = []
@@ -115,7 +117,9 @@ def synthetic_training_cases(n_cases: int, spacing_mm: float = 2.0, domains: Seq
         domain = domains[k % len(domains)]
         c = synthetic_lesion_case(seed=seed + k, domain=domain, spacing_mm=spacing_mm, necrosis_fluid=necrosis_fluid)
         label = domain if isinstance(domain, str) else domain.get("name", "custom")
-        out.append(prepare_case(c.channels, c.labels, c.spacing, c.brain_mask, channel_names=tuple(c.channel_names),
+        ch, lab, sp, mask = turn_case(c.channels, c.labels, c.spacing, c.brain_mask, getattr(c, "affine", None),
+                                      orientation)
+        out.append(prepare_case(ch, lab, sp, mask, channel_names=tuple(c.channel_names),
                                 name=f"synthetic seed {seed + k} ({label})"))
         if progress:
             print(f"synthetic case {k + 1}/{n_cases}", flush=True)
@@ -305,7 +309,8 @@ COMPONENT_FRACTIONS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 def evaluate_lesion_cases(model, cases, progress: bool = False, save_dir: Path | None = None,
                           fractions: Sequence[float] = (), fill: bool = False,
                           decisions: Sequence[str] = ("argmax",)) -> dict[str, Any]:
-    """Segment each ``(channels, labels, spacing, brain_mask, name)`` case; BraTS region metrics.
+    """Segment each ``(channels, labels, spacing, brain_mask, name[, affine])`` case; BraTS region
+    metrics. With its affine, a case is read as a user's scan is (turned to the model's orientation).
 
     Returns per-case rows (Dice and HD95 for whole tumour, tumour core, enhancing; volumes) and
     the means, as written into model cards, with the whole-tumour calibration pooled over the
@@ -327,11 +332,13 @@ def evaluate_lesion_cases(model, cases, progress: bool = False, save_dir: Path |
     if fractions and "expected_dice" in decisions:
         keys += [f"{k}+ed" for k in keys]
     rows, bins = [], []
-    for channels, labels, spacing, mask, name in cases:
+    for case in cases:
+        channels, labels, spacing, mask, name = case[:5]
+        affine = case[5] if len(case) > 5 else None       # as a user's scan: turned to the model's orientation
         res = segment_lesions(channels, spacing, model=model, brain_mask=mask,
                               min_component_fraction=0.0 if fractions else None,
                               fill_holes=False if fractions else None,
-                              decision="argmax" if fractions else None)
+                              decision="argmax" if fractions else None, affine=affine)
         row = {"case": name, **M.brats_region_metrics(res.labels, labels, spacing)}
         tv = lesion_volumes(np.asarray(labels).astype(np.uint8), spacing)
         row["whole_tumour_mL_true"] = tv["whole_tumour_mL"]
@@ -457,6 +464,42 @@ def list_brats_subjects(root: Path) -> list[str]:
     return sorted(d.name for d in root.iterdir() if d.is_dir() and all((d / f).exists() for f in BRATS_FILES.values()))
 
 
+def synthetic_orientation() -> str:
+    """The array orientation of the synthetic lesion cases (the MNI152 template's, ``"SAR"``)."""
+    from ..imaging.orientation import axis_codes
+    from ..samples.brain_lesions import _anatomy
+
+    return axis_codes(_anatomy(4.0).affine)
+
+
+def data_orientation(affine) -> str:
+    """The array orientation (axis codes) of a scan with ``affine``; a recipe's cards carry that of
+    its (first) real training scan, and every other training scan is turned to it."""
+    from ..imaging.orientation import axis_codes
+
+    return axis_codes(affine)
+
+
+def turn_case(channels, labels, spacing, mask, affine, orientation: str | None):
+    """A training case turned to ``orientation`` (None: as it is): ``(channels, labels, spacing, mask)``."""
+    if orientation is None or affine is None:
+        return channels, labels, spacing, mask
+    from ..imaging.orientation import turn_to
+
+    turn = turn_to(affine, orientation)
+    if turn.identity:
+        return channels, labels, spacing, mask
+    return (turn.apply(channels), None if labels is None else turn.apply(labels), turn.spacing(spacing),
+            None if mask is None else turn.apply(mask))
+
+
+def brats_eval_case(root: Path, name: str) -> tuple:
+    """``(channels, labels, spacing, brain mask, name, affine)`` of a BraTS subject, as
+    :func:`evaluate_lesion_cases` takes it."""
+    channels, labels, spacing, mask, affine = load_brats_subject(root, name)
+    return channels, labels, spacing, mask, name, affine
+
+
 def load_brats_subject(root: Path, name: str):
     """``(channels (2, z, y, x) FLAIR+T1c, labels uint8, spacing, brain mask, affine)`` of one subject."""
     from ..imaging.io import read_nifti
@@ -491,14 +534,18 @@ def deepmedic_args(width: float = 1.0, factors: Sequence[int] = (3,), fc: Sequen
             "fc_fms": [max(2, int(round(f * width))) for f in fc]}
 
 
-def lesion_input_spec(channels: Sequence[str] = ("FLAIR", "T1c"), spacing=(1.0, 1.0, 1.0)) -> dict[str, Any]:
-    return {
+def lesion_input_spec(channels: Sequence[str] = ("FLAIR", "T1c"), spacing=(1.0, 1.0, 1.0),
+                      orientation: str | None = None) -> dict[str, Any]:
+    spec = {
         "axes": "(C, z, y, x) co-registered, skull-stripped modalities",
         "channels": list(channels),
         "spacing_mm": list(spacing),
         "intensity": "per channel zero mean / unit variance inside the brain mask, 0 outside",
         "brain_mask": "given, or every voxel where a channel differs from its constant background",
     }
+    if orientation:     # the training arrays' orientation: inputs are turned to it (imaging.orientation)
+        spec["orientation"] = orientation
+    return spec
 
 
 def train_deepmedic(cases: Sequence[LesionTrainingCase], arch_args: dict, run_dir: Path, epochs: int,
@@ -535,19 +582,22 @@ def _resume_deepmedic(arch_args: dict, run_dir: Path, epochs: int, iters_per_epo
                            device=device, progress=False)
 
 
-def _attach_card(model, arch_args: dict, channels=("FLAIR", "T1c"), spacing=(1.0, 1.0, 1.0)) -> None:
+def _attach_card(model, arch_args: dict, channels=("FLAIR", "T1c"), spacing=(1.0, 1.0, 1.0),
+                 orientation: str | None = None) -> None:
     from ..methods.lesions import LABEL_VALUES
 
-    model.card = {"input": lesion_input_spec(channels, spacing), "n_classes": 4, "label_values": list(LABEL_VALUES)}
+    model.card = {"input": lesion_input_spec(channels, spacing, orientation), "n_classes": 4,
+                  "label_values": list(LABEL_VALUES)}
 
 
-def _common_card(arch_args: dict, name: str, spacing=(1.0, 1.0, 1.0)) -> dict[str, Any]:
+def _common_card(arch_args: dict, name: str, spacing=(1.0, 1.0, 1.0), orientation: str | None = None) -> dict[str, Any]:
     from ..methods.lesions import DEFAULT_OUTPUT_BLOCK, LABEL_VALUES, TASK
     from ..nets.deepmedic import PAPER
 
     return {"name": name, "task": TASK, "architecture": "deepmedic", "arch_args": arch_args, "paper": PAPER,
             "n_classes": 4, "labels": LESION_LABELS, "label_values": list(LABEL_VALUES),
-            "input": lesion_input_spec(spacing=spacing), "inference": {"output_block": DEFAULT_OUTPUT_BLOCK,
+            "input": lesion_input_spec(spacing=spacing, orientation=orientation),
+            "inference": {"output_block": DEFAULT_OUTPUT_BLOCK,
                                                         "segment": "output block + the pathways' context"}}
 
 
@@ -583,6 +633,7 @@ def run_lesions_brats(run_dir: str | Path, ship: bool = False, epochs: int = 20,
     folds = max(2, min(folds, len(subjects)))
     groups = [sorted(subjects[i::folds]) for i in range(folds)]
     arch_args = deepmedic_args(width)
+    orientation = data_orientation(load_brats_subject(root, subjects[0])[4])
     order = [ship_fold] + [f for f in range(folds) if f != ship_fold]
     if only_folds is not None:
         order = [f for f in order if f in set(int(k) for k in only_folds)]
@@ -595,19 +646,19 @@ def run_lesions_brats(run_dir: str | Path, ship: bool = False, epochs: int = 20,
         cases = []
         if not cached.exists():
             for s in train_names:
-                ch, lab, sp, mask, _ = load_brats_subject(root, s)
-                cases.append(prepare_case(ch, lab, sp, mask, name=s))
+                ch, lab, sp, mask, aff = load_brats_subject(root, s)
+                cases.append(prepare_case(*turn_case(ch, lab, sp, mask, aff, orientation), name=s))
             if progress:
                 print(f"fold {f}: training on {train_names}, testing on {test}", flush=True)
         model, cfg, hist = train_deepmedic(cases, arch_args, fdir, epochs, iters_per_epoch, batch_size=batch_size,
                                            seed=seed + f, device=device, progress=progress) if cases else \
             _resume_deepmedic(arch_args, fdir, epochs, iters_per_epoch, batch_size, seed + f, device)
         del cases
-        _attach_card(model, arch_args)
+        _attach_card(model, arch_args, orientation=orientation)
         if cached.exists():
             ev = json.loads(cached.read_text())
         else:
-            eval_cases = [(*load_brats_subject(root, s)[:4], s) for s in test]
+            eval_cases = [brats_eval_case(root, s) for s in test]
             ev = evaluate_lesion_cases(model, eval_cases, progress=progress, save_dir=fdir,
                                        fractions=COMPONENT_FRACTIONS)
             del eval_cases
@@ -635,7 +686,7 @@ def run_lesions_brats(run_dir: str | Path, ship: bool = False, epochs: int = 20,
     fold_results = [fold_results[f] for f in sorted(fold_results)]
     name = "lesions-brats"
     card = {
-        **_common_card(arch_args, name),
+        **_common_card(arch_args, name, orientation=orientation),
         "priority": 10,
         "description": f"DeepMedic trained on real BraTS glioma scans (FLAIR + T1c, {len(train_names)} of the "
                        f"{len(subjects)} DeepMedic example subjects); the default lesion model. Research use only, "
@@ -708,16 +759,17 @@ def run_lesions_synthetic(run_dir: str | Path, ship: bool = False, epochs: int =
                                        seed=seed, device=device, progress=progress)
     del cases
     spacing = (float(spacing_mm),) * 3
-    _attach_card(model, arch_args, spacing=spacing)
+    orientation = synthetic_orientation()
+    _attach_card(model, arch_args, spacing=spacing, orientation=orientation)
     eval_seeds = list(range(10000, 10000 + n_eval))
     ev_cases = []
     for i, s in enumerate(eval_seeds):
         c = synthetic_lesion_case(seed=s, domain=domains[i % len(domains)], spacing_mm=spacing_mm)
-        ev_cases.append((c.channels, c.labels, c.spacing, c.brain_mask, f"seed {s}"))
+        ev_cases.append((c.channels, c.labels, c.spacing, c.brain_mask, f"seed {s}", getattr(c, "affine", None)))
     ev = evaluate_lesion_cases(model, ev_cases, progress=progress)
     name = "lesions-synthetic"
     card = {
-        **_common_card(arch_args, name, spacing),
+        **_common_card(arch_args, name, spacing, orientation),
         "priority": 0,
         "description": "DeepMedic trained on synthetic brain-lesion cases (MNI152 anatomy, simulated FLAIR/T1c "
                        f"and tumours, scanner {domains_text(domain)}): a demo of the pipeline and the source-only "

@@ -211,7 +211,7 @@ def calibrate_lesion_card(name: str, data: str | None = None, subjects: Sequence
     ``evaluation[key]`` instead and the card's summary is left as it is.
     """
     from .. import zoo
-    from .deepmedic import evaluate_lesion_cases, find_brats_root, load_brats_subject
+    from .deepmedic import brats_eval_case, evaluate_lesion_cases, find_brats_root
 
     card = dict(card if card is not None else zoo.card(name))
     subjects = list(subjects or card.get("training", {}).get("never_seen", []))
@@ -220,7 +220,7 @@ def calibrate_lesion_card(name: str, data: str | None = None, subjects: Sequence
         if not subjects:
             raise ValueError(f"card {name!r} names no never-seen subject to calibrate on")
         root = find_brats_root(data)
-        cases = [(*load_brats_subject(root, s)[:4], s) for s in subjects]
+        cases = [brats_eval_case(root, s) for s in subjects]
         full = evaluate_lesion_cases(zoo.load(name, device="cpu"), cases, progress=progress)
         calibration = full["calibration"]
         del cases
@@ -468,7 +468,8 @@ def run_emma_member(run_dir: str | Path, member: str, ship: bool = False, epochs
     calibration + reliability figure)."""
     from ..nets.unet3d import EMMA_PAPER, FCN_PAPER, UNET_PAPER
     from ..nets.deepmedic import PAPER as DM_PAPER
-    from .deepmedic import (LESION_LABELS, lesion_input_spec, load_brats_subject, prepare_case, sampler_geometry,
+    from .deepmedic import (LESION_LABELS, brats_eval_case, data_orientation, lesion_input_spec, load_brats_subject,
+                            prepare_case, turn_case, sampler_geometry,
                             synthetic_training_cases)
     from .presets import _finish, training_record
     from ..methods.lesions import LABEL_VALUES, TASK
@@ -482,12 +483,19 @@ def run_emma_member(run_dir: str | Path, member: str, ship: bool = False, epochs
     t0 = time.time()
     root, subjects, train_names, held_out = _brats_split(data, train_subjects)
     spacing = recipe_spacing(recipe)
-    cases = [prepare_case(*load_brats_subject(root, s)[:4], target_spacing=spacing, name=s) for s in train_names]
+    # every training scan in the orientation of the first real one (BraTS: "SPL"); the synthetic
+    # cases (MNI152's "SAR") are turned to it too, so no flip separates the two kinds of data
+    loaded = [load_brats_subject(root, s) for s in train_names]
+    orientation = data_orientation(loaded[0][4])
+    cases = [prepare_case(*turn_case(*x[:4], x[4], orientation), target_spacing=spacing, name=s)
+             for s, x in zip(train_names, loaded)]
+    del loaded
     syn_spec = {**SYNTHETIC_TRAINING, **({"spacing_mm": spacing[0]} if "spacing_mm" in recipe else {}),
                 **(synthetic or {})}
     share = float(syn_spec["share"])
     syn_cases = (synthetic_training_cases(syn_spec["n_cases"], syn_spec["spacing_mm"], syn_spec["domains"],
-                                          syn_spec["seed"], syn_spec["necrosis_fluid"], progress) if share > 0 else [])
+                                          syn_spec["seed"], syn_spec["necrosis_fluid"], progress,
+                                          orientation=orientation) if share > 0 else [])
     model, arch_args, cfg, hist = train_member(recipe, cases, run_dir, epochs, iters_per_epoch, width=width,
                                                seed=seed, device=device, progress=progress, synthetic=syn_cases,
                                                synthetic_share=share)
@@ -495,12 +503,12 @@ def run_emma_member(run_dir: str | Path, member: str, ship: bool = False, epochs
     priors = class_priors(cases, geo, recipe["fg_fraction"], int(recipe["batch_size"]), seed=seed,
                           synthetic=syn_cases, synthetic_share=share)
     del cases, syn_cases
-    card_core = {"input": lesion_input_spec(spacing=spacing), "n_classes": 4, "label_values": list(LABEL_VALUES),
+    card_core = {"input": lesion_input_spec(spacing=spacing, orientation=orientation), "n_classes": 4, "label_values": list(LABEL_VALUES),
                  "prior_correction": priors}
     if "inference" in recipe:
         card_core["inference"] = dict(recipe["inference"])
     model.card, model.zoo_name = card_core, member
-    ev_cases = [(*load_brats_subject(root, s)[:4], s) for s in held_out]
+    ev_cases = [brats_eval_case(root, s) for s in held_out]
     ev = evaluate_with_calibration(model, ev_cases, run_dir / f"{member}_reliability.png", progress=progress)
     del ev_cases
     paper = {"deepmedic": DM_PAPER, "unet3d": UNET_PAPER, "fcn3d": FCN_PAPER}[recipe["arch"]]
@@ -644,7 +652,7 @@ def run_emma(run_dir: str | Path, ship: bool = False, members: Sequence[str] = t
     from .. import zoo
     from ..methods.lesions import LABEL_VALUES, TASK
     from ..nets.unet3d import EMMA_PAPER
-    from .deepmedic import LESION_LABELS, load_brats_subject, postprocess_of
+    from .deepmedic import LESION_LABELS, brats_eval_case, postprocess_of
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -654,14 +662,14 @@ def run_emma(run_dir: str | Path, ship: bool = False, members: Sequence[str] = t
         raise ValueError("only the default split's ensemble ships")
     others = _read_folds(with_fold, held_out) if with_fold else []
     nets_ = _load_members(members, run_dir, shipped, held_out)
-    ev_cases = [(*load_brats_subject(root, s)[:4], s) for s in held_out]
+    ev_cases = [brats_eval_case(root, s) for s in held_out]
     # the members are judged with every post-processing variant too, so that the card compares the
     # ensemble with each member under the same post-processing
     variants = {"fractions": EMMA_POSTPROCESS_FRACTIONS, "fill": True, "decisions": EMMA_DECISIONS}
     per_member = {m: evaluate_with_calibration(n, ev_cases, progress=progress, **variants)
                   for m, n in zip(members, nets_)}
     ens = evaluate_with_calibration(nets_, ev_cases, progress=progress, **variants)
-    train_cases = [(*load_brats_subject(root, s)[:4], s) for s in train_names]
+    train_cases = [brats_eval_case(root, s) for s in train_names]
     floor = flair_threshold_floor(train_cases, ev_cases)
     del ev_cases, train_cases
     curves = {m: e["calibration"] for m, e in per_member.items()}

@@ -299,6 +299,12 @@ def _run_lesions_uda(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
     return run_lesions_uda(run_dir, **kwargs)
 
 
+def _reevaluate_lesions(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
+    from .uda import reevaluate_lesion_cards
+
+    return reevaluate_lesion_cards(run_dir, **kwargs)
+
+
 def _run_emma_member(member: str):
     def run(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
         from .emma import run_emma_member
@@ -403,6 +409,12 @@ PRESETS: dict[str, Preset] = {
         "lesions-synthetic", "lesions-synthetic",
         "DeepMedic on synthetic multi-modal lesion cases (demo / source-only weights; ~25 min on 2 CPU cores)",
         _run_lesions_synthetic,
+    ),
+    "lesions-reevaluate": Preset(
+        "lesions-reevaluate", "lesions-uda",
+        "Judge lesions-synthetic on the real BraTS subjects and lesions-uda's source-only baseline again with "
+        "today's inference, weights untouched (after a change to how models read scans; ~12 min on 1 CPU thread)",
+        _reevaluate_lesions,
     ),
     "emma-deepmedic": Preset(
         "emma-deepmedic", "emma-deepmedic",

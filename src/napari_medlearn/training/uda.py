@@ -614,7 +614,7 @@ def run_lesions_uda(run_dir: str | Path, ship: bool = False, epochs: int = 8, it
     """
     from .. import zoo as _zoo
     from ..nets.deepmedic import DeepMedic
-    from .deepmedic import (BRATS_CITATION, SOURCE_DOMAINS, SegmentSampler, _common_card, deepmedic_args, brats_licence, domains_text,
+    from .deepmedic import (BRATS_CITATION, SOURCE_DOMAINS, SegmentSampler, _common_card, brats_eval_case, data_orientation, turn_case, deepmedic_args, brats_licence, domains_text,
                             scanner_domains, evaluate_lesion_cases, load_brats_subject, synthetic_training_cases, unlabelled_case,
                             _attach_card)
     from .presets import _finish
@@ -628,11 +628,15 @@ def run_lesions_uda(run_dir: str | Path, ship: bool = False, epochs: int = 8, it
         raise ValueError("only the default split's lesions-uda ships")
     others = _read_folds(with_fold, held_out) if with_fold else []
     spacing = (float(spacing_mm),) * 3
-    source = synthetic_training_cases(n_train, spacing_mm, scanner_domains(domain), seed)
-    target = []
+    target, orientation = [], None
     for s in target_subjects:
-        ch, _, sp, mask, _ = load_brats_subject(root, s)     # the labels are not even kept
+        ch, _, sp, mask, aff = load_brats_subject(root, s)     # the labels are not even kept
+        orientation = orientation or data_orientation(aff)
+        ch, _, sp, mask = turn_case(ch, None, sp, mask, aff, orientation)
         target.append(unlabelled_case(ch, sp, mask, target_spacing=spacing, name=s))
+    # the labelled synthetic source in the targets' orientation: a flip between the domains is
+    # geometry, not a domain shift for the discriminator to remove
+    source = synthetic_training_cases(n_train, spacing_mm, scanner_domains(domain), seed, orientation=orientation)
     arch_args = deepmedic_args(width)
     torch.manual_seed(seed)
     model = DeepMedic(**arch_args)
@@ -640,7 +644,7 @@ def run_lesions_uda(run_dir: str | Path, ship: bool = False, epochs: int = 8, it
                                   iters_per_epoch=iters_per_epoch, batch_size=batch_size, lam_max=lam_max,
                                   seed=seed, device=device, progress=progress,
                                   output_to_discriminator=output_to_discriminator)
-    _attach_card(model, arch_args, spacing=spacing)
+    _attach_card(model, arch_args, spacing=spacing, orientation=orientation)
     st_hist = None
     if self_training:
         disc_state = None
@@ -652,7 +656,7 @@ def run_lesions_uda(run_dir: str | Path, ship: bool = False, epochs: int = 8, it
                                               adversarial_weight=self_training_adversarial,
                                               discriminator_state=disc_state)
     # judge: the held-out subjects, both models; domain information left in the features
-    ev_cases = [(*load_brats_subject(root, s)[:4], s) for s in held_out]
+    ev_cases = [brats_eval_case(root, s) for s in held_out]
     ev = evaluate_lesion_cases(model, ev_cases, progress=progress)
     base = None
     geo = model.geometry(9)
@@ -675,7 +679,7 @@ def run_lesions_uda(run_dir: str | Path, ship: bool = False, epochs: int = 8, it
         cfg_rec["self_training"] = self_training_record(st_hist)
     name = "lesions-uda"
     card = {
-        **_common_card(arch_args, name, spacing),
+        **_common_card(arch_args, name, spacing, orientation),
         "priority": 1,
         "description": "DeepMedic trained on synthetic lesion cases and adapted adversarially (Kamnitsas et al., "
                        "IPMI 2017)" + (", then by class-balanced self-training (Zou et al., ECCV 2018)," if st_hist else "")
@@ -723,4 +727,46 @@ def run_lesions_uda(run_dir: str | Path, ship: bool = False, epochs: int = 8, it
 
         card = calibrate_lesion_card(name, subjects=held_out, calibration=ev["calibration"], card=card,
                                      out_dir=run_dir, ship=True)
+    return card
+
+
+def reevaluate_lesion_cards(run_dir: str | Path, ship: bool = False, data: str | None = None,
+                            device: str = "cpu", progress: bool = True, **_: Any) -> dict[str, Any]:
+    """Judge the shipped source-only and adapted models again with today's inference, weights
+    untouched: ``lesions-synthetic`` on every real BraTS subject (its card's ``real_brats``) and
+    the source-only baseline in ``lesions-uda``'s card (its never-seen subjects). Run it after a
+    change to how models read scans (e.g. the orientation each card declares). Writes both cards
+    to ``run_dir`` and, with ``ship``, into the zoo; returns the lesions-uda card."""
+    from .. import zoo as _zoo
+    from .deepmedic import brats_eval_case, evaluate_lesion_cases, find_brats_root, list_brats_subjects
+    from .emma import calibrate_lesion_card
+
+    run_dir = Path(run_dir)
+    root = find_brats_root(data)
+    calibrate_lesion_card("lesions-synthetic", data=data, subjects=list_brats_subjects(root), out_dir=run_dir,
+                          ship=ship, key="real_brats", progress=progress)
+    card = dict(_zoo.card("lesions-uda"))
+    ev = dict(card.get("evaluation", {}))
+    base = dict(ev.get("baseline_source_only", {}))
+    name = base.get("name", "lesions-synthetic")
+    held_out = list(card.get("training", {}).get("never_seen", []))
+    bnet = _zoo.load(name, device=device)
+    stamp = time.strftime("%Y-%m-%d") + " by training.uda.reevaluate_lesion_cards"
+    ev["baseline_source_only"] = {**base, "name": name, "sha256": bnet.card.get("sha256"),
+                                  **evaluate_lesion_cases(bnet, [brats_eval_case(root, s) for s in held_out],
+                                                          progress=progress),
+                                  "judged": stamp}
+    card["evaluation"] = ev
+    cv = card.get("cross_validation")
+    if isinstance(cv, dict) and "baseline_source_only" in cv:
+        # the same source-only model on each fold's judged subjects (the shipped fold's just done)
+        from .emma import pool_evaluations
+
+        parts = [ev["baseline_source_only"] if f["judged"] == held_out else
+                 evaluate_lesion_cases(bnet, [brats_eval_case(root, s) for s in f["judged"]], progress=progress)
+                 for f in cv["folds"]]
+        card["cross_validation"] = {**cv, "baseline_source_only": {**pool_evaluations(parts), "judged": stamp}}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for d in [run_dir] + ([_zoo.CARDS_DIR] if ship else []):
+        _zoo.write_json_atomic(card, d / "lesions-uda.json")
     return card
