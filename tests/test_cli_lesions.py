@@ -217,3 +217,38 @@ def test_train_split_options_are_refused_where_they_do_not_apply(argv, message, 
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_same_session_stored_in_another_orientation_gives_the_same_result(tmp_path):
+    """A model that learnt BraTS-oriented arrays (SPL) reads a RAS-stored session (SAR) its way."""
+    torch.manual_seed(1)
+    net = DeepMedic(**TINY)
+    path = tmp_path / "tiny-spl.pt"
+    zoo.save_checkpoint(net, path, "deepmedic", TINY, card={
+        "name": "tiny-spl", "task": "brain-lesion-segmentation", "n_classes": 4, "label_values": [0, 1, 2, 4],
+        "input": {"channels": ["FLAIR", "T1c"], "spacing_mm": [2, 2, 2], "orientation": "SPL"}})
+    rng = np.random.default_rng(3)
+    shape = (12, 16, 14)
+    spl = np.array([[0, 0, -2.0, 20], [0, -2.0, 0, 30], [2.0, 0, 0, -10], [0, 0, 0, 1]])      # z->S, y->P, x->L
+    mask = np.zeros(shape, bool)
+    mask[2:-2, 2:-2, 2:-2] = True
+    data = {n: np.where(mask, rng.normal(1, 0.3, shape), 0).astype(np.float32) for n in ("flair", "t1c")}
+    data["flair"][4:7, 5:9, 5:8] += 1.5
+    sar = spl.copy()
+    sar[:3, 1] *= -1                                             # y flipped: the same voxels seen from A
+    sar[:3, 2] *= -1
+    sar[:3, 3] = spl[:3, 3] + spl[:3, 1] * (shape[1] - 1) + spl[:3, 2] * (shape[2] - 1)
+    results = {}
+    for tag, aff, flip in (("spl", spl, lambda a: a), ("sar", sar, lambda a: a[:, ::-1, ::-1])):
+        d = tmp_path / tag
+        d.mkdir()
+        for n in ("flair", "t1c"):
+            write_nifti(Volume(np.ascontiguousarray(flip(data[n])), aff, ("z", "y", "x"), {}), d / f"{n}.nii.gz")
+        write_nifti(Volume(np.ascontiguousarray(flip(mask)).astype(np.uint8), aff, ("z", "y", "x"), {}), d / "mask.nii.gz")
+        assert main(["segment-lesions", "--flair", str(d / "flair.nii.gz"), "--t1c", str(d / "t1c.nii.gz"),
+                     "--mask", str(d / "mask.nii.gz"), "--out", str(d / "out"), "--model", str(path), "--quiet"]) == 0
+        lab = read_nifti(d / "out" / "labels.nii.gz")
+        np.testing.assert_allclose(lab.affine, aff, atol=1e-5)
+        results[tag] = flip(lab.data)                              # back to the SPL voxel order
+    assert results["spl"].any()
+    np.testing.assert_array_equal(results["sar"], results["spl"])
