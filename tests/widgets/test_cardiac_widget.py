@@ -207,6 +207,26 @@ def test_save_labels_writes_nifti_in_the_source_geometry(done, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["cine_labels.nii.gz"]  # no temporary left
 
 
+def test_saving_never_replaces_a_file_unasked(done, tmp_path, monkeypatch, errors):
+    from qtpy.QtWidgets import QFileDialog, QMessageBox
+
+    w = done
+    (tmp_path / "mine.nii.gz").write_bytes(b"precious")
+    (tmp_path / "m.csv").write_bytes(b"my table")
+    assert w.save_labels(tmp_path / "mine.nii.gz") is None and "already exists" in errors[-1]
+    assert w.export_measures(tmp_path / "m.csv") is None
+    # the dialog returns a name without its suffix: the file that would be written exists, so ask
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(tmp_path / "mine"), ""))
+    asked = []
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: asked.append(a[2]) or QMessageBox.No)
+    assert w.save_labels() is None and "mine.nii.gz already exists" in asked[0]
+    assert (tmp_path / "mine.nii.gz").read_bytes() == b"precious"
+    assert (tmp_path / "m.csv").read_bytes() == b"my table"
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.Yes)
+    assert w.save_labels() == tmp_path / "mine.nii.gz"
+    assert w.export_measures(tmp_path / "m.csv", overwrite=True) == tmp_path / "m.csv"
+
+
 def test_export_measures_writes_unit_named_columns(done, qtbot, tmp_path, tiny_checkpoint):
     w = done
     known = np.zeros_like(w.labels_layer.data)  # LV 400, 200, 300 voxels; myocardium 100

@@ -47,6 +47,34 @@ def notify_error(error: BaseException | str) -> str:
     return msg
 
 
+def save_path(parent: QWidget, path, title: str, default: str, file_filter: str, suffixes: tuple[str, ...],
+              overwrite: bool = False) -> Path | None:
+    """Where to save: ``path``, or a file dialog's answer when None; ``suffixes[0]`` appended to a
+    name without one of ``suffixes``. An existing file (after that) is replaced only if
+    ``overwrite``, or if the user confirms it in the dialog case; otherwise None (nothing saved).
+    The dialog's own overwrite question is off: it would ask about the name before the suffix."""
+    from qtpy.QtWidgets import QMessageBox
+
+    ask = path is None
+    if ask:
+        path, _ = QFileDialog.getSaveFileName(parent, title, default, file_filter,
+                                              options=QFileDialog.Option.DontConfirmOverwrite)
+        if not path:
+            return None
+    path = Path(path)
+    if not path.name.lower().endswith(suffixes):
+        path = path.with_name(path.name + suffixes[0])
+    if path.exists() and not overwrite:
+        if not ask:
+            notify_error(f"{path.name} already exists in {path.parent}: not replaced")
+            return None
+        answer = QMessageBox.question(parent, "Replace file?", f"{path.name} already exists. Replace it?",
+                                      QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
+        if answer != QMessageBox.Yes:
+            return None
+    return path
+
+
 def layer_picker(viewer: "napari.viewer.Viewer", layer_type: type, label: str = "image") -> ComboBox:
     """A magicgui combo box of the viewer's layers of ``layer_type``, kept in sync with the
     layer list (insertions, removals, moves and renames)."""

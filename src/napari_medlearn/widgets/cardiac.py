@@ -21,7 +21,6 @@ from napari.layers import Image
 from napari.utils.notifications import show_info
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
-    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QHeaderView,
@@ -37,7 +36,8 @@ from ..imaging.measures import CARDIAC_LABELS, CARDIAC_MEASURES, display_name
 from ..imaging.volume import Volume
 from ..methods.cardiac import TASK, measure_with_qc, segment_heart_steps
 from ..methods.report import measures_row, write_measures_csv
-from ._common import USER_ERRORS, ModelPicker, TaskRunner, device_picker, layer_picker, notify_error, themed_canvas
+from ._common import (USER_ERRORS, ModelPicker, TaskRunner, device_picker, layer_picker, notify_error, save_path,
+                      themed_canvas)
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -287,47 +287,41 @@ class CardiacWidget(QWidget):
         name = self.labels_layer.name if self.labels_layer is not None else "cardiac"
         return re.sub(r"[^\w.-]+", "_", name).strip("_")
 
-    def save_labels(self, path: str | Path | None = None) -> Path | None:
+    def save_labels(self, path: str | Path | None = None, overwrite: bool = False) -> Path | None:
         """Write the labels layer's current data as NIfTI in the source geometry (atomically).
 
         Without ``path`` a file dialog asks; a name without ``.nii``/``.nii.gz`` gets ``.nii.gz``.
+        An existing file is replaced only after a confirmation (dialog) or with ``overwrite``.
         """
         if self.labels_layer is None:
             notify_error("no labels to save: run the segmentation first")
             return None
+        path = save_path(self, path, "Save labels as NIfTI", f"{self._default_name()}.nii.gz",
+                         "NIfTI (*.nii.gz *.nii)", (".nii.gz", ".nii"), overwrite)
         if path is None:
-            path, _ = QFileDialog.getSaveFileName(self, "Save labels as NIfTI", f"{self._default_name()}.nii.gz",
-                                                  "NIfTI (*.nii.gz *.nii)")
-            if not path:
-                return None
-        path = Path(path)
-        if not path.name.lower().endswith((".nii", ".nii.gz")):
-            path = path.with_name(path.name + ".nii.gz")
+            return None
         try:
             from ..imaging.io import write_nifti
 
             layer = self.labels_layer
             vol = Volume.from_layer(layer.data, layer.scale, layer.translate, layer.metadata)
-            out = write_nifti(vol, path, overwrite=True)  # the dialog has asked about overwriting
+            out = write_nifti(vol, path, overwrite=True)  # save_path has asked about replacing
         except USER_ERRORS as exc:
             notify_error(exc)
             return None
         show_info(f"labels saved to {out}")
         return out
 
-    def export_measures(self, path: str | Path | None = None) -> Path | None:
-        """Write the current measures as a one-row CSV (units in the column names), atomically."""
+    def export_measures(self, path: str | Path | None = None, overwrite: bool = False) -> Path | None:
+        """Write the current measures as a one-row CSV (units in the column names), atomically;
+        an existing file is replaced only after a confirmation (dialog) or with ``overwrite``."""
         if self.labels_layer is None or not self.measures:
             notify_error("no measures to export: run the segmentation first (and keep labels 0-3)")
             return None
+        path = save_path(self, path, "Export measures as CSV", f"{self._default_name()}_measures.csv",
+                         "CSV (*.csv)", (".csv",), overwrite)
         if path is None:
-            path, _ = QFileDialog.getSaveFileName(self, "Export measures as CSV",
-                                                  f"{self._default_name()}_measures.csv", "CSV (*.csv)")
-            if not path:
-                return None
-        path = Path(path)
-        if path.suffix.lower() != ".csv":
-            path = path.with_name(path.name + ".csv")
+            return None
         row = measures_row(self.measures, self.qc, self.model_name, self.model_sha256, self.source)
         try:
             out = write_measures_csv([row], path)
