@@ -91,6 +91,14 @@ def test_simulate_from_an_image(widget, qtbot, errors, models):
     w.seed.setValue(4)
     run_and_wait(w, qtbot)
     assert len(w.viewer.layers) == n and not errors
+    # ... except one the user renamed: it is theirs now and keeps its data
+    kept = w.viewer.layers["scan [cascade R=4]"]
+    kept.name = "my favourite"
+    before = kept.data.copy()
+    w.seed.setValue(5)
+    run_and_wait(w, qtbot)
+    np.testing.assert_array_equal(w.viewer.layers["my favourite"].data, before)
+    assert "scan [cascade R=4]" in [layer.name for layer in w.viewer.layers] and not errors
 
 
 def test_a_z_scored_image_layer_keeps_its_signs(widget, qtbot, errors, models):

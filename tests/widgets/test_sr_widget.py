@@ -70,6 +70,11 @@ def test_one_stack_overlays_its_source_with_the_spline_beside_it(widget, qtbot, 
     np.testing.assert_allclose(sr.data_to_world((11.5, 13, 11)), layer.data_to_world((3.5, 13, 11)), atol=1e-6)
     np.testing.assert_array_equal(layer.data, data)                       # input untouched
     assert sr.metadata["model"] and sr.visible and not spline.visible
+    # a second run replaces its outputs, but not one the user renamed (theirs now)
+    sr.name = "my SR"
+    run_and_wait(w, qtbot)
+    names = [x.name for x in w.viewer.layers]
+    assert "my SR" in names and names.count("stack [SR x3]") == 1 and names.count("stack [cubic spline x3]") == 1
 
 
 def test_a_cine_is_done_frame_by_frame(widget, qtbot, errors, models):

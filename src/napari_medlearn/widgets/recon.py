@@ -272,9 +272,11 @@ class ReconWidget(QWidget):
     # ----- results ------------------------------------------------------------------------
     def _put(self, key: str, name: str, data: np.ndarray, source, **kwargs: Any):
         """Add a layer with ``source``'s geometry, or refresh the one an earlier run of the same
-        input and acceleration added (same name, same shape)."""
+        input and acceleration added (same name, same shape). A layer the user renamed is theirs
+        now: it is left alone and a new one is added."""
         layer = self.outputs.get(name)
-        if layer is not None and layer in self.viewer.layers and layer.data.shape == data.shape:
+        if layer is not None and layer in self.viewer.layers and layer.name == name \
+                and layer.data.shape == data.shape:
             layer.data = data
             for attr in ("contrast_limits", "metadata"):
                 if attr in kwargs:

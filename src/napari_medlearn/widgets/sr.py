@@ -184,8 +184,10 @@ class SuperResolutionWidget(QWidget):
 
     # ----- results ------------------------------------------------------------------------
     def _put(self, name: str, data: np.ndarray, kwargs: dict[str, Any]):
+        """Add an output layer in place of the one an earlier run added under ``name``, unless the
+        user renamed that one: then it is theirs and stays."""
         old = self.outputs.get(name)
-        if old is not None and old in self.viewer.layers:
+        if old is not None and old in self.viewer.layers and old.name == name:
             self.viewer.layers.remove(old)
         layer = self.viewer.add_image(data, name=name, **kwargs)
         self.outputs[name] = layer
