@@ -193,6 +193,30 @@ def test_cancel_stops_the_run(widget, qtbot, errors):
     assert not errors
 
 
+def test_an_input_removed_during_the_run_gets_no_result(widget, qtbot, errors):
+    viewer = widget.viewer
+    widget.run()
+    viewer.layers.remove("cine")
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+    assert len(viewer.layers) == 0 and widget.labels_layer is None
+    assert len(errors) == 1 and "'cine' was removed while it ran" in errors[0]
+
+
+def test_closing_the_dock_cancels_the_run(make_napari_viewer, qtbot, tiny_checkpoint, cine, errors):
+    viewer = make_napari_viewer()
+    image, kwargs = cine
+    viewer.add_image(image.copy(), name="cine", **kwargs)
+    w = CardiacWidget(viewer)
+    viewer.window.add_dock_widget(w, name="cardiac")
+    w.model_picker.add_checkpoint(tiny_checkpoint)
+    w.device_picker.setCurrentText("cpu")
+    w.run()
+    viewer.window.remove_dock_widget(w)          # what the dock's close button does
+    qtbot.waitUntil(lambda: not w.running, timeout=TIMEOUT_MS)
+    assert [layer.name for layer in viewer.layers] == ["cine"] and not errors
+    assert w.runner.status.text() == "cancelled"
+
+
 def test_save_labels_writes_nifti_in_the_source_geometry(done, tmp_path):
     from napari_medlearn.imaging.io import read_nifti
 

@@ -236,17 +236,22 @@ class TaskRunner(QWidget):
         worker = self.worker
         return self._cancel or (worker is not None and worker.abort_requested)
 
-    def start(self, steps: Generator, on_result: Callable[[Any], None], description: str = "") -> Any:
+    def start(self, steps: Generator, on_result: Callable[[Any], None], description: str = "",
+              viewer=None, inputs: tuple = ()) -> Any:
         """Run ``steps`` in a worker thread; ``on_result(value)`` on the GUI thread when it returns.
 
         Yields update the progress bar; a user error (``ValueError``, ``OSError``) becomes an
-        error notification; after Cancel the result is dropped. Returns the worker.
+        error notification; after Cancel the result is dropped. So it is when one of the
+        ``inputs`` layers has left ``viewer`` meanwhile (nothing to lay the result over), and
+        when the dock widget is closed (the run is cancelled). Returns the worker.
         """
         from napari.qt.threading import create_worker
 
         if self.running:
             raise RuntimeError("a run is already in progress")
         self._cancel = False
+        self._inputs = (viewer, tuple(inputs))
+        self._was_docked = self._docked()
         worker = create_worker(_guarded, steps)
         worker.yielded.connect(self._on_yielded)
         worker.returned.connect(self._on_returned)
@@ -263,6 +268,20 @@ class TaskRunner(QWidget):
         worker.start()
         return worker
 
+    def _docked(self) -> bool:
+        """In a napari window (closing a dock takes its widget out of the window, alive)."""
+        from qtpy.QtWidgets import QMainWindow
+
+        return isinstance(self.window(), QMainWindow)
+
+    def _closed(self) -> bool:
+        return bool(getattr(self, "_was_docked", False)) and not self._docked()
+
+    def _gone_inputs(self) -> list[str]:
+        viewer, layers = getattr(self, "_inputs", (None, ()))
+        return [] if viewer is None else [layer.name for layer in layers
+                                          if layer is not None and layer not in viewer.layers]
+
     def cancel(self) -> None:
         """Ask the running method to stop; the result, if one still arrives, is dropped."""
         if self.worker is None:
@@ -277,6 +296,8 @@ class TaskRunner(QWidget):
         self.cancel_button.setEnabled(running)
 
     def _on_yielded(self, step) -> None:
+        if self._closed() and not self._cancel:     # the dock was closed: nobody waits for this
+            self.cancel()
         done, total, message = step
         self.progress_bar.setRange(0, max(int(total), 1))
         self.progress_bar.setValue(int(done))
@@ -294,8 +315,13 @@ class TaskRunner(QWidget):
             else:
                 self.status.setText(f"failed: {notify_error(value.error)}")
             return
-        if self._cancel:
+        if self._cancel or self._closed():
             self.status.setText("cancelled")
+            return
+        gone = self._gone_inputs()
+        if gone:
+            msg = notify_error(f"the input layer {gone[0]!r} was removed while it ran: the result is not added")
+            self.status.setText(f"failed: {msg}")
             return
         try:
             self._on_result(value)

@@ -90,7 +90,8 @@ class MaskCorrectionWidget(QWidget):
             return None
         self.reject()
         self.source = layer
-        return self.runner.start(steps, self.show_result, description=f"correcting {layer.name}")
+        return self.runner.start(steps, self.show_result, description=f"correcting {layer.name}",
+                                 viewer=self.viewer, inputs=(layer,))
 
     @property
     def running(self) -> bool:

@@ -166,7 +166,7 @@ class CardiacWidget(QWidget):
         steps = segment_heart_steps(vol.data, spacing, model, self.device_picker.currentText(),
                                     cancelled=self.runner.cancel_requested)
         return self.runner.start(steps, lambda result: self.show_result(result, layer, spacing),
-                                 description=f"segmenting {layer.name}")
+                                 description=f"segmenting {layer.name}", viewer=self.viewer, inputs=(layer,))
 
     def cancel(self) -> None:
         """Stop the running segmentation; nothing is added."""

@@ -342,7 +342,8 @@ class LesionWidget(QWidget):
             cancelled=self.runner.cancel_requested, affine=affine)
         source = layers[0]
         return self.runner.start(steps, lambda result: self.show_result(result, source, spacing),
-                                 description=f"segmenting lesions in {source.name}")
+                                 description=f"segmenting lesions in {source.name}", viewer=self.viewer,
+                                 inputs=tuple(layers))
 
     def cancel(self) -> None:
         """Stop the running segmentation; nothing is added."""

@@ -208,7 +208,8 @@ class PlanesWidget(QWidget):
                                     device=self.device_picker.currentText(),
                                     cancelled=self.runner.cancel_requested)
         return self.runner.start(steps, lambda result: self.show_result(result, layer),
-                                 description=f"detecting planes in {layer.name}")
+                                 description=f"detecting planes in {layer.name}", viewer=self.viewer,
+                                 inputs=(layer,))
 
     def cancel(self) -> None:
         """Stop the running detection; nothing is added."""

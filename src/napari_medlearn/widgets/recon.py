@@ -260,7 +260,7 @@ class ReconWidget(QWidget):
         return self.runner.start(
             steps, lambda result: self.show_result(result, source, name, reference, k if simulated else None,
                                                    requested),
-            description=f"reconstructing {name}")
+            description=f"reconstructing {name}", viewer=self.viewer, inputs=(source,))
 
     @property
     def running(self) -> bool:

@@ -173,7 +173,8 @@ class SuperResolutionWidget(QWidget):
             notify_error(exc)
             return None
         return self.runner.start(steps, lambda result: self.show_result(result, layer, vol, tag),
-                                 description=f"super-resolving {layer.name}")
+                                 description=f"super-resolving {layer.name}", viewer=self.viewer,
+                                 inputs=(layer,))
 
     @property
     def running(self) -> bool:
