@@ -337,3 +337,19 @@ def test_measures_follow_a_corrected_copy_accepted_in_mask_correction(done, qtbo
     accepted.data_setitem((np.array([1]), np.array([5]), np.array([30]), np.array([30])), 2)
     wait_for_lvedv(w, qtbot, frame_ml(w))
     assert not (np.asarray(original.data)[0] == 1).all()
+
+
+def test_an_rgb_layer_is_refused_plainly_and_a_stack_without_spacing_warned(widget, qtbot, errors, monkeypatch):
+    from napari_medlearn.widgets import cardiac as module
+
+    viewer = widget.viewer
+    widget.image_picker.value = viewer.add_image(np.zeros((64, 64, 3), np.uint8), name="photo", rgb=True)
+    n = len(viewer.layers)
+    run_and_wait(widget, qtbot)
+    assert errors == ["photo is an RGB image; cardiac segmentation needs a grey-level cine or stack"]
+    assert len(viewer.layers) == n
+    warned = []
+    monkeypatch.setattr(module, "show_warning", warned.append)
+    widget.image_picker.value = viewer.add_image(viewer.layers["cine"].data[0], name="png stack")   # scale 1
+    run_and_wait(widget, qtbot)
+    assert len(warned) == 1 and "no voxel spacing" in warned[0] and "1 mm" in warned[0]

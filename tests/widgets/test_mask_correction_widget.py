@@ -15,7 +15,9 @@ def test_proposal_beside_original_accept_and_reject(make_napari_viewer, qtbot, t
     viewer = make_napari_viewer()
     lab = ring_labels(shape=(6, 40, 40), spacing=(8.0, 2.0, 2.0))
     lab[3, 18:21, 16:19] = 0                     # a hole
-    original = viewer.add_labels(lab.copy(), name="mask", scale=(8.0, 2.0, 2.0), translate=(0, 5, 5))
+    tilt = np.eye(4)
+    tilt[1:3, 1:3] = [[np.cos(0.3), -np.sin(0.3)], [np.sin(0.3), np.cos(0.3)]]   # an oblique plane
+    original = viewer.add_labels(lab.copy(), name="mask", scale=(8.0, 2.0, 2.0), translate=(0, 5, 5), affine=tilt)
     w = MaskCorrectionWidget(viewer)
     qtbot.addWidget(w)
     w.model_picker.add_checkpoint(tiny_acnn)
@@ -27,11 +29,14 @@ def test_proposal_beside_original_accept_and_reject(make_napari_viewer, qtbot, t
     np.testing.assert_array_equal(original.data, lab)                  # the original is untouched
     np.testing.assert_array_equal(changed.data.astype(bool), prop.data != lab)
     assert tuple(prop.scale) == tuple(original.scale) and tuple(prop.translate) == tuple(original.translate)
+    for layer in (prop, changed):                                       # on the original, voxel for voxel
+        np.testing.assert_allclose(layer.data_to_world((3, 10, 20)), original.data_to_world((3, 10, 20)))
     assert "before" in w.plausibility_label.text() and "LV" in w.volumes_label.text()
     assert w.accept_button.isEnabled()
     accepted = w.accept()
     assert accepted.name == "mask [corrected]" and "mask [proposal]" not in viewer.layers
     assert "mask" in viewer.layers and (accepted.data[3, 18:21, 16:19] == 1).all()
+    np.testing.assert_allclose(accepted.data_to_world((3, 10, 20)), original.data_to_world((3, 10, 20)))
     w.run()
     qtbot.waitUntil(lambda: not w.running, timeout=60000)
     w.reject()

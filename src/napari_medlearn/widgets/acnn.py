@@ -104,7 +104,8 @@ class MaskCorrectionWidget(QWidget):
         """Add the proposal and the changed voxels beside the original (never modified)."""
         src = self.source
         self.result = result
-        geometry = {"scale": src.scale, "translate": src.translate, "rotate": src.rotate, "shear": src.shear}
+        geometry = {"scale": src.scale, "translate": src.translate, "rotate": src.rotate, "shear": src.shear,
+                    "affine": src.affine}
         self.proposal_layer = self.viewer.add_labels(result.labels.copy(), name=f"{src.name} [proposal]",
                                                      **geometry)
         try:
@@ -142,7 +143,7 @@ class MaskCorrectionWidget(QWidget):
         if self.result is None or self.proposal_layer is None:
             return None
         data = np.asarray(self.proposal_layer.data).copy()   # includes any edits made to the proposal
-        geometry = {k: getattr(self.proposal_layer, k) for k in ("scale", "translate", "rotate", "shear")}
+        geometry = {k: getattr(self.proposal_layer, k) for k in ("scale", "translate", "rotate", "shear", "affine")}
         name = f"{self.source.name} [corrected]"
         colormap = self.proposal_layer.colormap
         self._remove_proposal()

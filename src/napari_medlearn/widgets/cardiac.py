@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.layers import Image
-from napari.utils.notifications import show_info
+from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QFormLayout,
@@ -157,12 +157,18 @@ class CardiacWidget(QWidget):
         if model is None:
             notify_error("no cardiac model shipped yet: choose 'load checkpoint...' in the model list")
             return None
+        if getattr(layer, "rgb", False):
+            notify_error(f"{layer.name} is an RGB image; cardiac segmentation needs a grey-level cine or stack")
+            return None
         try:
             vol = Volume.from_layer(layer.data, layer.scale, layer.translate, layer.metadata)
         except (ValueError, TypeError) as exc:
             notify_error(exc)
             return None
         spacing = vol.spacing
+        if "affine" not in (layer.metadata or {}) and np.allclose(np.asarray(layer.scale)[-3:], 1.0):
+            show_warning(f"{layer.name} has no voxel spacing (scale 1, e.g. read from PNG/TIFF): the model and the "
+                         "measures take 1 mm voxels; set the layer's scale to the scan's spacing in mm")
         steps = segment_heart_steps(vol.data, spacing, model, self.device_picker.currentText(),
                                     cancelled=self.runner.cancel_requested)
         return self.runner.start(steps, lambda result: self.show_result(result, layer, spacing),

@@ -262,6 +262,10 @@ class LesionWidget(QWidget):
                 if layers[i] is layers[j]:
                     raise ValueError(f"the same layer {layers[i].name!r} is chosen as {names[j]} and "
                                      f"{names[i]}: choose one scan per modality")
+        rgb = [(n, layer) for n, layer in zip(names, layers) if getattr(layer, "rgb", False)]
+        if rgb:
+            raise ValueError(f"{rgb[0][0]} ({rgb[0][1].name!r}) is an RGB image; lesion segmentation needs "
+                             "grey-level MR volumes")
         vols = [Volume.from_layer(np.asarray(layer.data), layer.scale, layer.translate, layer.metadata)
                 for layer in layers]
         for name, layer, vol in zip(names, layers, vols):

@@ -51,7 +51,9 @@ class EnsemblePanel(QGroupBox):
     """A checkable group: when on, the ticked models run as one ensemble."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__("Ensemble (EMMA): average the ticked models", parent)
+        super().__init__("Ensemble (EMMA)", parent)
+        self.setToolTip("When ticked, the ticked models run as one ensemble: the mean of their posteriors, "
+                        "and their disagreement as an uncertainty map")
         self.setCheckable(True)
         self.setChecked(False)
         self.list = QListWidget()
