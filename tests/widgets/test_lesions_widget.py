@@ -314,8 +314,6 @@ def test_save_writes_nifti_and_csv_and_never_overwrites_silently(done, qtbot, tm
 def test_save_dialog_asks_before_replacing(done, tmp_path, monkeypatch):
     from qtpy.QtWidgets import QFileDialog, QMessageBox
 
-    from napari_medlearn.widgets import lesions as module
-
     w = done
     target = tmp_path / "mine.nii.gz"
     target.write_bytes(b"precious")
@@ -328,10 +326,10 @@ def test_save_dialog_asks_before_replacing(done, tmp_path, monkeypatch):
             return reply
         return question
 
-    monkeypatch.setattr(module.QMessageBox, "question", answer(QMessageBox.No))
+    monkeypatch.setattr(QMessageBox, "question", answer(QMessageBox.No))
     assert w.save() is None and target.read_bytes() == b"precious"
     assert "mine.nii.gz already exists" in asked[0]
-    monkeypatch.setattr(module.QMessageBox, "question", answer(QMessageBox.Yes))
+    monkeypatch.setattr(QMessageBox, "question", answer(QMessageBox.Yes))
     assert w.save() == (target, tmp_path / "mine_volumes.csv")
     assert target.read_bytes() != b"precious" and len(asked) == 2
 

@@ -53,8 +53,6 @@ def save_path(parent: QWidget, path, title: str, default: str, file_filter: str,
     name without one of ``suffixes``. An existing file (after that) is replaced only if
     ``overwrite``, or if the user confirms it in the dialog case; otherwise None (nothing saved).
     The dialog's own overwrite question is off: it would ask about the name before the suffix."""
-    from qtpy.QtWidgets import QMessageBox
-
     ask = path is None
     if ask:
         path, _ = QFileDialog.getSaveFileName(parent, title, default, file_filter,
@@ -64,15 +62,26 @@ def save_path(parent: QWidget, path, title: str, default: str, file_filter: str,
     path = Path(path)
     if not path.name.lower().endswith(suffixes):
         path = path.with_name(path.name + suffixes[0])
-    if path.exists() and not overwrite:
-        if not ask:
-            notify_error(f"{path.name} already exists in {path.parent}: not replaced")
-            return None
-        answer = QMessageBox.question(parent, "Replace file?", f"{path.name} already exists. Replace it?",
-                                      QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
-        if answer != QMessageBox.Yes:
-            return None
+    if not overwrite and not may_replace(parent, [path], ask):
+        return None
     return path
+
+
+def may_replace(parent: QWidget, paths, ask: bool) -> bool:
+    """True when none of ``paths`` exists, or the user says in a dialog (``ask``) to replace them;
+    without ``ask`` existing files are never replaced (an error notification says so)."""
+    from qtpy.QtWidgets import QMessageBox
+
+    existing = [Path(p) for p in paths if Path(p).exists()]
+    if not existing:
+        return True
+    names = " and ".join(p.name for p in existing)
+    if not ask:
+        notify_error(f"{names} already exists in {existing[0].parent}: not replaced")
+        return False
+    answer = QMessageBox.question(parent, "Replace files?", f"{names} already exists. Replace?",
+                                  QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
+    return answer == QMessageBox.Yes
 
 
 def layer_picker(viewer: "napari.viewer.Viewer", layer_type: type, label: str = "image") -> ComboBox:

@@ -37,7 +37,6 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QHeaderView,
     QLabel,
-    QMessageBox,
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
@@ -48,7 +47,7 @@ from qtpy.QtWidgets import (
 from ..imaging.volume import Volume, resample_onto
 from ..methods import lesions as lesion_method
 from ..samples.brain_lesions import LABEL_COLORS
-from ._common import USER_ERRORS, ModelPicker, TaskRunner, device_picker, layer_picker, notify_error
+from ._common import USER_ERRORS, ModelPicker, TaskRunner, device_picker, layer_picker, may_replace, notify_error
 from .lesions_review import AdaptPanel, EnsemblePanel, ReviewPanel
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -468,16 +467,8 @@ class LesionWidget(QWidget):
             if not path:
                 return None
         nifti, csv_path = self.output_paths(path)
-        existing = [p for p in (nifti, csv_path) if p.exists()]
-        if existing and not overwrite:
-            names = " and ".join(p.name for p in existing)
-            if not ask:
-                notify_error(f"{names} already exists in {existing[0].parent}: not replaced")
-                return None
-            answer = QMessageBox.question(self, "Replace files?", f"{names} already exists. Replace?",
-                                          QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
-            if answer != QMessageBox.Yes:
-                return None
+        if not overwrite and not may_replace(self, (nifti, csv_path), ask):
+            return None
         self.update_volumes()
         if not self.volumes:
             notify_error(f"the labels cannot be measured ({self.warning.text()}): fix them before saving")
