@@ -184,7 +184,7 @@ def test_hand_edits_update_the_volumes(done, qtbot):
     assert w.volume_text("whole_tumour_mL") == "\u2013" and "unknown values [7]" in w.warning.text()
 
 
-PROBLEMS = {"elsewhere": "register them first", "2d": "3D", "nan": "NaN",
+PROBLEMS = {"elsewhere": "register them first", "2d": "3D", "nan": "NaN", "rgb": "is an RGB image",
             "same": "same layer", "mask": "brain mask", "missing": "missing modality"}
 
 
@@ -202,6 +202,7 @@ def test_bad_input_is_one_notification_and_changes_nothing(widget, qtbot, errors
             case.channels[1], far, ("z", "y", "x")).layer_kwargs()),
         "2d": viewer.add_image(case.channels[1][10].copy(), name="T1c slice"),
         "nan": viewer.add_image(nan, name="T1c with NaN", **kw),
+        "rgb": viewer.add_image(np.zeros((40, 50, 3), np.uint8), name="photo", rgb=True),
         "same": flair,
     }
     viewer.add_labels(np.ones((3, 4, 5), np.uint8), name="wrong mask")
