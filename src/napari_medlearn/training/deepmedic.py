@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..imaging import measures as M
+from ..imaging.orientation import axis_codes
 
 #: BraTS label value -> class index (3, the non-enhancing core of BraTS 2013-2016, joins 1 as in BraTS 2017+)
 BRATS_TO_CLASS = np.array([0, 1, 2, 1, 3], dtype=np.uint8)
@@ -466,18 +467,9 @@ def list_brats_subjects(root: Path) -> list[str]:
 
 def synthetic_orientation() -> str:
     """The array orientation of the synthetic lesion cases (the MNI152 template's, ``"SAR"``)."""
-    from ..imaging.orientation import axis_codes
     from ..samples.brain_lesions import _anatomy
 
     return axis_codes(_anatomy(4.0).affine)
-
-
-def data_orientation(affine) -> str:
-    """The array orientation (axis codes) of a scan with ``affine``; a recipe's cards carry that of
-    its (first) real training scan, and every other training scan is turned to it."""
-    from ..imaging.orientation import axis_codes
-
-    return axis_codes(affine)
 
 
 def turn_case(channels, labels, spacing, mask, affine, orientation: str | None):
@@ -633,7 +625,8 @@ def run_lesions_brats(run_dir: str | Path, ship: bool = False, epochs: int = 20,
     folds = max(2, min(folds, len(subjects)))
     groups = [sorted(subjects[i::folds]) for i in range(folds)]
     arch_args = deepmedic_args(width)
-    orientation = data_orientation(load_brats_subject(root, subjects[0])[4])
+    # the cards carry the first real scan's orientation; every other training scan is turned to it
+    orientation = axis_codes(load_brats_subject(root, subjects[0])[4])
     order = [ship_fold] + [f for f in range(folds) if f != ship_fold]
     if only_folds is not None:
         order = [f for f in order if f in set(int(k) for k in only_folds)]

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from ..imaging import measures as M
+from ..imaging.orientation import axis_codes
 
 #: architecture, size and training recipe of each EMMA member (varied loss and sampling, as in EMMA);
 #: ``epochs`` of 150 iterations (default 12). The FCN trains 24: on both cross-validation folds its
@@ -468,7 +469,7 @@ def run_emma_member(run_dir: str | Path, member: str, ship: bool = False, epochs
     calibration + reliability figure)."""
     from ..nets.unet3d import EMMA_PAPER, FCN_PAPER, UNET_PAPER
     from ..nets.deepmedic import PAPER as DM_PAPER
-    from .deepmedic import (LESION_LABELS, brats_eval_case, data_orientation, lesion_input_spec, load_brats_subject,
+    from .deepmedic import (LESION_LABELS, brats_eval_case, lesion_input_spec, load_brats_subject,
                             prepare_case, turn_case, sampler_geometry,
                             synthetic_training_cases)
     from .presets import _finish, training_record
@@ -486,7 +487,7 @@ def run_emma_member(run_dir: str | Path, member: str, ship: bool = False, epochs
     # every training scan in the orientation of the first real one (BraTS: "SPL"); the synthetic
     # cases (MNI152's "SAR") are turned to it too, so no flip separates the two kinds of data
     loaded = [load_brats_subject(root, s) for s in train_names]
-    orientation = data_orientation(loaded[0][4])
+    orientation = axis_codes(loaded[0][4])
     cases = [prepare_case(*turn_case(*x[:4], x[4], orientation), target_spacing=spacing, name=s)
              for s, x in zip(train_names, loaded)]
     del loaded

@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import zoo
+from ..imaging.orientation import axis_codes
 from .trainer import seed_everything
 
 UDA_PAPER = ("K. Kamnitsas et al., Unsupervised domain adaptation in brain lesion segmentation with "
@@ -614,7 +615,7 @@ def run_lesions_uda(run_dir: str | Path, ship: bool = False, epochs: int = 8, it
     """
     from .. import zoo as _zoo
     from ..nets.deepmedic import DeepMedic
-    from .deepmedic import (BRATS_CITATION, SOURCE_DOMAINS, SegmentSampler, _common_card, brats_eval_case, data_orientation, turn_case, deepmedic_args, brats_licence, domains_text,
+    from .deepmedic import (BRATS_CITATION, SOURCE_DOMAINS, SegmentSampler, _common_card, brats_eval_case, turn_case, deepmedic_args, brats_licence, domains_text,
                             scanner_domains, evaluate_lesion_cases, load_brats_subject, synthetic_training_cases, unlabelled_case,
                             _attach_card)
     from .presets import _finish
@@ -631,7 +632,7 @@ def run_lesions_uda(run_dir: str | Path, ship: bool = False, epochs: int = 8, it
     target, orientation = [], None
     for s in target_subjects:
         ch, _, sp, mask, aff = load_brats_subject(root, s)     # the labels are not even kept
-        orientation = orientation or data_orientation(aff)
+        orientation = orientation or axis_codes(aff)
         ch, _, sp, mask = turn_case(ch, None, sp, mask, aff, orientation)
         target.append(unlabelled_case(ch, sp, mask, target_spacing=spacing, name=s))
     # the labelled synthetic source in the targets' orientation: a flip between the domains is
