@@ -272,7 +272,7 @@ def test_export_measures_writes_unit_named_columns(done, qtbot, tmp_path, tiny_c
     assert float(row["LVM_g"]) == pytest.approx(100 * voxel_ml * 1.05, abs=1e-3)
     assert (row["ED_frame"], row["ES_frame"]) == ("0", "1")
     assert row["qc"] == ";".join(f["flag"] for f in w.qc)
-    assert row["model"] == "tiny" and row["model_sha256"] == zoo.sha256_of(tiny_checkpoint)
+    assert row["model"] == "tiny (file tiny.pt)" and row["model_sha256"] == zoo.sha256_of(tiny_checkpoint)
     assert row["source"] == "phantom"
 
 
