@@ -8,6 +8,7 @@ written over unless ``--overwrite`` is given.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -28,7 +29,9 @@ def _writable(out: Path) -> None:
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise CLIError(f"cannot write to {folder}: permission denied (choose another --out)")
+        read_only = os.path.isdir(folder) and bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+        raise CLIError(f"cannot write to {folder}: {os.strerror(errno.EROFS if read_only else errno.EACCES)} "
+                       "(choose another --out)")
 
 
 def _out_dir(path: str, names: Sequence[str], overwrite: bool, inputs: Sequence = ()) -> Path:

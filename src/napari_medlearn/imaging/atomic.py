@@ -90,6 +90,14 @@ def _naming(exc: OSError, path: str | os.PathLike, action: str, about=()) -> OSE
 
 # ----- temporary names -----------------------------------------------------------------------
 
+def _mkdir(folder: Path) -> None:
+    """``folder`` and its parents made; a file in the way is "Not a directory", not "File exists"."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), os.fspath(folder)) from None
+
+
 def _suffix(name: str) -> str:
     return name[-7:] if name.lower().endswith(".nii.gz") else Path(name).suffix
 
@@ -147,7 +155,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     tmp = temporary_name(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _mkdir(path.parent)
         fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)   # reserve the name
     except OSError as e:
         raise _naming(e, path, "write") from None
@@ -216,7 +224,7 @@ def staged_outputs(folder: str | os.PathLike, overwrite: bool = True) -> Iterato
     folder = Path(folder)
     stage = temporary_name(folder / STAGE_NAME)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        _mkdir(folder)
         stage.mkdir()
     except OSError as e:
         raise _naming(e, folder, "write to") from None
@@ -254,7 +262,7 @@ def _commit(stage: Path, folder: Path, overwrite: bool) -> None:
     for name in names:     # the failures that can be foreseen, before anything moves
         final = folder / name
         if final.is_dir() and not final.is_symlink():
-            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(final))
+            raise _naming(OSError(errno.EISDIR, os.strerror(errno.EISDIR)), final, "write")
         if not overwrite and os.path.lexists(final):
             raise FileExistsError(f"{final} already exists (written meanwhile?); not replaced")
     done: list[tuple[Path, Path | None]] = []
@@ -336,7 +344,7 @@ def folder_lock(folder: str | os.PathLike, command: str | None = None,
     folder = Path(folder)
     created = not os.path.lexists(folder)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        _mkdir(folder)
     except OSError as e:
         raise _naming(e, folder, "create the folder") from None
     path = folder / LOCK_FILE
