@@ -1,0 +1,33 @@
+"""SIGKILL in the middle of writing the outputs: no output under its final name, and the next
+run in that folder takes over the dead run's lock and removes its temporaries (only those:
+other hidden files, even look-alikes, stay)."""
+
+from __future__ import annotations
+
+import signal
+
+from napari_medlearn.imaging.atomic import LOCK_FILE
+from napari_medlearn.jobs import CARDIAC_OUTPUTS
+
+USERS_HIDDEN = (".keep", ".labels.nii.gz.tmp", ".x.0123456789AB.tmp", ".x.0123456789ab.tmp.csv")
+
+
+def test_a_run_killed_mid_write_leaves_nothing_final_and_the_next_run_cleans_up(held, cines, tiny_cardiac,
+                                                                                 tmp_path, fault):
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in USERS_HIDDEN:
+        (out / name).write_text("the user's")
+    args = ("segment-heart", cines["case1"], "--out", out, "--model", tiny_cardiac, "--device", "cpu", "--quiet")
+    run = held("after-save", *args)              # labels.nii.gz written under a temporary name
+    run.proc.send_signal(signal.SIGKILL)
+    run.proc.wait(30)
+    assert not any((out / n).exists() for n in CARDIAC_OUTPUTS)
+    assert fault.leftovers(out) and (out / LOCK_FILE).exists()
+
+    r = fault.run(*args)
+    assert r.returncode == 0, r.stderr
+    assert f"took over the lock of `medlearn segment-heart {cines['case1']}" in r.stdout
+    assert f"(pid {run.pid} " in r.stdout and "removed 1 temporary file(s)" in r.stdout
+    assert sorted(p.name for p in out.iterdir()) == sorted(CARDIAC_OUTPUTS + USERS_HIDDEN)
+    assert all((out / n).read_text() == "the user's" for n in USERS_HIDDEN)
