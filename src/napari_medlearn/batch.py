@@ -10,9 +10,12 @@ with units in the column names: ``LVEDV_mL``, ``whole_tumour_mL``, ``PSNR_dB`` .
   options is skipped when the batch runs again, so an interrupted cohort resumes where it
   stopped; failed cases are tried again. ``overwrite=True`` runs every case anew.
 - **Nothing lost.** A case folder holding files this batch did not write (no ``case.json``) is
-  left alone and the case reported failed. Outputs are written atomically.
+  left alone and the case reported failed. A case's outputs appear all together or not at all.
+  ``cohort.csv`` keeps the rows of earlier runs into the same folder (another manifest's cases):
+  a case run again gets its new row in place. One batch at a time holds ``OUT`` (a second is
+  refused, naming the first).
 - **One bad case does not stop a cohort.** Its error is recorded (``case.json``, the table) and
-  the others run.
+  the others run; so it is when its folder cannot be written (disk full, read-only, permission).
 - **Scale-out.** ``workers=1`` runs the cases in this process, one after the other (models are
   loaded once). More workers run them through dask (``scheduler="processes"`` by default, or
   ``"threads"``, ``"sync"``, or the address of a ``dask.distributed`` scheduler); each process

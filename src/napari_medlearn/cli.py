@@ -1,8 +1,10 @@
 """``medlearn``: the plugin's jobs without a screen.
 
 Every sub-command calls :mod:`napari_medlearn.methods` (the same code the widgets run). Bad
-input ends with exit status 2 and one line on stderr; outputs go into ``--out`` and are never
-written over unless ``--overwrite`` is given.
+input, and any file error (disk full, read-only, permission, a path that does not resolve), ends
+with exit status 2 and one line on stderr; outputs go into ``--out`` and are never written over
+unless ``--overwrite`` is given. A job's outputs appear all together or not at all, and a folder
+``--out`` is held by one run at a time (a second is refused, naming the first).
 """
 
 from __future__ import annotations
@@ -175,6 +177,10 @@ def _nifti_output(path: str, overwrite: bool) -> Path:
     if out.exists() and not overwrite:
         raise CLIError(f"{out} already exists (use --overwrite to replace it)")
     _writable(out)
+    from .imaging.atomic import remove_stale_temporaries
+
+    for p in remove_stale_temporaries(out.parent):     # only ones no live writer holds
+        _note(f"removed {p.name}, a temporary file an interrupted run left in {out.parent}")
     return out
 
 

@@ -2,7 +2,8 @@
 
 A job reads its input files (geometry kept: :mod:`napari_medlearn.imaging.io`), runs the
 method (:mod:`napari_medlearn.methods`, the same code the widgets run) and writes its outputs
-atomically into a folder, returning a :class:`JobResult`: the files written, one row for a
+into a folder, all of them or none (:func:`napari_medlearn.imaging.atomic.staged_outputs`),
+returning a :class:`JobResult`: the files written, one row for a
 cohort table (units in the column names) and the lines a person reads. ``medlearn <job>``
 runs one case (:mod:`napari_medlearn.cli`); :mod:`napari_medlearn.batch` runs a cohort.
 Unusable input raises :class:`InputError` (a ``ValueError``) naming the file and the problem,

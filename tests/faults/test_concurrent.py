@@ -59,3 +59,14 @@ def test_batches_with_different_manifests_add_up_in_the_cohort_table(cines, tiny
     rows = _rows(out / "cohort.csv")
     assert [(r["case"], r["status"]) for r in rows] == [("case1", "done"), ("case2", "done"), ("new", "failed")]
     assert rows[0]["source"] == str(cines["case2"]) and rows[1]["source"] == str(cines["case2"])
+
+
+def test_a_cohort_csv_that_is_not_a_cohort_table_is_not_replaced(cines, tiny_cardiac, tmp_path, capsys, fault):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "cohort.csv").write_text("patient,notes\nP1,the user's own table\n")
+    table = fault.manifest(tmp_path / "m.csv", {"flat": tmp_path / "missing.nii.gz"})
+    assert main(["batch", "segment-heart", str(table), "--out", str(out), "--model", str(tiny_cardiac),
+                 "--quiet"]) == 2
+    assert "is not a cohort table (no case column): not replaced" in fault.error_line(capsys.readouterr().err)
+    assert (out / "cohort.csv").read_text() == "patient,notes\nP1,the user's own table\n"
