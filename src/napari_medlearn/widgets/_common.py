@@ -44,7 +44,8 @@ def notify_error(error: BaseException | str) -> str:
     from ..imaging.atomic import error_message
 
     if isinstance(error, BaseException):
-        msg = error_message(error) if isinstance(error, (ValueError, OSError)) else f"{type(error).__name__}: {error}"
+        msg = error_message(error) if isinstance(error, OSError) else \
+            str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
     else:
         msg = str(error)
     show_error(msg)
