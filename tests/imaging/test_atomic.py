@@ -66,7 +66,8 @@ def test_error_message_is_one_line_for_any_error():
     assert error_message(FileNotFoundError(errno.ENOENT, "No such file or directory", "a.nii")) == \
         "a.nii: No such file or directory"
     assert error_message(ValueError("bad input\nmore")) == "bad input"
-    assert error_message(OSError(errno.EXDEV, os.strerror(errno.EXDEV), "a", None, "b")).startswith("cannot move a to b")
+    moved = OSError(errno.EXDEV, os.strerror(errno.EXDEV), "a", None, "b")
+    assert error_message(moved).startswith("cannot move a to b")
 
 
 def test_staged_outputs_appear_together_or_not_at_all(tmp_path):
