@@ -47,7 +47,7 @@ def test_a_case_on_a_full_disk_fails_alone_and_the_table_says_why(
     with open(out / "cohort.csv", newline="") as f:
         rows = {r["case"]: r for r in csv.DictReader(f)}
     assert rows["case1"]["status"] == "failed" and "No space left on device" in rows["case1"]["error"]
-    assert rows["case2"]["status"] == "done" and rows["case2"]["model"] == "tiny-cardiac"
+    assert rows["case2"]["status"] == "done" and rows["case2"]["model"].startswith("tiny-cardiac")
     fault.all_or_none(out / "case1", CARDIAC_OUTPUTS)
     if (out / "case1" / "case.json").exists():          # (not on the emulated full disk: nothing moves there)
         assert json.loads((out / "case1" / "case.json").read_text())["status"] == "failed"
