@@ -353,3 +353,17 @@ def test_an_rgb_layer_is_refused_plainly_and_a_stack_without_spacing_warned(widg
     widget.image_picker.value = viewer.add_image(viewer.layers["cine"].data[0], name="png stack")   # scale 1
     run_and_wait(widget, qtbot)
     assert len(warned) == 1 and "no voxel spacing" in warned[0] and "1 mm" in warned[0]
+
+
+def test_a_save_that_cannot_be_written_is_one_notification_naming_the_file(done, tmp_path, errors):
+    w = done
+    (tmp_path / "afile").write_text("not a folder")
+    target = tmp_path / "afile" / "labels.nii.gz"
+    before = w.labels_layer.data.copy()
+    assert w.save_labels(target) is None
+    assert errors == [f"cannot write {target}: Not a directory"]
+    assert w.export_measures(tmp_path / "afile" / "m.csv") is None
+    assert errors[-1] == f"cannot write {tmp_path / 'afile' / 'm.csv'}: Not a directory"
+    np.testing.assert_array_equal(w.labels_layer.data, before)          # nothing lost: save again elsewhere
+    assert w.save_button.isEnabled() and w.save_labels(tmp_path / "ok.nii.gz") == tmp_path / "ok.nii.gz"
+    assert (tmp_path / "afile").read_text() == "not a folder"
