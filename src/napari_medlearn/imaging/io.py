@@ -22,8 +22,14 @@ nibabel, pydicom and SimpleITK are imported here: no torch, napari or Qt.
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import io
+import math
 import os
+import re
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +73,135 @@ def _has_suffix(path: str | os.PathLike, suffixes: tuple[str, ...]) -> bool:
 
 
 # ---------------------------------------------------------------------------------------
+# claimed sizes: a header is checked against the file before what it claims is allocated
+# ---------------------------------------------------------------------------------------
+class _Refused(ValueError):
+    """A file refused with a message that already names it and the problem (never re-wrapped)."""
+
+
+# The readers hold the decoded bytes and the array, or the array and its napari-ordered copy,
+# at once: a claim may take at most this share of the memory available.
+_MEMORY_SHARE = 0.5
+# Compressed data are decoded in pieces of this size, so a stream shorter than its header
+# claims is found after reading what it holds, never after allocating what it claims.
+_DECODE_CHUNK = 1 << 22
+
+
+def _available_memory() -> int | None:
+    """Bytes this process may still allocate, or None when nothing tells.
+
+    The memory the system has available (psutil's ``virtual_memory().available`` when psutil
+    is installed, else ``MemAvailable`` from ``/proc/meminfo``, else free pages from
+    ``os.sysconf``), lowered to what an address-space limit (``RLIMIT_AS``, as set by a batch
+    system or ``ulimit -v``) leaves this process.
+    """
+    avail = None
+    try:
+        import psutil
+
+        avail = int(psutil.virtual_memory().available)
+    except Exception:  # not installed, or no access to the counters
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        avail = int(line.split()[1]) * 1024
+                        break
+        except (OSError, ValueError, IndexError):
+            pass
+        if avail is None:
+            try:
+                avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+            except (AttributeError, ValueError, OSError):
+                pass
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if limit != resource.RLIM_INFINITY:
+            used = 0
+            with open("/proc/self/statm") as f:   # first field: the address space now, in pages
+                used = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+            left = max(0, int(limit) - used)
+            avail = left if avail is None else min(avail, left)
+    except (ImportError, OSError, ValueError, IndexError):
+        pass
+    return avail
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def _claim(kind: str, shape: tuple[int, ...], dtype: str, nbytes: int) -> str:
+    return f"its {kind} header claims shape {tuple(int(s) for s in shape)} {dtype} ({_fmt_bytes(nbytes)})"
+
+
+def _check_shape(path: Path, kind: str, shape: tuple[int, ...]) -> None:
+    shape = tuple(int(s) for s in shape)
+    if any(s < 0 for s in shape):
+        raise _Refused(f"cannot read {path}: {kind} header has a negative dimension: shape {shape}")
+    if not shape or any(s == 0 for s in shape):
+        raise _Refused(f"cannot read {path}: {kind} header has a zero-size dimension: shape {shape}")
+
+
+def _check_memory(path: Path, claim: str, nbytes: int) -> None:
+    """Refuse a claim larger than the memory this process can give it (see _MEMORY_SHARE)."""
+    avail = _available_memory()
+    if avail is not None and nbytes > _MEMORY_SHARE * avail:
+        raise _Refused(f"cannot read {path}: {claim}, more than this machine can hold now "
+                       f"({_fmt_bytes(avail)} available); its header is damaged or the image is too large")
+
+
+def _check_stored(path: Path, claim: str, need_end: int, size: int, where: str = "") -> None:
+    """Refuse uncompressed data that would end past the end of its file."""
+    if need_end > size:
+        raise _Refused(f"cannot read {path}: {claim}, ending at byte {need_end}{where}, but the "
+                       f"file has {size} bytes; it is truncated or its header is damaged")
+
+
+def _read_decoded(raw: io.BufferedIOBase, need: int) -> bytes:
+    """Up to ``need`` bytes decoded from a decompressing file object, in pieces.
+
+    Reading stops at ``need`` (data after it are never decoded) or where the stream ends; a
+    stream cut short (``EOFError``) ends the data like a short one, so the caller compares
+    the length with the claim. Memory grows with the data that are there, never with a claim.
+    """
+    pieces, have = [], 0
+    try:
+        while have < need:
+            piece = raw.read(min(_DECODE_CHUNK, need - have))
+            if not piece:
+                break
+            pieces.append(piece)
+            have += len(piece)
+    except EOFError:
+        pass
+    return b"".join(pieces)
+
+
+def _inflate_zlib(f: io.BufferedIOBase, need: int) -> bytes:
+    """Up to ``need`` bytes of a zlib (or gzip) stream read from ``f``, in pieces (see
+    :func:`_read_decoded`); MetaImage's CompressedData are zlib, which no stdlib file object reads."""
+    d = zlib.decompressobj(zlib.MAX_WBITS | 32)     # +32: zlib or gzip header, told by its magic
+    pieces, have, pending = [], 0, b""
+    while have < need and not d.eof:
+        if not pending:
+            pending = f.read(_DECODE_CHUNK)
+            if not pending:
+                pieces.append(d.flush()[: need - have])
+                break
+        piece = d.decompress(pending, min(_DECODE_CHUNK, need - have))
+        pending = d.unconsumed_tail
+        pieces.append(piece)
+        have += len(piece)
+    return b"".join(pieces)[:need]
+
+
+# ---------------------------------------------------------------------------------------
 # NIfTI
 # ---------------------------------------------------------------------------------------
 def read_nifti(path: str | os.PathLike) -> Volume:
@@ -102,7 +237,7 @@ def read_nifti(path: str | os.PathLike) -> Volume:
     if not path.exists():
         raise FileNotFoundError(f"no such file: {path}")
     try:
-        img = nib.load(str(path), mmap=False)
+        img = _load_nifti(path)
         if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
             raise ValueError(f"{type(img).__name__} is not NIfTI")
         header = img.header
@@ -110,6 +245,10 @@ def read_nifti(path: str | os.PathLike) -> Volume:
         scaled = not (float(getattr(proxy, "slope", 1.0)) == 1.0
                       and float(getattr(proxy, "inter", 0.0)) == 0.0)
         arr = np.asanyarray(proxy)
+        affine_ijk, repaired = _nifti_affine(img)
+        del img, proxy          # a decoded .nii.gz is held by the image: free it before the copies below
+    except _Refused:
+        raise
     except Exception as exc:  # nibabel raises many types for a broken file
         raise ValueError(f"cannot read {path} as NIfTI: {_one_line(exc)}") from None
     arr = np.asarray(arr)
@@ -123,11 +262,11 @@ def read_nifti(path: str | os.PathLike) -> Volume:
         what = "colour (RGB) voxels" if arr.dtype.fields else f"voxels of type {arr.dtype}"
         raise ValueError(f"cannot read {path}: it holds {what}, not grey values; convert it to grey first")
     if arr.ndim not in (2, 3, 4):
-        raise ValueError(f"cannot read {path}: {arr.ndim}-D NIfTI (only 2-D, 3-D and 4-D are supported)")
+        raise ValueError(f"cannot read {path}: {arr.ndim}-D NIfTI of shape {arr.shape} "
+                         "(only 2-D, 3-D and 4-D are supported)")
 
     data = np.ascontiguousarray(arr.T)  # (x, y[, z[, t]]) -> ([t,] [z,] y, x)
     axes = {2: ("y", "x"), 3: ("z", "y", "x"), 4: ("t", "z", "y", "x")}[arr.ndim]
-    affine_ijk, repaired = _nifti_affine(img)
     space_unit = header.get_xyzt_units()[0]
     if space_unit in _MM_PER_SPACE_UNIT:          # "unknown" is read as mm, like every tool does
         affine_ijk = affine_ijk.copy()
@@ -150,6 +289,45 @@ def read_nifti(path: str | os.PathLike) -> Volume:
         if t_unit in _MS_PER_TIME_UNIT and step > 0:
             meta["time_step"] = step * _MS_PER_TIME_UNIT[t_unit]
     return Volume(data, affine, axes, meta)
+
+
+def _load_nifti(path: Path):
+    """A nibabel image of ``path`` whose data are known to be there as its header claims.
+
+    The header (the first 540 bytes, decoded for ``.nii.gz``) gives shape, dtype and data
+    offset. A ``.nii`` must hold the data within the file (vox_offset + bytes <= file size);
+    a ``.nii.gz`` is decoded in pieces (gzip's ISIZE trailer counts modulo 4 GiB, so only
+    decoding tells its length) up to the claimed end and no further, and refused where the
+    stream ends first. Either way a claim larger than the memory available is refused before
+    anything is read. Raises :class:`_Refused` naming the claim, else nibabel's errors.
+    """
+    import nibabel as nib
+
+    gz = path.name.lower().endswith(".gz")
+    with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+        head = _read_decoded(f, 540)
+    sizeof = [int.from_bytes(head[:4], order) for order in ("little", "big")] if len(head) >= 4 else []
+    klass = nib.Nifti2Image if 540 in sizeof else nib.Nifti1Image
+    if not ({348, 540} & set(sizeof)) or len(head) < (540 if klass is nib.Nifti2Image else 348):
+        raise _Refused(f"cannot read {path} as NIfTI: no NIfTI header (the file starts with "
+                       f"{len(head)} bytes that are not one)")
+    header = klass.header_class.from_fileobj(io.BytesIO(head))
+    shape = tuple(int(s) for s in header.get_data_shape())
+    _check_shape(path, "NIfTI", shape)
+    dtype = np.dtype(header.get_data_dtype())
+    nbytes = math.prod(shape) * dtype.itemsize
+    offset = int(header.get_data_offset())
+    claim = _claim("NIfTI", shape, dtype.name, nbytes)
+    _check_memory(path, claim, nbytes)
+    if not gz:
+        _check_stored(path, claim, offset + nbytes, path.stat().st_size, f" (data from byte {offset})")
+        return nib.load(str(path), mmap=False)
+    with gzip.open(path, "rb") as f:
+        raw = _read_decoded(f, offset + nbytes)
+    if len(raw) < offset + nbytes:
+        raise _Refused(f"cannot read {path}: {claim} from byte {offset}, but its gzip stream decodes to "
+                       f"{len(raw)} bytes; it is truncated or its header is damaged")
+    return klass.from_bytes(raw)
 
 
 def _nifti_affine(img) -> tuple[np.ndarray, str | None]:
@@ -335,13 +513,21 @@ def read_itk_image(path: str | os.PathLike) -> Volume:
     if not path.exists():
         raise FileNotFoundError(f"no such file: {path}")
     try:
-        img = sitk.ReadImage(str(path))
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()       # the header alone: nothing allocated yet
+        shape = tuple(int(n) for n in reader.GetSize())
+        dim, comps = len(shape), int(reader.GetNumberOfComponents())
+        if dim not in (2, 3) or comps != 1:
+            raise _Refused(f"cannot read {path}: only 2-D/3-D scalar images are supported (got "
+                           f"{dim}-D of shape {shape} with {comps} component(s) per pixel)")
+        _check_itk_claim(path, shape, comps, reader.GetPixelID())
+        img = reader.Execute()
+    except _Refused:
+        raise
     except RuntimeError as exc:
         raise ValueError(f"cannot read {path}: {_one_line(exc)}") from None
     dim = img.GetDimension()
-    if dim not in (2, 3) or img.GetNumberOfComponentsPerPixel() != 1:
-        raise ValueError(f"cannot read {path}: only 2-D/3-D scalar images are supported "
-                         f"(got {dim}-D with {img.GetNumberOfComponentsPerPixel()} components)")
     data = sitk.GetArrayFromImage(img)  # already (z, y, x) / (y, x)
     direction = np.eye(3)
     direction[:dim, :dim] = np.reshape(img.GetDirection(), (dim, dim))
@@ -355,6 +541,159 @@ def read_itk_image(path: str | os.PathLike) -> Volume:
     affine = (_LPS_TO_RAS @ lps)[:, _ZYX_FROM_IJK]
     axes = ("z", "y", "x") if dim == 3 else ("y", "x")
     return Volume(np.ascontiguousarray(data), affine, axes, {"source": str(path)})
+
+
+def _itk_component_bytes(pixel_id: int) -> int | None:
+    import SimpleITK as sitk
+
+    sizes = {"Int8": 1, "UInt8": 1, "Int16": 2, "UInt16": 2, "Int32": 4, "UInt32": 4, "Int64": 8,
+             "UInt64": 8, "Float32": 4, "Float64": 8}
+    for name, n in sizes.items():
+        for prefix in ("sitk", "sitkVector", "sitkLabel"):
+            if getattr(sitk, prefix + name, None) == pixel_id:
+                return n
+    return {getattr(sitk, "sitkComplexFloat32", -9): 8, getattr(sitk, "sitkComplexFloat64", -9): 16}.get(pixel_id)
+
+
+def _text_header(path: Path, first: bytes) -> tuple[list[str], int] | None:
+    """The lines of a text header starting with ``first`` and the byte where its data start
+    (after the blank line for NRRD, after ``ElementDataFile`` for MetaImage), or None."""
+    with open(path, "rb") as f:
+        blob = f.read(1 << 16)              # headers are a few hundred bytes; data follow
+    if not blob.startswith(first):
+        return None
+    lines, pos = [], 0
+    nrrd = first == b"NRRD"
+    while pos < len(blob):
+        end = blob.find(b"\n", pos)
+        if end < 0:
+            if len(blob) == 1 << 16:
+                return None
+            end = len(blob)                  # a detached header may end without a newline
+        line = blob[pos:end].decode("latin-1").rstrip("\r")
+        pos = end + 1
+        if nrrd and not line.strip():
+            return lines, pos
+        lines.append(line)
+        if not nrrd and line.replace(" ", "").lower().startswith("elementdatafile="):
+            return lines, pos
+    # a detached NRRD header ends with the file
+    return (lines, len(blob)) if nrrd and len(blob) < 1 << 16 else None
+
+
+def _itk_data_source(path: Path) -> tuple[Path, int, str, int] | None:
+    """Where an NRRD / MetaImage file's data are and how they are stored:
+    ``(data file, first byte, encoding, bytes to skip after decoding)``, encoding one of
+    raw, gzip, bzip2, zlib, text; None when the header names several data files or is not
+    understood (then only the memory check applies)."""
+    name = path.name.lower()
+    if name.endswith((".nrrd", ".nhdr")):
+        parsed = _text_header(path, b"NRRD")
+        if parsed is None:
+            return None
+        lines, start = parsed
+        fields = {}
+        for line in lines[1:]:
+            if line.startswith("#") or ":=" in line or ":" not in line:
+                continue
+            key, _, value = line.partition(":")
+            fields[key.strip().lower()] = value.strip()
+        encoding = {"raw": "raw", "gzip": "gzip", "gz": "gzip", "bzip2": "bzip2", "bz2": "bzip2",
+                    "ascii": "text", "text": "text", "txt": "text"}.get(fields.get("encoding", "").lower())
+        data = fields.get("data file", fields.get("datafile"))
+        try:
+            line_skip = int(fields.get("line skip", fields.get("lineskip", "0")))
+            byte_skip = int(fields.get("byte skip", fields.get("byteskip", "0")))
+        except ValueError:
+            return None
+        if encoding is None or line_skip:
+            return None
+        if data is not None:
+            if " " in data or data.upper().startswith("LIST"):
+                return None                  # several data files
+            target = (path.parent / data) if not os.path.isabs(data) else Path(data)
+            start = 0
+        else:
+            target = path
+        if encoding == "raw":
+            return target, (-1 if byte_skip == -1 else start + byte_skip), "raw", 0
+        return target, start, encoding, max(byte_skip, 0)
+    if name.endswith((".mha", ".mhd")):
+        parsed = _text_header(path, b"")
+        if parsed is None:
+            return None
+        lines, start = parsed
+        fields = {}
+        for line in lines:
+            key, eq, value = line.partition("=")
+            if eq:
+                fields[key.strip().lower()] = value.strip()
+        data = fields.get("elementdatafile", "")
+        compressed = fields.get("compresseddata", "false").lower() == "true"
+        try:
+            header_size = int(fields.get("headersize", "0"))
+        except ValueError:
+            return None
+        if data.upper() == "LOCAL":
+            target = path
+        elif data and " " not in data and data.upper() != "LIST" and "%" not in data:
+            target, start = (path.parent / data) if not os.path.isabs(data) else Path(data), 0
+        else:
+            return None
+        if compressed:
+            return target, start, "zlib", 0
+        return target, (-1 if header_size == -1 else start + header_size), "raw", 0
+    return None
+
+
+def _check_itk_claim(path: Path, shape: tuple[int, ...], comps: int, pixel_id: int) -> None:
+    """Refuse an NRRD / MetaImage file whose header claims more data than it holds, before
+    SimpleITK allocates the claim: raw data must fit in their file; compressed data are
+    decoded in pieces up to the claimed length (no further) and refused where they end first;
+    text data need at least one character per value. A claim larger than the memory
+    available is refused first."""
+    kind = "NRRD" if path.name.lower().endswith((".nrrd", ".nhdr")) else "MetaImage"
+    _check_shape(path, kind, shape)
+    item = _itk_component_bytes(pixel_id)
+    if item is None:
+        return                               # a pixel type SimpleITK will refuse itself
+    nvalues = math.prod(shape) * comps
+    nbytes = nvalues * item
+    import SimpleITK as sitk
+
+    claim = _claim(kind, shape, sitk.GetPixelIDValueAsString(pixel_id), nbytes)
+    _check_memory(path, claim, nbytes)
+    source = _itk_data_source(path)
+    if source is None:
+        return
+    target, start, encoding, skip = source
+    if not target.is_file():
+        raise _Refused(f"cannot read {path}: its data file {target} does not exist")
+    size = target.stat().st_size
+    where = "" if target == path else f" of {target.name}"
+    if encoding == "raw":
+        end = nbytes if start == -1 else start + nbytes
+        _check_stored(path, claim, end, size, where)
+        return
+    if encoding == "text":
+        if size - start < 2 * nvalues - 1:
+            raise _Refused(f"cannot read {path}: {claim}, {nvalues} values as text, but{where or ' the file'} "
+                           f"holds {size - start} characters of data; it is truncated or its header is damaged")
+        return
+    need = skip + nbytes
+    with open(target, "rb") as f:
+        f.seek(start)
+        try:
+            if encoding == "zlib":
+                got = len(_inflate_zlib(f, need))
+            else:
+                with (gzip.GzipFile(fileobj=f) if encoding == "gzip" else bz2.BZ2File(f)) as z:
+                    got = len(_read_decoded(z, need))
+        except (OSError, zlib.error, EOFError) as exc:
+            raise _Refused(f"cannot read {path}: its {encoding} data are damaged: {_one_line(exc)}") from None
+    if got < need:
+        raise _Refused(f"cannot read {path}: {claim}, but its {encoding} data{where} decode to {got} bytes; "
+                       "it is truncated or its header is damaged")
 
 
 # ---------------------------------------------------------------------------------------
