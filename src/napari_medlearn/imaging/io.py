@@ -718,9 +718,13 @@ def is_dicom_file(path: str | os.PathLike) -> bool:
 
 
 def dicom_series_uid(path: str | os.PathLike) -> str | None:
-    """SeriesInstanceUID of a DICOM image file, or ``None`` if it is not a DICOM image."""
-    header = _read_slice_header(Path(path))
-    return None if header is None else header.series_uid
+    """SeriesInstanceUID of a DICOM image file, or ``None`` if it is not a DICOM image.
+
+    ``ValueError`` naming the problem for a damaged DICOM image file."""
+    found = _inspect_file(Path(path))
+    if isinstance(found, _Damaged):
+        raise ValueError(f"cannot read {path}: it is a damaged DICOM file: {found.problem}")
+    return found.series_uid if isinstance(found, _SliceHeader) else None
 
 
 def _candidate_files(folder: Path) -> list[Path]:
@@ -756,6 +760,10 @@ class _SliceHeader:
     slice_spacing_tag: float | None  # SpacingBetweenSlices, else SliceThickness: 1-slice only
     sop_uid: str = ""                 # SOPInstanceUID: the same image copied twice has the same one
     palette: bool = False             # PhotometricInterpretation PALETTE COLOR
+    # counts some scanners write, which can tell that images are missing at an end of a stack
+    images_in_acquisition: int | None = None   # ImagesInAcquisition
+    number_of_slices: int | None = None        # NumberOfSlices (NM, PET)
+    cardiac_images: int | None = None          # CardiacNumberOfImages: phases per slice
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -767,25 +775,116 @@ def _float_or_none(value: Any) -> float | None:
 
 def _int_or_none(value: Any) -> int | None:
     f = _float_or_none(value)
-    return None if f is None else int(f)
+    return None if f is None or not math.isfinite(f) else int(f)
+
+
+# names a DICOM file often has; files without the DICM marker named so are looked at twice
+_DICOM_SUFFIXES = (".dcm", ".ima", ".dicom", ".dic")
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+@dataclass(frozen=True)
+class _Damaged:
+    """A file that is, or looks like, a DICOM image but cannot be used: what is wrong, and
+    the series it names ('' when it does not tell)."""
+
+    path: Path
+    problem: str
+    series_uid: str = ""
+
+
+@dataclass(frozen=True)
+class _Foreign:
+    """A file without the DICM marker. ``cut``: empty, or nothing but a zero preamble, i.e. a
+    DICOM file cut before its marker (or unreadable), which a name like DICOM's makes damaged."""
+
+    path: Path
+    cut: bool
+    problem: str
 
 
 def _read_slice_header(path: Path) -> _SliceHeader | None:
-    """Header of one file, or None for files that are not DICOM images."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
+    """Header of one file, or None for files that are not (usable) DICOM images."""
+    found = _inspect_file(path)
+    return found if isinstance(found, _SliceHeader) else None
 
-    if not is_dicom_file(path):
-        return None
+
+def _inspect_file(path: Path) -> _SliceHeader | _Damaged | _Foreign | None:
+    """What one file of a folder is: a DICOM image header, a damaged DICOM image, a file
+    without the DICM marker, or None (a DICOM file that is no image: DICOMDIR, report, ...).
+
+    A file with the marker is damaged when pydicom cannot read it, when its header is cut
+    before the SOP class, before Rows/Columns (image classes), or before the pixel data, and
+    when its pixel data end past the end of the file or are shorter than Rows x Columns x
+    BitsAllocated say. pydicom reads a cut file without complaint (it stops where the file
+    does), so these are checked here. Large values (pixels, private blocks) are not read.
+    """
+    import pydicom
+    from pydicom.uid import UID
+
     try:
-        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
-    except InvalidDicomError:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError as exc:
+        return _Foreign(path, True, f"cannot be opened: {exc.strerror or _one_line(exc)}")
+    if len(head) < 132 or head[128:132] != b"DICM":
+        # cut before the marker: a zero preamble (what writers put there), maybe part of "DICM"
+        cut = len(head) < 132 and not head[:128].strip(b"\0") and b"DICM".startswith(head[128:])
+        return _Foreign(path, cut, "is empty" if not head else f"holds {size} bytes and no DICM marker")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")     # pydicom warns of a cut stream: said below instead
+            ds = pydicom.dcmread(str(path), defer_size=1024)
+        meta = getattr(ds, "file_meta", None)
+        sop_class = str(getattr(meta, "MediaStorageSOPClassUID", "") or ds.get("SOPClassUID", "") or "")
+        uid = str(ds.get("SeriesInstanceUID", "") or "")
+        if sop_class == _DICOMDIR_SOP_CLASS:
+            return None
+        if not sop_class:
+            return _Damaged(path, "its header is cut short, without a SOP class", uid)
+        image_class = "Image Storage" in UID(sop_class).name
+        if "Rows" not in ds or "Columns" not in ds:
+            return _Damaged(path, "its header is cut short, without Rows and Columns", uid) if image_class else None
+        keyword = next((k for k in _PIXEL_KEYWORDS if k in ds), None)
+        if keyword is None:
+            return _Damaged(path, "it is cut short before its pixel data", uid) if image_class else None
+        problem = _pixel_data_problem(ds, keyword, size)
+        if problem:
+            return _Damaged(path, problem, uid)
+        return _header_from_dataset(path, ds)
+    except Exception as exc:   # pydicom, or a value of the wrong type in a damaged header
+        return _Damaged(path, f"its header cannot be read: {_one_line(exc)}", locals().get("uid", ""))
+
+
+def _pixel_data_problem(ds, keyword: str, size: int) -> str | None:
+    """Why the pixel data of a DICOM dataset read with deferred values are incomplete, or None."""
+    el = ds.get_item(keyword, keep_deferred=True)
+    length = getattr(el, "length", None)
+    tell = getattr(el, "value_tell", None)
+    value = getattr(el, "value", None)
+    if length is None or length == 0xFFFFFFFF:      # encapsulated: pydicom drops a cut one
         return None
-    except Exception as exc:
-        raise ValueError(f"cannot read DICOM file {path}: {_one_line(exc)}") from None
-    sop_class = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
-    if sop_class == _DICOMDIR_SOP_CLASS or "Rows" not in ds or "Columns" not in ds:
-        return None  # DICOMDIR, structured reports, presentation states: not images
+    have = length
+    if value is None and tell is not None:
+        have = min(length, max(0, size - tell))
+    elif value is not None:
+        have = len(value)
+    if have < length:
+        return f"truncated pixel data: {have} of {length} bytes"
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    bits = _int_or_none(ds.get("BitsAllocated")) or 0
+    if ts is not None and not ts.is_compressed and keyword == "PixelData" and bits % 8 == 0 and bits:
+        need = (int(ds.Rows) * int(ds.Columns) * (_int_or_none(ds.get("NumberOfFrames")) or 1)
+                * (_int_or_none(ds.get("SamplesPerPixel")) or 1) * bits // 8)
+        if length < need:
+            return (f"its pixel data hold {length} bytes, fewer than {int(ds.Rows)} x {int(ds.Columns)} "
+                    f"x {bits}-bit need ({need})")
+    return None
+
+
+def _header_from_dataset(path: Path, ds) -> _SliceHeader:
+    """The :class:`_SliceHeader` of a DICOM image dataset."""
 
     def vec(name: str, n: int) -> np.ndarray | None:
         v = ds.get(name)
@@ -821,21 +920,68 @@ def _read_slice_header(path: Path) -> _SliceHeader | None:
         slice_spacing_tag=spacing_tag,
         sop_uid=str(ds.get("SOPInstanceUID", "") or ""),
         palette=str(ds.get("PhotometricInterpretation", "")).upper() == "PALETTE COLOR",
+        images_in_acquisition=_int_or_none(ds.get("ImagesInAcquisition")),
+        number_of_slices=_int_or_none(ds.get("NumberOfSlices")),
+        cardiac_images=_int_or_none(ds.get("CardiacNumberOfImages")),
     )
 
 
-def _scan_series(folder: str | os.PathLike, skip_video: bool = False) -> dict[str, list[_SliceHeader]]:
+def _looks_like_dicom(path: Path, sibling_masks: set[str]) -> str | None:
+    """Why a file without the DICM marker may be a DICOM file of this folder, or None."""
+    name = path.name.lower()
+    if name.endswith(_DICOM_SUFFIXES):
+        return f"by its {name[name.rindex('.'):]} name"
+    if _name_mask(path.name) in sibling_masks:
+        return "by its name, numbered like the DICOM files beside it"
+    return None
+
+
+def _name_mask(name: str) -> str:
+    """A file name with its numbers masked: IM_0001 and IM_0030 (or two UIDs) share it."""
+    return re.sub(r"[0-9.]+", "#", name.lower())
+
+
+@dataclass(frozen=True)
+class _Scan:
+    """The DICOM images of a folder by series, and the series that must be refused."""
+
+    groups: dict[str, list[_SliceHeader]]   # SeriesInstanceUID -> headers, in SeriesNumber order
+    refused: dict[str, str]                 # SeriesInstanceUID -> the one line saying why
+
+
+def _scan_series(folder: str | os.PathLike, skip_video: bool = False) -> _Scan:
     """DICOM image headers in ``folder`` grouped by SeriesInstanceUID, series in
-    SeriesNumber order (without clips when ``skip_video``). Raises ``ValueError`` when there
-    are none."""
+    SeriesNumber order (without clips when ``skip_video``), and the series refused for a
+    damaged file. Raises ``ValueError`` when there are no readable images.
+
+    A damaged file (see :func:`_inspect_file`) that names its series refuses that series; one
+    that does not (cut before its SeriesInstanceUID, or before the DICM marker: an empty or
+    zero-filled file named like a DICOM file) refuses every series of the folder, since it
+    may be a slice of any. A series is never read without one of its images: a stack one slice
+    short at an end has regular spacing, and nothing else would show it. A file that is named
+    like DICOM but holds something else is reported by a warning and ignored.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"no such folder: {folder}")
+    found = {p: _inspect_file(p) for p in _candidate_files(folder)}
+    masks = {_name_mask(p.name) for p, f in found.items() if isinstance(f, (_SliceHeader, _Damaged))}
+    damaged: list[_Damaged] = []
+    foreign: list[tuple[Path, str]] = []
     groups: dict[str, list[_SliceHeader]] = {}
     seen: dict[tuple[str, str], Path] = {}
     copies: list[tuple[Path, Path]] = []
-    for p in _candidate_files(folder):
-        h = _read_slice_header(p)
+    for p, h in found.items():
+        if isinstance(h, _Foreign):
+            why = _looks_like_dicom(p, masks)
+            if why is not None and h.cut:
+                damaged.append(_Damaged(p, f"it looks like DICOM {why} but {h.problem}"))
+            elif why is not None:
+                foreign.append((p, why))
+            continue
+        if isinstance(h, _Damaged):
+            damaged.append(h)
+            continue
         if h is None or (skip_video and _is_video(h)):
             continue
         if h.sop_uid:
@@ -847,7 +993,15 @@ def _scan_series(folder: str | os.PathLike, skip_video: bool = False) -> dict[st
                 continue
         groups.setdefault(h.series_uid, []).append(h)
     if not groups:
-        raise ValueError(f"no DICOM files in {folder}")
+        if damaged:
+            d = damaged[0]
+            raise ValueError(f"no DICOM files in {folder} could be read: {d.path.name} is damaged "
+                             f"({d.problem})" + (f", and {len(damaged) - 1} more" if len(damaged) > 1 else ""))
+        extra = f" ({foreign[0][0].name} looks like DICOM {foreign[0][1]} but is not one)" if foreign else ""
+        raise ValueError(f"no DICOM files in {folder}{extra}")
+    for p, why in foreign:
+        warnings.warn(f"{folder}: {p.name} looks like DICOM {why} but is not a DICOM file (no DICM marker); ignored",
+                      stacklevel=3)
     if copies:
         warnings.warn(f"{folder}: {len(copies)} file(s) repeat an image already read (same SOPInstanceUID, "
                       f"e.g. {copies[0][0].name} = {copies[0][1].name}); each image is used once",
@@ -857,7 +1011,36 @@ def _scan_series(folder: str | os.PathLike, skip_video: bool = False) -> dict[st
         n = groups[uid][0].series_number
         return (n is None, n if n is not None else 0, uid)
 
-    return {uid: groups[uid] for uid in sorted(groups, key=order)}
+    groups = {uid: groups[uid] for uid in sorted(groups, key=order)}
+    return _Scan(groups, _refusals(folder, groups, damaged))
+
+
+def _refusals(folder: Path, groups: dict[str, list[_SliceHeader]], damaged: list[_Damaged]) -> dict[str, str]:
+    """The one-line refusal of each series a damaged file belongs to (or may belong to)."""
+    refused: dict[str, str] = {}
+    own: dict[str, list[_Damaged]] = {}
+    for d in damaged:
+        if d.series_uid in groups:
+            own.setdefault(d.series_uid, []).append(d)
+    # a UID of no series here tells nothing: the value itself may be cut (pydicom keeps the part read)
+    unknown = [d for d in damaged if d.series_uid not in groups]
+
+    def names(ds: list[_Damaged]) -> str:
+        shown = ", ".join(f"{d.path.name} ({d.problem})" for d in ds[:3])
+        return shown + (f" and {len(ds) - 3} more" if len(ds) > 3 else "")
+
+    for uid, ds in own.items():
+        label = _series_label(groups[uid])
+        verb = "is" if len(ds) == 1 else "are"
+        refused[uid] = (f"DICOM series {label} in {folder}: {names(ds)} {verb} damaged; refusing a stack "
+                        f"that would be {len(ds)} image(s) short")
+    if unknown:
+        verb = "is" if len(unknown) == 1 else "are"
+        for uid, headers in groups.items():
+            refused.setdefault(uid, f"DICOM series {_series_label(headers)} in {folder}: {names(unknown)} "
+                                    f"{verb} damaged and may be an image of this series; refusing a stack that "
+                                    "may be a slice short (remove the file if it does not belong to the series)")
+    return refused
 
 
 def _series_label(headers: list[_SliceHeader]) -> str:
@@ -958,6 +1141,11 @@ def _plan_series(headers: list[_SliceHeader]) -> _SeriesPlan:
         return ((h.trigger_time, inst, h.path.name) if use_trigger else (inst, h.path.name))
 
     files = [[headers[i] for i in sorted(s, key=phase_key)] for s in slices]
+    refuse, warn = _missing_at_ends(files)
+    if refuse:
+        raise fail(refuse + "; refusing a stack with a slice missing at an end")
+    if warn:
+        warnings.warn(f"DICOM series {label}: {warn}", stacklevel=3)
 
     time_step = None
     trigger_times = None
@@ -973,6 +1161,67 @@ def _plan_series(headers: list[_SliceHeader]) -> _SeriesPlan:
     lps[:3, 2] = row * dx
     lps[:3, 3] = files[0][0].position
     return _SeriesPlan(files, _LPS_TO_RAS @ lps, time_step, trigger_times)
+
+
+def _missing_at_ends(files: list[list[_SliceHeader]]) -> tuple[str | None, str | None]:
+    """``(refusal, warning)`` when the headers of a series tell that slices (or phases) are
+    missing at an end of its stack, where the geometry cannot: the positions of the slices
+    left are as regular as those of the whole stack.
+
+    Refused, because the evidence is unambiguous: InstanceNumbers numbered phase by phase
+    whose blocks hold more numbers than the slices found (the numbers between blocks are
+    missing slices); InstanceNumbers starting past 1 by whole slices where ImagesInAcquisition
+    counts exactly the images before them; fewer slices than PET/NM's NumberOfSlices. Only
+    warned, since exports may renumber or split a series: numbers starting past 1 by whole
+    slices alone; fewer images than ImagesInAcquisition, or fewer phases than
+    CardiacNumberOfImages. Irregular numbering tells nothing and says nothing.
+    """
+    n_z, n_t = len(files), len(files[0])
+    flat = [h for s in files for h in s]
+    n = len(flat)
+
+    def common(field: str) -> int | None:
+        values = {getattr(h, field) for h in flat}
+        v = values.pop() if len(values) == 1 else None
+        return v if v is not None and v > 0 else None
+
+    slices_tag = common("number_of_slices")
+    if slices_tag is not None and slices_tag > n_z and flat[0].modality in ("PT", "NM"):
+        return f"NumberOfSlices says {slices_tag} slices, the folder holds {n_z}", None
+    numbers = np.array([[h.instance_number if h.instance_number is not None else -1 for h in s]
+                        for s in files])
+    warn = None
+    in_acq = common("images_in_acquisition")
+    cardiac = common("cardiac_images")
+    if n_t > 1 and cardiac is not None and cardiac > n_t:
+        warn = f"CardiacNumberOfImages says {cardiac} phases, the series has {n_t}: phases may be missing"
+    regular = bool(numbers.min() >= 0) and len(np.unique(numbers)) == n
+    if regular:
+        dz = int(numbers[1, 0] - numbers[0, 0]) if n_z > 1 else n_t
+        dt = int(numbers[0, 1] - numbers[0, 0]) if n_t > 1 else 1
+        zz, tt = np.mgrid[:n_z, :n_t]
+        regular = bool(np.array_equal(numbers, numbers[0, 0] + dz * zz + dt * tt))
+    if not regular:
+        if in_acq is not None and in_acq > n:
+            warn = warn or f"ImagesInAcquisition says {in_acq} images, the series has {n}: slices may be missing"
+        return None, warn
+    lo, hi = int(numbers.min()), int(numbers.max())
+    if n_t > 1 and abs(dz) == 1 and abs(dt) > n_z:
+        k = abs(dt) - n_z
+        return (f"its InstanceNumbers run phase by phase in blocks of {abs(dt)} but each phase has "
+                f"{n_z} slices ({lo}-{hi}): {k} slice(s) of every phase are not in the folder"), None
+    slice_major = abs(dt) == 1 and abs(dz) == n_t
+    if slice_major and lo > 1 and (lo - 1) % n_t == 0:
+        k = (lo - 1) // n_t
+        what = f"its InstanceNumbers start at {lo}, after {k} slice(s) of {n_t} image(s)"
+        if in_acq is not None and in_acq == n + lo - 1:
+            return f"{what}, and ImagesInAcquisition counts {in_acq} images: those slices are not in the folder", None
+        if in_acq is None or in_acq > n:
+            return None, warn or f"{what}: the first slice(s) may be missing from the folder"
+    if in_acq is not None and in_acq > n:
+        warn = warn or (f"ImagesInAcquisition says {in_acq} images, the series has {n} (numbered {lo}-{hi}): "
+                        "slices may be missing")
+    return None, warn
 
 
 def _load_series(headers: list[_SliceHeader], folder: Path, plan: _SeriesPlan | None = None) -> Volume:
@@ -1057,16 +1306,35 @@ def read_dicom_series(folder: str | os.PathLike, skip_invalid: bool = False,
         gaps), a missing phase (unequal images per slice), inconsistent image sizes or pixel
         spacing, missing geometry tags, undecodable pixels. Every series is checked from its
         headers before any pixels are read.
+
+    Notes
+    -----
+    A series is never read without one of its images. A file that is, or looks like, a DICOM
+    image of the folder (the DICM marker; else a ``.dcm``/``.ima`` name or the numbered name
+    of its neighbours, when it is empty or cut before the marker) but cannot be read, or whose
+    header or pixel data are cut short, refuses its series with one line naming the file and
+    the series; when the file does not tell its series, every series of the folder is refused
+    (remove the file if it is junk). A slice missing in the middle shows as a gap in the
+    positions; one missing at an end (its file absent) only in the headers: InstanceNumbers
+    numbered phase by phase in blocks larger than the slices found, or numbered from more
+    than 1 where ImagesInAcquisition counts the images missing, or fewer slices than PET/NM's
+    NumberOfSlices refuse the series; numbers starting past 1 alone, or fewer images or phases
+    than ImagesInAcquisition or CardiacNumberOfImages count, give a warning.
     """
     folder = Path(folder)
-    groups = _scan_series(folder, skip_video=skip_video)
+    scan = _scan_series(folder, skip_video=skip_video)
     if not skip_invalid:
-        plans = [_plan_series(h) for h in groups.values()]  # fail fast, before reading pixels
-        return [_load_series(h, folder, plan) for h, plan in zip(groups.values(), plans)]
+        for uid in scan.groups:                           # fail fast, before reading pixels
+            if uid in scan.refused:
+                raise ValueError(scan.refused[uid])
+        plans = [_plan_series(h) for h in scan.groups.values()]
+        return [_load_series(h, folder, plan) for h, plan in zip(scan.groups.values(), plans)]
     volumes, first_error = [], None
-    for headers in groups.values():
+    for uid in scan.groups:
         try:
-            volumes.append(_load_series(headers, folder))
+            if uid in scan.refused:
+                raise ValueError(scan.refused[uid])
+            volumes.append(_load_series(scan.groups[uid], folder))
         except ValueError as exc:
             first_error = first_error or exc
             warnings.warn(f"skipped {exc}", stacklevel=2)
@@ -1082,15 +1350,18 @@ def read_dicom_folder(folder: str | os.PathLike, series_uid: str | None = None) 
     naming every series when the folder holds more than one and ``series_uid`` is not given.
     """
     folder = Path(folder)
-    groups = _scan_series(folder)
-    if series_uid is not None:
-        if series_uid not in groups:
-            raise ValueError(f"no DICOM series with UID {series_uid} in {folder}")
-        return _load_series(groups[series_uid], folder)
-    if len(groups) > 1:
-        names = "; ".join(_series_label(h) for h in groups.values())
-        raise ValueError(f"{folder} holds {len(groups)} DICOM series, expected one: {names}")
-    return _load_series(next(iter(groups.values())), folder)
+    scan = _scan_series(folder)
+    groups = scan.groups
+    if series_uid is None:
+        if len(groups) > 1:
+            names = "; ".join(_series_label(h) for h in groups.values())
+            raise ValueError(f"{folder} holds {len(groups)} DICOM series, expected one: {names}")
+        series_uid = next(iter(groups))
+    if series_uid in scan.refused:
+        raise ValueError(scan.refused[series_uid])
+    if series_uid not in groups:
+        raise ValueError(f"no DICOM series with UID {series_uid} in {folder}")
+    return _load_series(groups[series_uid], folder)
 
 
 # ---------------------------------------------------------------------------------------
