@@ -179,3 +179,35 @@ def test_the_napari_reader_refuses_a_damaged_series(tmp_path):
         read_layers(str(files[(0, 1)]))               # a file of the series brings its series
     with pytest.raises(ValueError, match=f"cannot read .*{files[(0, 0)].name}: it is a damaged DICOM file"):
         read_layers(str(files[(0, 0)]))
+
+
+@pytest.mark.parametrize("keyword, value", [
+    ("PixelSpacing", ["0", "0"]), ("PixelSpacing", ["nan", "1"]), ("ImageOrientationPatient", ["0"] * 6),
+    ("ImageOrientationPatient", ["1", "0", "0", "1", "0", "0"]), ("ImagePositionPatient", ["inf", "0", "0"]),
+])
+def test_geometry_tags_that_place_no_pixel_are_refused(tmp_path, keyword, value):
+    files = write_series(tmp_path, n_t=1, n_z=3)
+    for p in files.values():
+        ds = pydicom.dcmread(p)
+        setattr(ds, keyword, value)
+        ds.save_as(p)
+    with pytest.raises(ValueError, match="3 file.* lack a valid ImagePositionPatient, ImageOrientationPatient"):
+        read_dicom_folder(tmp_path)
+
+
+def test_a_non_finite_rescale_is_refused(tmp_path):
+    files = write_series(tmp_path, n_t=1, n_z=3, slope=2.0, intercept=1.0)
+    ds = pydicom.dcmread(files[(0, 1)])
+    ds.RescaleSlope = "nan"
+    ds.save_as(files[(0, 1)])
+    with pytest.raises(ValueError, match="RescaleSlope or RescaleIntercept that is not a finite number"):
+        read_dicom_folder(tmp_path)
+
+
+@pytest.mark.parametrize("value", ["1e308", "99999999999"])
+def test_an_absurd_instance_number_is_no_number(tmp_path, value):
+    files = write_series(tmp_path, n_t=1, n_z=3)
+    ds = pydicom.dcmread(files[(0, 1)])
+    ds.InstanceNumber = value
+    ds.save_as(files[(0, 1)])
+    assert read_dicom_folder(tmp_path).data.shape == (3, 6, 8)

@@ -267,7 +267,7 @@ def read_nifti(path: str | os.PathLike) -> Volume:
 
     data = np.ascontiguousarray(arr.T)  # (x, y[, z[, t]]) -> ([t,] [z,] y, x)
     axes = {2: ("y", "x"), 3: ("z", "y", "x"), 4: ("t", "z", "y", "x")}[arr.ndim]
-    space_unit = header.get_xyzt_units()[0]
+    space_unit = _xyzt_units(header)[0]
     if space_unit in _MM_PER_SPACE_UNIT:          # "unknown" is read as mm, like every tool does
         affine_ijk = affine_ijk.copy()
         affine_ijk[:3] *= _MM_PER_SPACE_UNIT[space_unit]
@@ -284,7 +284,7 @@ def read_nifti(path: str | os.PathLike) -> Volume:
     if repaired:
         meta["geometry_repaired"] = repaired
     if arr.ndim == 4:
-        t_unit = header.get_xyzt_units()[1]
+        t_unit = _xyzt_units(header)[1]
         step = float(header["pixdim"][4])
         if t_unit in _MS_PER_TIME_UNIT and step > 0:
             meta["time_step"] = step * _MS_PER_TIME_UNIT[t_unit]
@@ -330,6 +330,21 @@ def _load_nifti(path: Path):
     return klass.from_bytes(raw)
 
 
+def _xyzt_units(header) -> tuple[str, str]:
+    """(space, time) unit names of a NIfTI header; a code NIfTI does not define reads as unknown
+    (nibabel's ``get_xyzt_units`` raises KeyError for one)."""
+    from nibabel.nifti1 import unit_codes
+
+    code = int(header["xyzt_units"])
+    names = []
+    for part in (code % 8, code - code % 8):
+        try:
+            names.append(str(unit_codes.label[part]))
+        except KeyError:
+            names.append("unknown")
+    return names[0], names[1]
+
+
 def _nifti_affine(img) -> tuple[np.ndarray, str | None]:
     """nibabel's best affine, repaired when its voxel sizes contradict ``pixdim``.
 
@@ -337,28 +352,72 @@ def _nifti_affine(img) -> tuple[np.ndarray, str | None]:
     real voxel size (the public ACDC copies do: 1 mm in the sform, 1.76 x 1.76 x 10 mm in
     pixdim). Trusting such an sform makes every volume in mL wrong by the voxel volume. When
     the sform's sizes disagree with pixdim, the qform is used if it agrees; otherwise the
-    sform keeps its directions and origin and takes its voxel sizes from pixdim. Returns the
-    ``(i, j, k)`` affine and a note of the repair (None when nothing was changed).
+    sform keeps its directions and origin and takes its voxel sizes from pixdim. An affine
+    that is no geometry at all (a NaN or infinite entry, or a singular matrix: a damaged
+    header) is replaced by the qform, else by pixdim alone (1 mm for a voxel size that is not
+    a positive number). Returns the ``(i, j, k)`` affine and a note of the repair (None when
+    nothing was changed).
     """
     header = img.header
-    aff = np.asarray(img.affine, dtype=float)
     # pixdim[1:4], not get_zooms(): a 2-D file's zooms stop at two, but its pixdim[3] is the
     # slice thickness its sform's third column also holds
     zooms = np.asarray(header["pixdim"][1:4], dtype=float)
+    zooms_ok = bool(np.all(_usable_zooms(zooms)))
+    try:
+        aff = np.asarray(img.affine, dtype=float)
+    except Exception:   # nibabel computing a qform from a damaged quaternion
+        aff = np.full((4, 4), np.nan)
+    if not _is_geometry(aff):
+        return _fallback_affine(header, zooms, "the header's affine is not a geometry (non-finite or singular)")
     norms = np.linalg.norm(aff[:3, :3], axis=0)
-    if int(header["sform_code"]) <= 0 or np.any(zooms <= 0) or np.allclose(norms, zooms, rtol=1e-3):
+    if int(header["sform_code"]) <= 0 or not zooms_ok or np.allclose(norms, zooms, rtol=1e-3):
         return aff, None
     fmt = lambda v: " x ".join(f"{float(x):.4g}" for x in v)  # noqa: E731
     what = f"sform voxel size {fmt(norms)} mm disagrees with pixdim {fmt(zooms)} mm"
     if int(header["qform_code"]) > 0:
-        q = np.asarray(header.get_qform(), dtype=float)
-        if np.allclose(np.linalg.norm(q[:3, :3], axis=0), zooms, rtol=1e-3):
+        q = _nifti_qform(header)
+        if _is_geometry(q) and np.allclose(np.linalg.norm(q[:3, :3], axis=0), zooms, rtol=1e-3):
             return q, what + "; used the qform, which agrees with pixdim"
-    if np.any(norms == 0):
-        return np.asarray(header.get_base_affine(), dtype=float), what + "; used pixdim alone"
     fixed = aff.copy()
     fixed[:3, :3] = aff[:3, :3] / norms * zooms
+    if not _is_geometry(fixed):
+        return _fallback_affine(header, zooms, what)
     return fixed, what + "; kept the sform's directions and origin with pixdim's voxel size"
+
+
+def _usable_zooms(zooms: np.ndarray) -> np.ndarray:
+    """Which voxel sizes (in the file's unit) are sizes: finite and at least 1e-3 (1 um in mm)."""
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(zooms) & (zooms >= 1e-3)
+
+
+def _is_geometry(aff: np.ndarray) -> bool:
+    """True for a 4x4 voxel-to-world matrix that places voxels: finite, within 10 km of the
+    scanner (in the file's unit) and invertible."""
+    return bool(np.all(np.isfinite(aff)) and np.all(np.abs(aff) < 1e7)
+                and abs(np.linalg.det(aff[:3, :3])) > 1e-12)
+
+
+def _nifti_qform(header) -> np.ndarray:
+    try:
+        return np.asarray(header.get_qform(), dtype=float)
+    except Exception:   # a damaged quaternion
+        return np.full((4, 4), np.nan)
+
+
+def _fallback_affine(header, zooms: np.ndarray, what: str) -> tuple[np.ndarray, str]:
+    """The qform when it is a geometry, else pixdim's axis-aligned affine (see _nifti_affine)."""
+    if int(header["sform_code"]) > 0 and int(header["qform_code"]) > 0:
+        q = _nifti_qform(header)
+        if _is_geometry(q):
+            return q, what + "; used the qform"
+    good = _usable_zooms(zooms)
+    h = header.copy()
+    pixdim = np.asarray(h["pixdim"], dtype=float)
+    pixdim[1:4] = np.where(good, zooms, 1.0)
+    h["pixdim"] = pixdim
+    note = "pixdim alone" if good.all() else "pixdim, with 1 mm for voxel sizes that are not sizes"
+    return np.asarray(h.get_base_affine(), dtype=float), f"{what}; used {note}"
 
 
 def _nifti_output_dtype(data: np.ndarray, meta: dict[str, Any]) -> np.dtype:
@@ -463,7 +522,7 @@ def write_nifti(volume: Volume, path: str | os.PathLike, overwrite: bool = False
             hdr.set_intent("none")
             hdr["cal_min"] = 0.0
             hdr["cal_max"] = 0.0
-        hdr.set_xyzt_units("mm", hdr.get_xyzt_units()[1])   # the affine is in mm, whatever the source's unit
+        hdr.set_xyzt_units("mm", _xyzt_units(hdr)[1])   # the affine is in mm, whatever the source's unit
     else:
         hdr.set_xyzt_units("mm", "sec")
 
@@ -475,9 +534,9 @@ def write_nifti(volume: Volume, path: str | os.PathLike, overwrite: bool = False
     img.set_qform(affine_ijk, code=qform_code)
 
     if has_time and meta.get("time_step"):
-        t_unit = hdr.get_xyzt_units()[1]
+        t_unit = _xyzt_units(hdr)[1]
         if t_unit not in _MS_PER_TIME_UNIT:
-            hdr.set_xyzt_units(hdr.get_xyzt_units()[0], "sec")
+            hdr.set_xyzt_units(_xyzt_units(hdr)[0], "sec")
             t_unit = "sec"
         hdr["pixdim"][4] = float(meta["time_step"]) / _MS_PER_TIME_UNIT[t_unit]
     elif has_time:
@@ -774,8 +833,9 @@ def _float_or_none(value: Any) -> float | None:
 
 
 def _int_or_none(value: Any) -> int | None:
+    """An integer tag (IS, US, ...) as int; None when absent, not a number, or beyond IS's 32 bits."""
     f = _float_or_none(value)
-    return None if f is None or not math.isfinite(f) else int(f)
+    return None if f is None or not math.isfinite(f) or abs(f) >= 2**31 else int(f)
 
 
 # names a DICOM file often has; files without the DICM marker named so are looked at twice
@@ -885,19 +945,36 @@ def _pixel_data_problem(ds, keyword: str, size: int) -> str | None:
 
 def _header_from_dataset(path: Path, ds) -> _SliceHeader:
     """The :class:`_SliceHeader` of a DICOM image dataset."""
+    from pydicom.multival import MultiValue
 
     def vec(name: str, n: int) -> np.ndarray | None:
+        """A numeric tag of n finite values, else None (absent, or damaged: no geometry)."""
         v = ds.get(name)
         if v is None:
             return None
         try:
-            arr = np.asarray([float(x) for x in v], dtype=float)
+            arr = np.asarray([float(x) for x in (v if isinstance(v, (list, tuple, MultiValue)) else [v])],
+                             dtype=float)
         except (TypeError, ValueError):
             return None
-        return arr if arr.shape == (n,) else None
+        return arr if arr.shape == (n,) and np.all(np.isfinite(arr)) and np.all(np.abs(arr) < 1e9) else None
 
     ps = vec("PixelSpacing", 2)
-    spacing_tag = _float_or_none(ds.get("SpacingBetweenSlices")) or _float_or_none(ds.get("SliceThickness"))
+    if ps is not None and not np.all(ps > 0):
+        ps = None
+    iop = vec("ImageOrientationPatient", 6)
+    if iop is not None:
+        # two unit vectors at right angles (PS3.3 C.7.6.2.1.1); anything else places no pixel
+        norms = np.linalg.norm(iop[:3]), np.linalg.norm(iop[3:])
+        if min(norms) < 1e-3 or abs(iop[:3] @ iop[3:]) > 1e-2 * norms[0] * norms[1]:
+            iop = None
+
+    def positive(name: str) -> float | None:
+        v = _float_or_none(ds.get(name))
+        return v if v is not None and math.isfinite(v) and v > 0 else None
+
+    trigger = _float_or_none(ds.get("TriggerTime"))
+    spacing_tag = positive("SpacingBetweenSlices") or positive("SliceThickness")
     slope = _float_or_none(ds.get("RescaleSlope"))
     intercept = _float_or_none(ds.get("RescaleIntercept"))
     return _SliceHeader(
@@ -909,9 +986,9 @@ def _header_from_dataset(path: Path, ds) -> _SliceHeader:
         rows=int(ds.Rows),
         columns=int(ds.Columns),
         position=vec("ImagePositionPatient", 3),
-        orientation=vec("ImageOrientationPatient", 6),
+        orientation=iop,
         pixel_spacing=None if ps is None else (float(ps[0]), float(ps[1])),
-        trigger_time=_float_or_none(ds.get("TriggerTime")),
+        trigger_time=trigger if trigger is not None and math.isfinite(trigger) else None,
         instance_number=_int_or_none(ds.get("InstanceNumber")),
         slope=1.0 if slope is None else slope,
         intercept=0.0 if intercept is None else intercept,
@@ -1074,8 +1151,12 @@ def _plan_series(headers: list[_SliceHeader]) -> _SeriesPlan:
     missing = [h.path.name for h in headers
                if h.position is None or h.orientation is None or h.pixel_spacing is None]
     if missing:
-        raise fail(f"{len(missing)} file(s) lack ImagePositionPatient, ImageOrientationPatient "
+        raise fail(f"{len(missing)} file(s) lack a valid ImagePositionPatient, ImageOrientationPatient "
                    f"or PixelSpacing (e.g. {missing[0]})")
+    odd_scale = [h.path.name for h in headers if not (math.isfinite(h.slope) and math.isfinite(h.intercept))]
+    if odd_scale:
+        raise fail(f"{len(odd_scale)} file(s) have a RescaleSlope or RescaleIntercept that is not a finite "
+                   f"number (e.g. {odd_scale[0]})")
     sizes = sorted({(h.rows, h.columns) for h in headers})
     if len(sizes) > 1:
         raise fail("inconsistent image sizes: " + ", ".join(f"{r}x{c}" for r, c in sizes))
