@@ -150,3 +150,18 @@ def test_a_truncated_raw_nrrd_and_detached_data_file_are_refused(tmp_path):
     raw.write_bytes(raw.read_bytes()[:100])
     with pytest.raises(ValueError, match=r"of ok\.raw, but the file has 100 bytes"):
         read_itk_image(tmp_path / "ok.nhdr")
+
+
+@pytest.mark.parametrize("name", ["ext.nii", "ext.nii.gz"])
+@pytest.mark.parametrize("klass", [nib.Nifti1Image, nib.Nifti2Image])
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_honest_files_with_header_extensions_still_read(tmp_path, name, klass, order):
+    from napari_medlearn.imaging.io import read_nifti
+
+    data = np.arange(2 * 3 * 4, dtype=order + "i2").reshape(2, 3, 4)
+    img = klass(data, np.diag([2.0, 3.0, 4.0, 1.0]), klass.header_class(endianness=order))
+    img.header.extensions.append(nib.nifti1.Nifti1Extension(6, b"a comment longer than 540 bytes " * 40))
+    nib.save(img, tmp_path / name)
+    vol = read_nifti(tmp_path / name)
+    np.testing.assert_array_equal(vol.data, data.T)
+    assert len(vol.meta["nifti_header"].extensions) == 1

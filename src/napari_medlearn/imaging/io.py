@@ -311,7 +311,8 @@ def _load_nifti(path: Path):
     if not ({348, 540} & set(sizeof)) or len(head) < (540 if klass is nib.Nifti2Image else 348):
         raise _Refused(f"cannot read {path} as NIfTI: no NIfTI header (the file starts with "
                        f"{len(head)} bytes that are not one)")
-    header = klass.header_class.from_fileobj(io.BytesIO(head))
+    # the fixed header alone: extensions follow it up to vox_offset, and nibabel reads them below
+    header = klass.header_class(head[: 540 if klass is nib.Nifti2Image else 348])
     shape = tuple(int(s) for s in header.get_data_shape())
     _check_shape(path, "NIfTI", shape)
     dtype = np.dtype(header.get_data_dtype())
