@@ -1,13 +1,14 @@
 """A fuzz test of the readers over mutated real files, bounded in time and memory.
 
-Seeds are nibabel's own test images (NIfTI-1 and -2, gzipped or not), NRRD and MetaImage files
-written by SimpleITK from one of them, and small DICOM series built from pydicom's MR_small and
-CT_small. Each of 150 inputs gets one seeded mutation: random byte flips, a truncation, or a
+Seeds (which must read as they are) are nibabel's own test images (NIfTI-1 and -2, gzipped or
+not, one given a header extension), NRRD and MetaImage files written by SimpleITK from one of
+them, and small DICOM series built from pydicom's MR_small and CT_small. Each of 150 inputs gets one seeded mutation: random byte flips, a truncation, or a
 header field set to a hostile value (NIfTI dims, datatype, vox_offset, pixdim, scaling, qform and
 sform; DICOM Rows, Columns, BitsAllocated, NumberOfFrames, geometry and rescale tags, in one file
 of a series or in all). Every input must either read or raise what the CLI turns into one line
 (ValueError and its subclasses, FileNotFoundError): never MemoryError, RecursionError,
-struct.error, OverflowError, IndexError, ZeroDivisionError, another exception, a crash or a hang.
+struct.error, OverflowError, IndexError, ZeroDivisionError, another exception, a crash or a hang;
+and what reads has a geometry (a finite, invertible affine), never a NaN one read in silence.
 
 The reads run in a child process limited to 3 GiB of address space and 20 s per input, the
 whole run to 180 s; the child prints one line per input as it starts it, so a crash names it.
@@ -116,6 +117,12 @@ def _seeds(root: Path) -> list[Path]:
                  "standard.nii.gz"):
         shutil.copy(data / name, root / name)
         seeds.append(root / name)
+    import nibabel as nib
+
+    ext = nib.load(data / "anatomical.nii")          # with a header extension up to vox_offset
+    ext.header.extensions.append(nib.nifti1.Nifti1Extension(6, b"a comment " * 80))
+    nib.save(ext, root / "anat_ext.nii.gz")
+    seeds.append(root / "anat_ext.nii.gz")
     nii = sitk.ReadImage(str(data / "anatomical.nii"))
     img = sitk.GetImageFromArray(sitk.GetArrayFromImage(nii))   # its geometry, without NIfTI's metadata
     img.CopyInformation(nii)
@@ -281,7 +288,7 @@ def _make_cases(root: Path) -> list[tuple[Path, str]]:
         out = root / name
         what = _mutate_series(seed, out, rng) if seed.is_dir() else _mutate_file(seed, out, rng)
         cases.append((out, f"{seed.name}: {what}"))
-    return cases
+    return [(seed, "unmutated seed") for seed in seeds] + cases
 
 
 def test_mutated_real_files_read_or_are_refused_in_one_line(tmp_path):
@@ -302,6 +309,8 @@ def test_mutated_real_files_read_or_are_refused_in_one_line(tmp_path):
     bad = [f"{Path(p).name} ({what[p]}): {o}" for p, o in outcomes.items() if o.startswith("BAD")]
     read = sum(o == "read" for o in outcomes.values())
     print(f"{len(outcomes)} inputs: {read} read, {len(outcomes) - read - len(bad)} refused, {len(bad)} bad")
-    assert len(outcomes) == N_CASES
+    assert len(outcomes) == len(cases)
     assert not bad, "\n".join(bad)
+    unread = [p for p, w in what.items() if w == "unmutated seed" and outcomes[p] != "read"]
+    assert not unread, [outcomes[p] for p in unread]
     assert 10 < read < N_CASES - 10             # the mutations neither all fail nor all pass
