@@ -211,3 +211,17 @@ def test_an_absurd_instance_number_is_no_number(tmp_path, value):
     ds.InstanceNumber = value
     ds.save_as(files[(0, 1)])
     assert read_dicom_folder(tmp_path).data.shape == (3, 6, 8)
+
+
+@pytest.mark.parametrize("name", ["image_dfl.dcm", "MR_small_bigendian.dcm", "MR_small_implicit.dcm",
+                                  "MR_small_RLE.dcm", "JPEG2000.dcm", "CT_small.dcm", "liver.dcm"])
+def test_pydicom_files_of_every_kind_are_not_taken_for_damaged(tmp_path, name):
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    shutil.copy(get_testdata_file(name), tmp_path / name)
+    try:
+        read_dicom_series(tmp_path)
+    except ValueError as exc:        # multi-frame files are refused, and so are undecodable pixels
+        assert "damaged" not in str(exc), str(exc)

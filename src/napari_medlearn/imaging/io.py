@@ -354,9 +354,9 @@ def _nifti_affine(img) -> tuple[np.ndarray, str | None]:
     pixdim). Trusting such an sform makes every volume in mL wrong by the voxel volume. When
     the sform's sizes disagree with pixdim, the qform is used if it agrees; otherwise the
     sform keeps its directions and origin and takes its voxel sizes from pixdim. An affine
-    that is no geometry at all (a NaN or infinite entry, or a singular matrix: a damaged
-    header) is replaced by the qform, else by pixdim alone (1 mm for a voxel size that is not
-    a positive number). Returns the ``(i, j, k)`` affine and a note of the repair (None when
+    that is no geometry at all (a NaN, infinite or absurd entry, or a singular matrix: a
+    damaged header) is replaced by the qform, else by pixdim alone (1 mm for a voxel size that
+    is not finite and at least 1e-3), and the repair is said. Returns the ``(i, j, k)`` affine and a note of the repair (None when
     nothing was changed).
     """
     header = img.header
@@ -926,14 +926,16 @@ def _pixel_data_problem(ds, keyword: str, size: int) -> str | None:
     value = getattr(el, "value", None)
     if length is None or length == 0xFFFFFFFF:      # encapsulated: pydicom drops a cut one
         return None
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     have = length
-    if value is None and tell is not None:
+    if ts == "1.2.840.10008.1.2.1.99":
+        pass        # deflated: positions are in the inflated stream, not the file (zlib says a cut)
+    elif value is None and tell is not None:
         have = min(length, max(0, size - tell))
     elif value is not None:
         have = len(value)
     if have < length:
         return f"truncated pixel data: {have} of {length} bytes"
-    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     bits = _int_or_none(ds.get("BitsAllocated")) or 0
     if ts is not None and not ts.is_compressed and keyword == "PixelData" and bits % 8 == 0 and bits:
         need = (int(ds.Rows) * int(ds.Columns) * (_int_or_none(ds.get("NumberOfFrames")) or 1)
