@@ -2,7 +2,8 @@
 
 Seeds (which must read as they are) are nibabel's own test images (NIfTI-1 and -2, gzipped or
 not, one given a header extension), NRRD and MetaImage files written by SimpleITK from one of
-them, and small DICOM series built from pydicom's MR_small and CT_small. Each of 150 inputs gets one seeded mutation: random byte flips, a truncation, or a
+them, and small DICOM series built from pydicom's MR_small (little and big endian) and CT_small.
+Each of 150 inputs gets one seeded mutation: random byte flips, a truncation, or a
 header field set to a hostile value (NIfTI dims, datatype, vox_offset, pixdim, scaling, qform and
 sform; DICOM Rows, Columns, BitsAllocated, NumberOfFrames, geometry and rescale tags, in one file
 of a series or in all). Every input must either read or raise what the CLI turns into one line
@@ -132,6 +133,7 @@ def _seeds(root: Path) -> list[Path]:
         seeds.append(root / name)
     seeds.append(_dicom_series("MR_small.dcm", root / "mr_series"))
     seeds.append(_dicom_series("CT_small.dcm", root / "ct_series"))
+    seeds.append(_dicom_series("MR_small_bigendian.dcm", root / "mr_big_endian_series"))
     return seeds
 
 
