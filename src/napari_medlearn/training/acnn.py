@@ -127,7 +127,7 @@ def calibration(model, masks, rng: np.random.Generator) -> dict[str, float]:
     # between the two medians with a quarter of that gap as its scale (the first rule) was a step:
     # 40 % of held-out expert masks scored ~0. Damage is told apart by the exact anatomy checks
     # (methods.acnn.fault_factor) and the ranking, which a monotone calibration cannot change.
-    scale = max((c - low) / np.log(9.0), 1e-3)
+    scale = max(float((c - low) / np.log(9.0)), 1e-3)
     return {"midpoint": low, "scale": scale, "rule": f"clean median -> 0.9, clean {CLEAN_PERCENTILE}th percentile "
             "-> 0.5 (logistic)", "clean_median_agreement": c, f"clean_p{CLEAN_PERCENTILE}_agreement": low,
             "damaged_median_agreement": d, "n_masks": len(masks)}
