@@ -361,6 +361,9 @@ def read_itk_image(path: str | os.PathLike) -> Volume:
 # DICOM
 # ---------------------------------------------------------------------------------------
 _DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+# derived objects that have Rows and Columns but are no slices of a series: Segmentation,
+# Parametric Map (read by imaging.dicom_seg and imaging.dicom_sr)
+_DERIVED_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.30")
 # Positions within this distance (mm) along the normal belong to the same slice.
 _SAME_SLICE_MM = 1e-2
 # A gap may differ from the median gap by this fraction before a slice counts as missing.
@@ -447,6 +450,8 @@ def _read_slice_header(path: Path) -> _SliceHeader | None:
     sop_class = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
     if sop_class == _DICOMDIR_SOP_CLASS or "Rows" not in ds or "Columns" not in ds:
         return None  # DICOMDIR, structured reports, presentation states: not images
+    if sop_class in _DERIVED_SOP_CLASSES or str(ds.get("SOPClassUID", "")) in _DERIVED_SOP_CLASSES:
+        return None
 
     def vec(name: str, n: int) -> np.ndarray | None:
         v = ds.get(name)
