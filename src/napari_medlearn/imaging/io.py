@@ -420,6 +420,7 @@ class _SliceHeader:
     slice_spacing_tag: float | None  # SpacingBetweenSlices, else SliceThickness: 1-slice only
     sop_uid: str = ""                 # SOPInstanceUID: the same image copied twice has the same one
     palette: bool = False             # PhotometricInterpretation PALETTE COLOR
+    frame: int | None = None          # the frame of an enhanced (multi-frame) file, see dicom_enhanced
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -504,6 +505,11 @@ def _scan_series(folder: str | os.PathLike, skip_video: bool = False) -> dict[st
         h = _read_slice_header(p)
         if h is None or (skip_video and _is_video(h)):
             continue
+        if h.frames > 1 and not _is_video(h):    # enhanced MR/CT: one header per frame
+            from .dicom_enhanced import frame_headers
+
+            groups.setdefault(h.series_uid, []).extend(frame_headers(h))
+            continue
         if h.sop_uid:
             # a second file of an image already read (an export copied twice) is the same image,
             # not another phase
@@ -550,7 +556,7 @@ def _plan_series(headers: list[_SliceHeader]) -> _SeriesPlan:
     def fail(problem: str) -> ValueError:
         return ValueError(f"DICOM series {label}: {problem}")
 
-    if any(h.frames > 1 for h in headers):
+    if any(h.frames > 1 and h.frame is None for h in headers):
         raise fail("multi-frame (enhanced) DICOM files are not supported")
     if any(h.samples_per_pixel != 1 for h in headers):
         raise fail("colour images (SamplesPerPixel > 1) are not supported")
@@ -652,11 +658,17 @@ def _load_series(headers: list[_SliceHeader], folder: Path, plan: _SeriesPlan | 
     rescaled = any(h.slope != 1.0 or h.intercept != 0.0 for h in headers)
 
     planes: list[np.ndarray] = []
+    multi: dict[Path, np.ndarray] = {}       # an enhanced file's frames, decoded once
     for t in range(n_t):
         for z in range(n_z):
             h = plan.files[z][t]
             try:
-                px = pydicom.dcmread(str(h.path)).pixel_array
+                if h.frame is not None:
+                    if h.path not in multi:
+                        multi[h.path] = pydicom.dcmread(str(h.path)).pixel_array.reshape(h.frames, h.rows, h.columns)
+                    px = multi[h.path][h.frame]
+                else:
+                    px = pydicom.dcmread(str(h.path)).pixel_array
             except Exception as exc:
                 raise ValueError(f"DICOM series {label}: cannot decode pixels of {h.path.name}: "
                                  f"{_one_line(exc)}") from None
@@ -904,7 +916,9 @@ def read_volume(path: str | os.PathLike) -> Volume | list[Volume]:
     series_uid = dicom_series_uid(path)
     if series_uid is None:
         raise ValueError(f"cannot read {path}: not a NIfTI, NRRD/MetaImage or DICOM image file")
-    return read_dicom_folder(path.parent, series_uid=series_uid)
+    from .dicom_enhanced import read_dicom_file  # its series, or the file alone if that is no series
+
+    return read_dicom_file(path, series_uid)
 
 
 def _one_line(exc: BaseException) -> str:
