@@ -196,7 +196,9 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
             if series_uid is None:
                 raise ValueError(f"cannot read {p}: not a DICOM image file")
             if (str(p.parent.resolve()), series_uid) not in seen_series:
-                add_series([read_dicom_folder(p.parent, series_uid=series_uid)])
+                from .imaging.dicom_enhanced import read_dicom_file   # its series, or itself if no series
+
+                add_series([read_dicom_file(p, series_uid)])
     return layers
 
 
