@@ -292,6 +292,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pacs(args: argparse.Namespace) -> int:
+    from .pacs import PacsError, run_cli
+
+    try:
+        return run_cli(args)
+    except PacsError as e:
+        raise CLIError(str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medlearn", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -443,6 +452,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("models", help="list shipped models")
     s.set_defaults(func=cmd_models)
+
+    from .pacs import add_cli as add_pacs_cli   # medlearn pacs find|retrieve|store (DICOMweb)
+
+    add_pacs_cli(sub)
+    sub.choices["pacs"].set_defaults(func=cmd_pacs)
 
     s = sub.add_parser("demo", help="run every method on the built-in sample data; write outputs and a report")
     s.add_argument("--out", default="medlearn-demo", help="output directory (default ./medlearn-demo)")
