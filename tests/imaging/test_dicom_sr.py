@@ -128,3 +128,32 @@ def test_uncertainty_parametric_map_on_its_source(small_series, tmp_path):
         np.testing.assert_array_equal(frames[i], values[order.index(ref)])
     with pytest.raises(ValueError, match="does not match the source series"):
         write_parametric_map(values[:2], folder, tmp_path / "bad.dcm")
+
+
+def test_segment_heart_on_a_dicom_cine_writes_seg_and_sr_matching_its_nifti_and_csv(tmp_path):
+    """DICOM in, DICOM out: the job's SEG holds labels.nii.gz, its SR the numbers of measures.csv
+    (the shipped phantom model, which finds the phantom's heart)."""
+    from napari_medlearn.cli import main
+    from napari_medlearn.imaging.dicom_seg import read_seg_series
+    from napari_medlearn.imaging.io import read_nifti
+    from napari_medlearn.samples.cardiac_phantom import cardiac_cine_phantom
+
+    image, _ = cardiac_cine_phantom(seed=4, n_frames=3, matrix=(40, 48), in_plane_spacing=6.0).volumes()
+    write_dicom_series(image, tmp_path / "cine")
+    out = tmp_path / "out"
+    assert main(["segment-heart", str(tmp_path / "cine"), "--out", str(out), "--model", "cardiac-fcn-phantom",
+                 "--quiet", "--device", "cpu"]) == 0
+    segs = sorted(out.glob("seg_t*.dcm"))
+    assert len(segs) == 3 and (out / "sr.dcm").exists()
+    np.testing.assert_array_equal(read_seg_series(segs).labels, read_nifti(out / "labels.nii.gz").data)
+    with open(out / "measures.csv", newline="") as f:
+        written = next(csv.DictReader(f))
+    values = {k: v for g in read_measurement_report(out / "sr.dcm") for k, v in g["measures"].items()}
+    assert written["LVEDV_mL"] and written["LVEF_pct"]               # the heart was found
+    assert values == {k: float(written[k]) for k in CARDIAC_MEASURES if written[k] != ""}
+    algo = pydicom.dcmread(segs[0]).SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert written["model_sha256"] in str(algo.AlgorithmParameters)
+    # a second run without --overwrite refuses to replace the DICOM outputs too
+    (out / "labels.nii.gz").unlink()
+    assert main(["segment-heart", str(tmp_path / "cine"), "--out", str(out), "--model", "cardiac-fcn-phantom",
+                 "--quiet", "--device", "cpu"]) == 2

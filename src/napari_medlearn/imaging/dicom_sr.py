@@ -291,3 +291,58 @@ def write_parametric_map(
     with atomic_path(out) as tmp:
         pm.save_as(str(tmp), enforce_file_format=True)
     return out
+
+
+# ---------------------------------------------------------------------------------------
+# a job's results as DICOM, beside its NIfTI/CSV outputs
+# ---------------------------------------------------------------------------------------
+#: file names a job writes when its input was DICOM (shell patterns, as jobs.existing_outputs takes)
+DICOM_OUTPUTS = ("seg.dcm", "seg_t*.dcm", "sr.dcm", "uncertainty_pm.dcm")
+
+
+def dicom_source(path: str | os.PathLike) -> list[Path] | None:
+    """The files of the DICOM series a job read from ``path`` (a series folder, or one file of a
+    series), or None when ``path`` is not DICOM (NIfTI, NRRD, ...)."""
+    from .io import _candidate_files, dicom_series_uid, folder_has_dicom, is_dicom_file
+
+    p = Path(path)
+    if p.is_dir():
+        return _candidate_files(p) if folder_has_dicom(p) else None
+    if not is_dicom_file(p):
+        return None
+    uid = dicom_series_uid(p)
+    return [f for f in _candidate_files(p.parent) if is_dicom_file(f) and dicom_series_uid(f) == uid]
+
+
+def write_cardiac_dicom(out: str | os.PathLike, source: Sequence[Path], labels, row: Mapping[str, Any],
+                        algorithm: Algorithm) -> dict[str, Path]:
+    """SEG (one per phase for a cine) and the TID 1500 report of a cardiac run on a DICOM cine."""
+    from .dicom_seg import CARDIAC_STRUCTURES, write_seg
+
+    out = Path(out)
+    segs = write_seg(labels, source, CARDIAC_STRUCTURES, algorithm, out / "seg.dcm", overwrite=True)
+    paths = {f"seg_{i + 1}": p for i, p in enumerate(segs)}
+    if not any(row.get(k) is not None and np.isfinite(float(row[k])) for k in MEASURE_CONCEPTS if k in row):
+        return paths                      # nothing measured (no heart found): the SEG says so alone
+    ed, es = row.get("ED_frame"), row.get("ES_frame")
+    ed_seg = segs[int(ed)] if ed is not None and len(segs) > 1 else segs[0]
+    es_seg = segs[int(es)] if es is not None and len(segs) > 1 else segs[0]
+    paths["sr"] = write_measurement_report(cardiac_groups(row, ed_seg, es_seg), algorithm, out / "sr.dcm",
+                                           procedure=("241620005", "SCT", "Cardiac MRI"), overwrite=True)
+    return paths
+
+
+def write_lesion_dicom(out: str | os.PathLike, source: Sequence[Path], labels, volumes: Mapping[str, Any],
+                       algorithm: Algorithm, uncertainty=None) -> dict[str, Path]:
+    """SEG, TID 1500 report and (for an ensemble) the uncertainty parametric map of a lesion run
+    whose FLAIR was a DICOM series."""
+    from .dicom_seg import LESION_STRUCTURES, write_seg
+
+    out = Path(out)
+    [seg] = write_seg(labels, source, LESION_STRUCTURES, algorithm, out / "seg.dcm", overwrite=True)
+    paths = {"seg": seg, "sr": write_measurement_report(lesion_groups(volumes, seg), algorithm, out / "sr.dcm",
+                                                        overwrite=True)}
+    if uncertainty is not None:
+        paths["uncertainty_pm"] = write_parametric_map(uncertainty, source, out / "uncertainty_pm.dcm",
+                                                       algorithm=algorithm, overwrite=True)
+    return paths
