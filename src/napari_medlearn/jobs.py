@@ -149,7 +149,7 @@ def write_recon_outputs(out: Path, result, volume=None, reference=None, source: 
 
 LESION_CLASS_FILES = {1: "necrotic_core", 2: "oedema", 4: "enhancing"}
 LESION_OUTPUTS = ("labels.nii.gz", "volumes.csv", "lesions.json", "uncertainty.nii.gz",
-                  "mutual_information.nii.gz") + tuple(
+                  "mutual_information.nii.gz", "seg.dcm", "sr.dcm", "uncertainty_pm.dcm") + tuple(
     f"probability_{n}.nii.gz" for n in LESION_CLASS_FILES.values())
 
 
@@ -369,7 +369,7 @@ def write_plane_outputs(out: Path, result, frames, volume=None, source: str = ""
     return report
 
 
-CARDIAC_OUTPUTS = ("labels.nii.gz", "measures.csv", "measures.json")
+CARDIAC_OUTPUTS = ("labels.nii.gz", "measures.csv", "measures.json", "seg.dcm", "seg_t*.dcm", "sr.dcm")
 
 
 def read_cine(image: str | Path | Sequence[str | Path]):
@@ -413,7 +413,28 @@ def segment_heart_job(out: str | Path, image: str | Path | Sequence[str | Path],
     lines += [f"QC: {f['reason']}" for f in res.qc]
     lines.append(f"wrote {paths['labels']}, {paths['csv']}, {paths['json']}")
     row = measures_row(res.measures, res.qc, res.model_name, res.model_sha256, str(image))
+    paths.update(_dicom_results(out, image, lines, "cardiac", vol.with_data(res.labels), row, res.model_name,
+                                res.model_sha256))
     return JobResult(paths, row, lines)
+
+
+def _dicom_results(out, image, lines: list[str], kind: str, labels, figures, model: str, sha256: str,
+                   uncertainty=None) -> dict:
+    """DICOM in, DICOM out: SEG + SR (+ parametric map) beside the NIfTI/CSV outputs (imaging.dicom_sr)."""
+    from .imaging import dicom_sr
+    from .imaging.dicom_seg import Algorithm, _version
+
+    source = dicom_sr.dicom_source(image) if isinstance(image, (str, Path)) else None
+    if not source:
+        return {}
+    # the weights' sha256 identifies the model; the version is the software's that ran it
+    algorithm = Algorithm(str(model or ""), f"napari-medlearn {_version()}", str(sha256 or ""))
+    if kind == "cardiac":
+        paths = dicom_sr.write_cardiac_dicom(out, source, labels, figures, algorithm)
+    else:
+        paths = dicom_sr.write_lesion_dicom(out, source, labels, figures, algorithm, uncertainty)
+    lines.append(f"wrote DICOM {', '.join(p.name for p in paths.values())}")
+    return paths
 
 
 def reconstruct_job(out: str | Path, source: str | Path, *, mask: str | Path | None = None,
@@ -481,6 +502,9 @@ def segment_lesions_job(out: str | Path, flair: str | Path, t1c: str | Path, *, 
     res = segment_lesions(channels, ref.spacing, model=model, brain_mask=brain, device=device,
                           decision=decision, progress=progress, affine=ref.affine)
     paths = write_lesion_outputs(_ready(out), ref, res, f"FLAIR {flair}; T1c {t1c}")
+    paths.update(_dicom_results(out, flair, notes, "lesions", ref.with_data(res.labels),
+                                {k: round(x, 3) for k, x in res.volumes_ml.items()},   # as volumes.csv
+                                res.model, res.model_sha256, res.uncertainty))
     v = res.volumes_ml
     lines = [f"whole tumour {v['whole_tumour_mL']:.1f} mL  oedema {v['oedema_mL']:.1f} mL  "
              f"enhancing {v['enhancing_mL']:.1f} mL  necrotic core {v['necrotic_core_mL']:.1f} mL",
