@@ -163,3 +163,30 @@ def test_credentials_come_from_the_environment_only(monkeypatch):
     session = pacs._session()
     assert session.auth == ("someone", "pw") and "Authorization" not in session.headers
     assert pacs.safe_url("https://a:b@pacs.example.org:8443/dicom-web?x=1") == "https://pacs.example.org:8443/dicom-web"
+
+
+def test_segment_heart_from_the_pacs_pushes_its_seg_back(pacs_env, tiny_cardiac, tmp_path, capsys, monkeypatch):
+    """``medlearn segment-heart --pacs URL --study UID --push``: WADO-RS into a temporary folder
+    (gone afterwards), the job, then STOW-RS of its DICOM results into the same study."""
+    import tempfile
+
+    from napari_medlearn.imaging.volume import Volume, affine_from_spacing
+
+    server = pacs_env
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    rng = np.random.default_rng(3)
+    cine = Volume(rng.random((2, 3, 24, 24)).astype(np.float32), affine_from_spacing((8.0, 1.5, 1.5)),
+                  ("t", "z", "y", "x"), {"time_step": 40.0})
+    files = write_dicom_series(cine, tmp_path / "cine", patient_id="PACS-TEST-3")
+    pacs.store(server.url, files)
+    study = str(pydicom.dcmread(files[0]).StudyInstanceUID)
+    assert main(["segment-heart", "--pacs", server.url, "--study", study, "--out", str(tmp_path / "out"),
+                 "--model", str(tiny_cardiac), "--push", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "pushed to" in out and "stored 2" in out                     # one SEG per phase
+    assert sorted(_study_series(server, study).values()) == ["MR", "SEG"]   # no heart found: no SR
+    assert not list((tmp_path / "tmp").iterdir())                       # the download is gone
+    assert main(["segment-heart", "--pacs", server.url, "--study", "1.2.3.4", "--out", str(tmp_path / "o2"),
+                 "--quiet"]) == 2
+    assert "holds 0 image series" in capsys.readouterr().err

@@ -317,3 +317,63 @@ def run_cli(args) -> int:
     else:
         print(store(args.url, args.files).summary())
     return 0
+
+
+# ---------------------------------------------------------------------------------------
+# jobs on a PACS: --pacs URL --study UID [--series UID] [--push]
+# ---------------------------------------------------------------------------------------
+_NOT_IMAGES = ("SEG", "SR", "PR", "KO", "RTSTRUCT", "DOC")
+
+
+def add_job_args(parser) -> None:
+    """``--pacs``, ``--study``, ``--series``, ``--push`` on a job's sub-parser."""
+    g = parser.add_argument_group("PACS (DICOMweb)", f"credentials from {USER_ENV}/{PASSWORD_ENV} or {TOKEN_ENV}")
+    g.add_argument("--pacs", default=None, metavar="URL", help="read the input from this DICOMweb server")
+    g.add_argument("--study", default=None, metavar="UID", help="StudyInstanceUID of the input (with --pacs)")
+    g.add_argument("--series", default=None, metavar="UID",
+                   help="SeriesInstanceUID (default: the study's one image series)")
+    g.add_argument("--push", action="store_true", help="store the DICOM results (SEG, SR) back to --pacs")
+
+
+def _image_series(url: str, study_uid: str) -> str:
+    rows = [r for r in find(url, study_uid=study_uid) if r["modality"] not in _NOT_IMAGES]
+    if len(rows) != 1:
+        names = "; ".join(f"{r['series_uid']} ({r['modality']} {r['series_description']!r})" for r in rows)
+        raise PacsError(f"study {study_uid} holds {len(rows)} image series on {safe_url(url)}"
+                        + (f": {names}; choose one with --series" if rows else ""))
+    return rows[0]["series_uid"]
+
+
+def with_pacs(args, input_attr: str, run: Callable):
+    """Run ``run(args)`` (a job returning a ``JobResult``) on a series retrieved from
+    ``args.pacs`` into a temporary folder (removed afterwards) when ``--pacs`` is given, and
+    store the job's DICOM outputs back with ``--push``."""
+    import shutil
+
+    if args.push and not args.pacs:
+        raise PacsError("--push stores results back to the PACS given with --pacs URL")
+    if not args.pacs:
+        if getattr(args, input_attr) is None:
+            raise PacsError(f"give the {input_attr} (a file or DICOM folder), or --pacs URL --study UID")
+        return run(args)
+    if not args.study:
+        raise PacsError("--pacs needs --study UID (list studies with: medlearn pacs find --url URL)")
+    if getattr(args, input_attr) is not None:
+        raise PacsError(f"give either the {input_attr} or --pacs, not both")
+    series = args.series or _image_series(args.pacs, args.study)
+    folder = new_download_folder()
+    try:
+        retrieve(args.pacs, args.study, folder / "series", series)
+        setattr(args, input_attr, str(folder / "series"))
+        result = run(args)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)     # patient images do not linger in /tmp
+        setattr(args, input_attr, None)
+    if args.push:
+        dicom = [p for p in result.outputs.values() if str(p).endswith(".dcm")]
+        if not dicom:
+            result.lines.append("nothing to push: the job wrote no DICOM results")
+        else:
+            done = store(args.pacs, dicom)
+            result.lines.append(f"pushed to {safe_url(args.pacs)}: {done.summary()}")
+    return result
