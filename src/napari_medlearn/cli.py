@@ -72,10 +72,16 @@ def _progress_printer(label: str):
 
 def cmd_segment_heart(args: argparse.Namespace) -> int:
     from .jobs import CARDIAC_OUTPUTS, segment_heart_job
+    from .pacs import PacsError, with_pacs   # --pacs URL --study UID [--series UID] [--push]
 
-    out = _out_dir(args.out, CARDIAC_OUTPUTS, args.overwrite, [args.input])
-    return _report(segment_heart_job(out, args.input, model=args.model, device=args.device,
-                                     progress=_progress(args, "segment-heart")))
+    def run(args: argparse.Namespace):
+        out = _out_dir(args.out, CARDIAC_OUTPUTS, args.overwrite, [args.input])
+        return segment_heart_job(out, args.input, model=args.model, device=args.device,
+                                 progress=_progress(args, "segment-heart"))
+    try:
+        return _report(with_pacs(args, "input", run))
+    except PacsError as e:
+        raise CLIError(str(e)) from None
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
@@ -311,10 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--quiet", action="store_true", help="no progress output")
 
     s = sub.add_parser("segment-heart", help="segment LV, myocardium and RV in a cine; write labels and measures")
-    s.add_argument("input", help="NIfTI file (t,z,y,x or z,y,x) or a DICOM cine folder")
+    s.add_argument("input", nargs="?", help="NIfTI file (t,z,y,x or z,y,x) or a DICOM cine folder (or --pacs)")
     s.add_argument("--out", required=True, help="output directory")
     s.add_argument("--model", default=None, help="zoo name or checkpoint path (default: best shipped)")
     common(s)
+    from .pacs import add_job_args
+
+    add_job_args(s)
     s.set_defaults(func=cmd_segment_heart)
 
     from .imaging.kspace import PATTERNS
