@@ -139,7 +139,7 @@ def test_bad_labels_refused_with_one_line(cine, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b_t02.dcm"]
 
 
-def test_structure_colours_are_the_widgets(qtbot=None):
+def test_structure_colours_are_the_widgets():
     from napari_medlearn.samples.brain_lesions import LABEL_COLORS as LESION_COLORS
     from napari_medlearn.widgets.cardiac import LABEL_COLORS as CARDIAC_COLORS
 
@@ -174,3 +174,29 @@ def test_folder_with_series_and_seg_opens_both_aligned(cine, tmp_path):
     # a SEG file on its own opens as its labels alone
     [(one, _, kind)] = read_layers(str(exam / "seg_t01.dcm"))
     assert kind == "labels" and one.shape == labels.data.shape[1:]
+
+
+@pytest.mark.parametrize("flip_z", [False, True], ids=["slices-along-normal", "slices-against-normal"])
+def test_oblique_series_seg_lands_on_the_reader_grid(tmp_path, flip_z):
+    """Whatever order highdicom stacks the SEG's frames in, reading gives the series reader's grid."""
+    from napari_medlearn.imaging.volume import Volume, affine_from_spacing
+
+    a, b, c = 0.3, -0.7, 1.1
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
+    rx = np.array([[1, 0, 0], [0, np.cos(c), -np.sin(c)], [0, np.sin(c), np.cos(c)]])
+    aff = np.eye(4)
+    aff[:3, :3] = rz @ ry @ rx @ affine_from_spacing((4.0, 1.3, 0.9))[:3, :3]
+    aff[:3, 3] = (5.0, -12.0, 30.0)
+    if flip_z:
+        aff[:3, 0] *= -1
+    image = Volume(np.random.default_rng(0).integers(0, 999, (6, 14, 11)).astype(np.uint16), aff, ("z", "y", "x"))
+    write_dicom_series(image, tmp_path / "s")
+    source = read_dicom_folder(tmp_path / "s")
+    labels = np.zeros(source.data.shape, np.uint8)
+    labels[1, 2:6, 3:7] = 1                                  # asymmetric along z: a flip would show
+    labels[2:5, 8:12, 1:4] = 3
+    [path] = write_seg(source.with_data(labels), tmp_path / "s", CARDIAC_STRUCTURES, Algorithm(), tmp_path / "seg.dcm")
+    back = read_seg(path)
+    np.testing.assert_array_equal(back.labels, labels)
+    np.testing.assert_allclose(back.affine, source.affine, atol=1e-4)
