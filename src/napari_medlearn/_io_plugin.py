@@ -8,7 +8,8 @@ read the manifest cheaply.
 
 Image or labels?
 ----------------
-DICOM series always open as image layers. A NIfTI (or NRRD/MetaImage) file opens as a
+DICOM series always open as image layers; a DICOM SEG opens as a labels layer placed on its
+series (:mod:`napari_medlearn.imaging.dicom_seg`). A NIfTI (or NRRD/MetaImage) file opens as a
 labels layer when its array is integer (or bool) and either
 
 * its name, without extension, ends in one of :data:`LABEL_NAME_ENDINGS`

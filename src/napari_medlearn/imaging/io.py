@@ -12,7 +12,8 @@ Formats
   from SliceLocation or SliceThickness, which scanners fill in inconsistently. Slices are
   ordered by IPP projected on the slice normal (the cross product of the two IOP vectors);
   cine phases of one slice by TriggerTime. DICOM's patient frame is LPS; the affine is
-  converted to RAS like NIfTI's.
+  converted to RAS like NIfTI's. Enhanced (multi-frame) MR/CT files are read frame by frame
+  from their functional groups by the same code (:mod:`napari_medlearn.imaging.dicom_enhanced`).
 * NRRD and MetaImage (``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``) through SimpleITK, read only.
 
 Conventions follow the DICOM standard (PS3.3 C.7.6.2.1.1, "Image Position and Image
@@ -781,7 +782,8 @@ def is_dicom_video(path: str | os.PathLike) -> bool:
     """True for a DICOM image file that is a clip or a picture rather than a slice of a
     series: ultrasound, angiography, fluoroscopy, endoscopy or a secondary capture (one frame
     or many), or any colour / palette image. Such a file is read by :func:`read_dicom_video`,
-    not as part of a series (a multi-frame MR or CT stays a series, and is refused there)."""
+    not as part of a series (a multi-frame MR or CT is a series in one file: see
+    :mod:`napari_medlearn.imaging.dicom_enhanced`)."""
     h = _read_slice_header(Path(path)) if Path(path).is_file() else None
     return h is not None and _is_video(h)
 
