@@ -123,7 +123,7 @@ def test_a_cohort_runs_each_case_and_records_the_bad_one(cine_cohort, tiny_cardi
     assert seen[-1][:2] == (3, 3)
     rows = _rows(out / "cohort.csv")
     assert [r["case"] for r in rows] == ["case1", "case2", "flat"]
-    assert "LVEDV_mL" in rows[0] and rows[0]["model"] == "tiny-cardiac" and rows[2]["model"] == ""
+    assert "LVEDV_mL" in rows[0] and rows[0]["model"] == "tiny-cardiac (file tiny-cardiac.pt)" and rows[2]["model"] == ""
     assert "2-D" in rows[2]["error"] and rows[0]["error"] == ""
     for name in ("case1", "case2"):
         lab = read_nifti(out / name / "labels.nii.gz")

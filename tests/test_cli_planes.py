@@ -32,7 +32,7 @@ def test_npy_video(tmp_path, tiny, capsys):
     sal = np.load(out / "saliency.npy")
     assert sal.shape == video.shape and sal.dtype == np.float32
     report = json.loads((out / "planes.json").read_text())
-    assert report["frames"] == 5 and report["model"] == "tiny-sononet"
+    assert report["frames"] == 5 and report["model"] == "tiny-sononet (file tiny-sononet.pt)"   # no card beside it
     best = list(csv.DictReader(open(out / "best_frames.csv")))
     assert best and all((out / b["png"]).is_file() for b in best)
     boxes = list(csv.DictReader(open(out / "boxes.csv")))

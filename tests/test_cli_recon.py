@@ -45,7 +45,7 @@ def test_image_input_is_undersampled_and_reconstructed(tmp_path, tiny_model, cap
     np.testing.assert_allclose(rec.affine, read_nifti(src).affine, atol=1e-5)
     assert rec.data.shape == vol.data.shape
     report = json.loads((out / "recon.json").read_text())
-    assert report["model"] == "tiny-recon" and report["acceleration"] == pytest.approx(32 / 8)
+    assert report["model"] == "tiny-recon (file tiny-recon.pt)" and report["acceleration"] == pytest.approx(32 / 8)
     assert report["reconstruction"]["psnr_db"] > 0 and 0 < report["zero_filled"]["ssim"] <= 1
     image = np.load(out / "reconstruction.npy")
     assert image.dtype == np.complex64 and image.shape == vol.data.shape

@@ -10,9 +10,12 @@ with units in the column names: ``LVEDV_mL``, ``whole_tumour_mL``, ``PSNR_dB`` .
   options is skipped when the batch runs again, so an interrupted cohort resumes where it
   stopped; failed cases are tried again. ``overwrite=True`` runs every case anew.
 - **Nothing lost.** A case folder holding files this batch did not write (no ``case.json``) is
-  left alone and the case reported failed. Outputs are written atomically.
+  left alone and the case reported failed. A case's outputs appear all together or not at all.
+  ``cohort.csv`` keeps the rows of earlier runs into the same folder (another manifest's cases):
+  a case run again gets its new row in place. One batch at a time holds ``OUT`` (a second is
+  refused, naming the first).
 - **One bad case does not stop a cohort.** Its error is recorded (``case.json``, the table) and
-  the others run.
+  the others run; so it is when its folder cannot be written (disk full, read-only, permission).
 - **Scale-out.** ``workers=1`` runs the cases in this process, one after the other (models are
   loaded once). More workers run them through dask (``scheduler="processes"`` by default, or
   ``"threads"``, ``"sync"``, or the address of a ``dask.distributed`` scheduler); each process
@@ -374,7 +377,22 @@ def _read_case_file(folder: Path) -> dict | None:
 def run_case(job: str, case: Case, out: str | os.PathLike, options: Mapping[str, Any] | None = None, model=None,
              device: str = "auto", overwrite: bool = False, threads: int | None = None,
              progress: Progress | None = None) -> CaseOutcome:
-    """Run (or skip, when done before with the same inputs) one case into ``out/<case>/``."""
+    """Run (or skip, when done before with the same inputs) one case into ``out/<case>/``.
+
+    A case whose folder or inputs cannot be used (unwritable, disk full, a path that does not
+    resolve) fails alone: its outcome says why and the cohort goes on."""
+    from .imaging.atomic import error_message
+
+    try:
+        return _run_case(job, case, out, options, model, device, overwrite, threads, progress)
+    except InterruptedError:       # cancelled: not a failure of this case
+        raise
+    except OSError as exc:
+        return CaseOutcome(case.name, "failed", error=error_message(exc))
+
+
+def _run_case(job, case, out, options, model, device, overwrite, threads, progress) -> CaseOutcome:
+    from .imaging.atomic import error_message, remove_stale_temporaries
     from .zoo import write_json_atomic
 
     spec = job_spec(job)
@@ -382,6 +400,7 @@ def run_case(job: str, case: Case, out: str | os.PathLike, options: Mapping[str,
     folder = case_folder(out, case.name)
     fingerprint = _fingerprint(job, case.inputs, options, model)
     before = _read_case_file(folder)
+    remove_stale_temporaries(folder)        # what a killed run left (nothing being written now)
     if not overwrite and before is not None and before.get("status") == "done" \
             and before.get("fingerprint") == fingerprint:
         return CaseOutcome(case.name, "skipped", float(before.get("seconds", 0.0)), before.get("row", {}),
@@ -402,21 +421,25 @@ def run_case(job: str, case: Case, out: str | os.PathLike, options: Mapping[str,
               "fingerprint": fingerprint}
     # said before any output is written, so outputs of a run that is interrupted are known as
     # this batch's (and replaced by the next run), not taken for the user's own files
-    created = not folder.exists()
-    write_json_atomic({**record, "status": "running"}, folder / CASE_FILE)
+    created = not os.path.lexists(folder)
     try:
+        write_json_atomic({**record, "status": "running"}, folder / CASE_FILE)
         result = spec.run(folder, case.inputs, options, model, device, progress)
-    except (KeyboardInterrupt, InterruptedError):
+    except InterruptedError:
         raise
     except Exception as exc:  # one case's failure is recorded; the cohort goes on
         text = str(exc).splitlines()[0] if str(exc) else ""
-        error = text if isinstance(exc, (ValueError, FileNotFoundError)) else f"{type(exc).__name__}: {text}"
+        error = error_message(exc) if isinstance(exc, OSError) else \
+            text if isinstance(exc, ValueError) else f"{type(exc).__name__}: {text}"
         seconds = time.perf_counter() - t0
-        if created and [p.name for p in folder.iterdir()] == [CASE_FILE]:
-            shutil.rmtree(folder, ignore_errors=True)       # failed before any output: nothing left behind
-        else:
-            write_json_atomic({**record, "status": "failed", "error": error, "seconds": round(seconds, 3)},
-                              folder / CASE_FILE)
+        try:
+            if created and {p.name for p in folder.iterdir()} <= {CASE_FILE}:
+                shutil.rmtree(folder, ignore_errors=True)       # failed before any output: nothing left behind
+            else:
+                write_json_atomic({**record, "status": "failed", "error": error, "seconds": round(seconds, 3)},
+                                  folder / CASE_FILE)
+        except OSError:      # the folder cannot be written at all: cohort.csv says why
+            pass
         return CaseOutcome(case.name, "failed", seconds, error=error)
     seconds = time.perf_counter() - t0
     write_json_atomic({**record, "status": "done", "seconds": round(seconds, 3), "row": result.row,
@@ -433,11 +456,36 @@ def _table_rows(outcomes: Sequence[CaseOutcome]) -> list[dict[str, Any]]:
     return rows
 
 
+def _read_table(path: Path) -> list[dict[str, str]]:
+    """The rows of an earlier ``cohort.csv`` (none when there is none)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            rows, columns = list(reader), reader.fieldnames or []
+    except FileNotFoundError:
+        return []
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{path} is not a cohort table ({exc}): not replaced; move it away") from None
+    if columns and "case" not in columns:
+        raise InputError(f"{path} is not a cohort table (no case column): not replaced; move it away")
+    return rows
+
+
+def _merged(path: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` merged into the table already at ``path``, one row per case folder: a case of this
+    run replaces its earlier row in place, cases of earlier runs are kept, new cases come last."""
+    new = {_folder_name(str(r["case"])): r for r in rows}
+    merged = [new.pop(_folder_name(r.get("case") or ""), r) for r in _read_table(path)]
+    return merged + list(new.values())
+
+
 def _write_table(outcomes: Sequence[CaseOutcome], path: Path) -> None:
+    """Write ``path`` with the rows of ``outcomes`` merged into those of earlier runs (a second
+    manifest run into the same folder adds its cases; the table is never cut down to one run)."""
     from .imaging.atomic import atomic_path
     from .methods.report import write_measures_csv
 
-    rows = _table_rows(outcomes)
+    rows = _merged(path, _table_rows(outcomes))
     # every row gets every column, in first-seen order, so a failed first case does not drop the figures
     columns: list[str] = ["case", "status", "error", "seconds"]
     for r in rows:
@@ -453,7 +501,8 @@ def _write_table(outcomes: Sequence[CaseOutcome], path: Path) -> None:
 def run_batch(job: str, cohort: str | os.PathLike | Sequence[Case], out: str | os.PathLike, *,
               options: Mapping[str, Any] | None = None, model=None, device: str = "auto", workers: int = 1,
               scheduler: str | None = None, overwrite: bool = False, progress: Progress | None = None,
-              cancelled: Callable[[], bool] | None = None) -> BatchResult:
+              cancelled: Callable[[], bool] | None = None, note: Callable[[str], Any] | None = None,
+              command: str | None = None) -> BatchResult:
     """Run ``job`` on every case of ``cohort`` (a folder, a manifest CSV or a list of
     :class:`Case`) into ``out``; returns the outcomes and writes ``out/cohort.csv``.
 
@@ -477,40 +526,51 @@ def run_batch(job: str, cohort: str | os.PathLike | Sequence[Case], out: str | o
     cancelled
         Checked between cases (in-process runs): True stops the batch with ``InterruptedError``
         after the table of the cases finished so far is written.
+    note, command
+        ``out`` is held for the run (:func:`napari_medlearn.imaging.atomic.folder_lock`: a second
+        batch into it is refused); ``note`` hears of a lock taken over from a killed run and of
+        its temporaries removed, ``command`` is recorded as the holder.
     """
     if workers == 1 and scheduler is None:
         from .methods.cardiac import drain
 
         return drain(run_batch_steps(job, cohort, out, options=options, model=model, device=device,
-                                     overwrite=overwrite, cancelled=cancelled), progress)
+                                     overwrite=overwrite, cancelled=cancelled, note=note, command=command), progress)
+    from .imaging.atomic import folder_lock
+
     state = _Cohort(job, cohort, out, options, workers, scheduler)
-    try:
-        _run_with_dask(job, [state.cases[i] for i in state.todo], state.todo, state.out, state.options, model, device,
-                       overwrite, workers, scheduler, lambda i, o: state.finished(i, o, progress))
-    finally:
-        state.write_table()
+    with folder_lock(state.out, command, note):
+        try:
+            _run_with_dask(job, [state.cases[i] for i in state.todo], state.todo, state.out, state.options, model,
+                           device, overwrite, workers, scheduler, lambda i, o: state.finished(i, o, progress))
+        finally:
+            state.write_table()
     return state.result()
 
 
 def run_batch_steps(job: str, cohort: str | os.PathLike | Sequence[Case], out: str | os.PathLike, *,
                     options: Mapping[str, Any] | None = None, model=None, device: str = "auto",
-                    overwrite: bool = False, cancelled: Callable[[], bool] | None = None):
+                    overwrite: bool = False, cancelled: Callable[[], bool] | None = None,
+                    note: Callable[[str], Any] | None = None, command: str | None = None):
     """:func:`run_batch` in this process, one case after the other, as a generator: yields
     ``(cases_finished, cases_total, message)`` and returns the :class:`BatchResult` (for a GUI
     worker; the table is written after every case)."""
+    from .imaging.atomic import folder_lock
+
     state = _Cohort(job, cohort, out, options, 1, None)
     total = len(state.cases)
-    yield total - len(state.todo), total, "starting"
-    try:
-        for i in state.todo:
-            if cancelled is not None and cancelled():
-                raise InterruptedError(f"cancelled after {state.n_finished} of {total} cases")
-            outcome = run_case(job, state.cases[i], state.out, state.options, model, device, overwrite)
-            state.finished(i, outcome)
+    with folder_lock(state.out, command, note):
+        yield total - len(state.todo), total, "starting"
+        try:
+            for i in state.todo:
+                if cancelled is not None and cancelled():
+                    raise InterruptedError(f"cancelled after {state.n_finished} of {total} cases")
+                outcome = run_case(job, state.cases[i], state.out, state.options, model, device, overwrite)
+                state.finished(i, outcome)
+                state.write_table()
+                yield state.n_finished, total, f"{outcome.case}: {outcome.status}"
+        finally:
             state.write_table()
-            yield state.n_finished, total, f"{outcome.case}: {outcome.status}"
-    finally:
-        state.write_table()
     return state.result()
 
 

@@ -1,18 +1,24 @@
 """``medlearn``: the plugin's jobs without a screen.
 
 Every sub-command calls :mod:`napari_medlearn.methods` (the same code the widgets run). Bad
-input ends with exit status 2 and one line on stderr; outputs go into ``--out`` and are never
-written over unless ``--overwrite`` is given.
+input, and any file error (disk full, read-only, permission, a path that does not resolve), ends
+with exit status 2 and one line on stderr; outputs go into ``--out`` and are never written over
+unless ``--overwrite`` is given. A job's outputs appear all together or not at all, and a folder
+``--out`` is held by one run at a time (a second is refused, naming the first).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
+
+_ARGV: list[str] = []     # this run's arguments, for the lock file of --out
 
 
 class CLIError(Exception):
@@ -25,19 +31,20 @@ def _writable(out: Path) -> None:
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise CLIError(f"cannot write to {folder}: permission denied (choose another --out)")
+        read_only = os.path.isdir(folder) and bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+        raise CLIError(f"cannot write to {folder}: {os.strerror(errno.EROFS if read_only else errno.EACCES)} "
+                       "(choose another --out)")
 
 
 def _out_dir(path: str, names: Sequence[str], overwrite: bool, inputs: Sequence = ()) -> Path:
+    """``--out`` whose outputs would replace no input, nor (without ``overwrite``) earlier outputs."""
     import fnmatch
 
     out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise CLIError(f"--out {out} exists and is not a directory")
-    _writable(out)
+    real_out = os.path.realpath(out)      # realpath, not resolve(): a symlink loop is not an error here
     for given in inputs:     # an input is never an output, even with --overwrite
-        p = Path(given).resolve() if given else None
-        if p is not None and p.parent == out.resolve() and any(fnmatch.fnmatch(p.name, n) for n in names):
+        p = Path(os.path.realpath(given)) if given else None
+        if p is not None and str(p.parent) == real_out and any(fnmatch.fnmatch(p.name, n) for n in names):
             raise CLIError(f"{given} is an input and would be replaced by an output of the same name in --out "
                            f"{out}: choose another --out (the input file is never modified)")
     from .jobs import existing_outputs
@@ -45,7 +52,25 @@ def _out_dir(path: str, names: Sequence[str], overwrite: bool, inputs: Sequence 
     clash = existing_outputs(out, names) if out.is_dir() else []
     if clash and not overwrite:
         raise CLIError(f"{clash[0]} already exists (use --overwrite to replace it)")
-    return out      # made by the job once its inputs have been read
+    return out
+
+
+@contextmanager
+def _locked_out(path: str, names: Sequence[str], overwrite: bool, inputs: Sequence = ()) -> Iterator[Path]:
+    """``--out`` checked and held for this run: one job at a time writes into a folder (a second
+    one is refused, naming the first), and the existing outputs are looked at once it is held."""
+    from .imaging.atomic import folder_lock
+
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} exists and is not a directory")
+    _writable(out)
+    with folder_lock(out, _command(), note=_note):
+        yield _out_dir(path, names, overwrite, inputs)
+
+
+def _command() -> str:
+    return "medlearn " + " ".join(_ARGV)
 
 
 def _progress(args: argparse.Namespace, label: str):
@@ -75,9 +100,11 @@ def cmd_segment_heart(args: argparse.Namespace) -> int:
     from .pacs import PacsError, with_pacs   # --pacs URL --study UID [--series UID] [--push]
 
     def run(args: argparse.Namespace):
-        out = _out_dir(args.out, CARDIAC_OUTPUTS, args.overwrite, [args.input])
-        return segment_heart_job(out, args.input, model=args.model, device=args.device,
-                                 progress=_progress(args, "segment-heart"))
+        # + the SEG/SR files a DICOM input also gets (imaging.dicom_sr.DICOM_OUTPUTS)
+        names = CARDIAC_OUTPUTS + ("seg.dcm", "seg_t*.dcm", "sr.dcm")
+        with _locked_out(args.out, names, args.overwrite, [args.input]) as out:
+            return segment_heart_job(out, args.input, model=args.model, device=args.device,
+                                     progress=_progress(args, "segment-heart"), overwrite=args.overwrite)
     try:
         return _report(with_pacs(args, "input", run))
     except PacsError as e:
@@ -87,11 +114,12 @@ def cmd_segment_heart(args: argparse.Namespace) -> int:
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from .jobs import RECON_OUTPUTS, reconstruct_job
 
-    out = _out_dir(args.out, RECON_OUTPUTS, args.overwrite, [args.input, args.mask])
-    return _report(reconstruct_job(out, args.input, mask=args.mask, kspace_key=args.kspace_key,
-                                   mask_key=args.mask_key, acceleration=args.acceleration, pattern=args.pattern,
-                                   centre_lines=args.centre_lines, seed=args.seed, dynamic=args.dynamic,
-                                   model=args.model, device=args.device, progress=_progress(args, "reconstruct")))
+    with _locked_out(args.out, RECON_OUTPUTS, args.overwrite, [args.input, args.mask]) as out:
+        return _report(reconstruct_job(out, args.input, mask=args.mask, kspace_key=args.kspace_key,
+                                       mask_key=args.mask_key, acceleration=args.acceleration, pattern=args.pattern,
+                                       centre_lines=args.centre_lines, seed=args.seed, dynamic=args.dynamic,
+                                       model=args.model, device=args.device, progress=_progress(args, "reconstruct"),
+                                       overwrite=args.overwrite))
 
 
 def _note(text: str) -> None:
@@ -102,10 +130,10 @@ def _note(text: str) -> None:
 def cmd_segment_lesions(args: argparse.Namespace) -> int:
     from .jobs import LESION_OUTPUTS, segment_lesions_job
 
-    out = _out_dir(args.out, LESION_OUTPUTS, args.overwrite, [args.flair, args.t1c, args.mask])
-    return _report(segment_lesions_job(out, args.flair, args.t1c, mask=args.mask, model=args.model,
-                                       decision=args.decision, device=args.device,
-                                       progress=_progress(args, "segment-lesions")))
+    with _locked_out(args.out, LESION_OUTPUTS, args.overwrite, [args.flair, args.t1c, args.mask]) as out:
+        return _report(segment_lesions_job(out, args.flair, args.t1c, mask=args.mask, model=args.model,
+                                           decision=args.decision, device=args.device,
+                                           progress=_progress(args, "segment-lesions"), overwrite=args.overwrite))
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
@@ -143,9 +171,10 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 def cmd_detect_planes(args: argparse.Namespace) -> int:
     from .jobs import PLANE_OUTPUTS, detect_planes_job
 
-    out = _out_dir(args.out, PLANE_OUTPUTS, args.overwrite, [args.video])
-    return _report(detect_planes_job(out, args.video, model=args.model, saliency=not args.no_saliency,
-                                     device=args.device, progress=_progress(args, "detect-planes")))
+    with _locked_out(args.out, PLANE_OUTPUTS, args.overwrite, [args.video]) as out:
+        return _report(detect_planes_job(out, args.video, model=args.model, saliency=not args.no_saliency,
+                                         device=args.device, progress=_progress(args, "detect-planes"),
+                                         overwrite=args.overwrite))
 
 
 def _nifti_output(path: str, overwrite: bool) -> Path:
@@ -156,6 +185,10 @@ def _nifti_output(path: str, overwrite: bool) -> Path:
     if out.exists() and not overwrite:
         raise CLIError(f"{out} already exists (use --overwrite to replace it)")
     _writable(out)
+    from .imaging.atomic import remove_stale_temporaries
+
+    for p in remove_stale_temporaries(out.parent):     # only ones no live writer holds
+        _note(f"removed {p.name}, a temporary file an interrupted run left in {out.parent}")
     return out
 
 
@@ -174,7 +207,7 @@ def cmd_correct_mask(args: argparse.Namespace) -> int:
     from .jobs import correct_mask_job
 
     out = _nifti_output(args.out, args.overwrite)
-    if Path(args.labels).resolve() == out.resolve():
+    if os.path.realpath(args.labels) == os.path.realpath(out):
         raise CLIError("--out must differ from the input: the input file is never modified")
     return _report(correct_mask_job(out, args.labels, model=args.model, device=args.device, overwrite=args.overwrite,
                                     progress=_progress(args, "correct-mask")))
@@ -208,7 +241,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
             print(f"batch {args.job}: {done}/{total} {message}", file=sys.stderr, flush=True)
 
     result = run_batch(args.job, args.cohort, args.out, options=options, model=args.model, device=args.device,
-                       workers=args.workers, scheduler=args.scheduler, overwrite=args.overwrite, progress=show)
+                       workers=args.workers, scheduler=args.scheduler, overwrite=args.overwrite, progress=show,
+                       note=_note, command=_command())
     for o in result.outcomes:
         for w in o.warnings:
             if o.status == "done":
@@ -293,7 +327,10 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    report = run_demo(Path(args.out), device=args.device, overwrite=args.overwrite)
+    from .imaging.atomic import folder_lock
+
+    with folder_lock(Path(args.out), _command(), note=_note):
+        report = run_demo(Path(args.out), device=args.device, overwrite=args.overwrite)
     print(f"report: {report}")
     return 0
 
@@ -477,14 +514,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _ARGV[:] = sys.argv[1:] if argv is None else list(argv)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("medlearn: interrupted", file=sys.stderr)
         return 130
-    except (CLIError, ValueError, FileNotFoundError, FileExistsError, PermissionError, InterruptedError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"medlearn: error: {msg}", file=sys.stderr)
+    except (CLIError, ValueError, OSError) as e:   # OSError: every file error (disk full, read-only, ...)
+        from .imaging.atomic import error_message
+
+        print(f"medlearn: error: {error_message(e)}", file=sys.stderr)
         return 2
 
 

@@ -621,7 +621,8 @@ def run_demo(out: Path, device: str = "auto", overwrite: bool = False) -> Path:
     for name, fn in SECTIONS:
         print(f"demo: {name}", flush=True)
         lines += fn(out / name, device=device)
-    tmp = report.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(report)
+    from .imaging.atomic import atomic_path
+
+    with atomic_path(report) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
     return report

@@ -2,7 +2,8 @@
 
 A job reads its input files (geometry kept: :mod:`napari_medlearn.imaging.io`), runs the
 method (:mod:`napari_medlearn.methods`, the same code the widgets run) and writes its outputs
-atomically into a folder, returning a :class:`JobResult`: the files written, one row for a
+into a folder, all of them or none (:func:`napari_medlearn.imaging.atomic.staged_outputs`),
+returning a :class:`JobResult`: the files written, one row for a
 cohort table (units in the column names) and the lines a person reads. ``medlearn <job>``
 runs one case (:mod:`napari_medlearn.cli`); :mod:`napari_medlearn.batch` runs a cohort.
 Unusable input raises :class:`InputError` (a ``ValueError``) naming the file and the problem,
@@ -11,6 +12,7 @@ before anything is written. No napari or Qt here.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -51,6 +53,20 @@ def _ready(out: Path) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def _all_or_none(out: str | Path, overwrite: bool):
+    """Where a job writes its outputs: a hidden folder inside ``out`` whose files move into ``out``
+    once all are written; a failure (disk full, read-only, a signal) leaves ``out`` as it was.
+    Without ``overwrite`` a file of the same name that appeared meanwhile is not replaced."""
+    from .imaging.atomic import staged_outputs
+
+    return staged_outputs(out, overwrite=overwrite)
+
+
+def _final(out: str | Path, stage: Path, paths: dict[str, Path]) -> dict[str, Path]:
+    """The final names of files written into ``stage``."""
+    return {k: Path(out) / Path(p).relative_to(stage) for k, p in paths.items()}
 
 
 def read_single_volume(path: str | Path):
@@ -149,7 +165,7 @@ def write_recon_outputs(out: Path, result, volume=None, reference=None, source: 
 
 LESION_CLASS_FILES = {1: "necrotic_core", 2: "oedema", 4: "enhancing"}
 LESION_OUTPUTS = ("labels.nii.gz", "volumes.csv", "lesions.json", "uncertainty.nii.gz",
-                  "mutual_information.nii.gz", "seg.dcm", "sr.dcm", "uncertainty_pm.dcm") + tuple(
+                  "mutual_information.nii.gz") + tuple(
     f"probability_{n}.nii.gz" for n in LESION_CLASS_FILES.values())
 
 
@@ -369,7 +385,7 @@ def write_plane_outputs(out: Path, result, frames, volume=None, source: str = ""
     return report
 
 
-CARDIAC_OUTPUTS = ("labels.nii.gz", "measures.csv", "measures.json", "seg.dcm", "seg_t*.dcm", "sr.dcm")
+CARDIAC_OUTPUTS = ("labels.nii.gz", "measures.csv", "measures.json")
 
 
 def read_cine(image: str | Path | Sequence[str | Path]):
@@ -395,9 +411,9 @@ def read_cine(image: str | Path | Sequence[str | Path]):
 
 
 def segment_heart_job(out: str | Path, image: str | Path | Sequence[str | Path], *, model=None,
-                      device: str = "auto", progress: Progress | None = None) -> JobResult:
+                      device: str = "auto", progress: Progress | None = None, overwrite: bool = True) -> JobResult:
     """A short-axis cine (NIfTI file, DICOM folder, or several 3D frames of one grid) ->
-    labels.nii.gz, measures.csv, measures.json."""
+    labels.nii.gz, measures.csv, measures.json (all of them or none: :func:`_all_or_none`)."""
     from .methods import segment_heart
     from .methods.report import measures_row
 
@@ -406,20 +422,27 @@ def segment_heart_job(out: str | Path, image: str | Path | Sequence[str | Path],
     if len(vol.spatial_axes) != 3:
         raise InputError(f"{image}: a {vol.data.ndim}-D image; cardiac segmentation needs a short-axis stack or cine")
     res = segment_heart(vol.data, vol.spacing, model=model, device=device, progress=progress)
-    paths = write_cardiac_outputs(_ready(out), vol, res, str(image))
+    row = measures_row(res.measures, res.qc, res.model_name, res.model_sha256, str(image))
+    with _all_or_none(out, overwrite) as stage:
+        staged = write_cardiac_outputs(stage, vol, res, str(image))
+        staged.update(_dicom_results(stage, image, "cardiac", vol.with_data(res.labels), row, res.model_name,
+                                     res.model_sha256))
+        paths = _final(out, stage, staged)
     m = res.measures
     lines = [f"LVEDV {m['LVEDV_mL']:.1f} mL  LVESV {m['LVESV_mL']:.1f} mL  LVEF {m['LVEF_pct']:.1f} %  "
              f"LVM {m['LVM_g']:.1f} g  RVEDV {m['RVEDV_mL']:.1f} mL  RVEF {m['RVEF_pct']:.1f} %"]
     lines += [f"QC: {f['reason']}" for f in res.qc]
     lines.append(f"wrote {paths['labels']}, {paths['csv']}, {paths['json']}")
-    row = measures_row(res.measures, res.qc, res.model_name, res.model_sha256, str(image))
-    paths.update(_dicom_results(out, image, lines, "cardiac", vol.with_data(res.labels), row, res.model_name,
-                                res.model_sha256))
+    lines += _dicom_line(paths)
     return JobResult(paths, row, lines)
 
 
-def _dicom_results(out, image, lines: list[str], kind: str, labels, figures, model: str, sha256: str,
-                   uncertainty=None) -> dict:
+def _dicom_line(paths: dict) -> list[str]:
+    dicom = [Path(p).name for p in paths.values() if str(p).endswith(".dcm")]
+    return [f"wrote DICOM {', '.join(dicom)}"] if dicom else []
+
+
+def _dicom_results(out, image, kind: str, labels, figures, model: str, sha256: str, uncertainty=None) -> dict:
     """DICOM in, DICOM out: SEG + SR (+ parametric map) beside the NIfTI/CSV outputs (imaging.dicom_sr)."""
     from .imaging import dicom_sr
     from .imaging.dicom_seg import Algorithm, _version
@@ -433,15 +456,16 @@ def _dicom_results(out, image, lines: list[str], kind: str, labels, figures, mod
         paths = dicom_sr.write_cardiac_dicom(out, source, labels, figures, algorithm)
     else:
         paths = dicom_sr.write_lesion_dicom(out, source, labels, figures, algorithm, uncertainty)
-    lines.append(f"wrote DICOM {', '.join(p.name for p in paths.values())}")
     return paths
 
 
 def reconstruct_job(out: str | Path, source: str | Path, *, mask: str | Path | None = None,
                     kspace_key: str = "kspace", mask_key: str = "mask", acceleration: float = 4.0,
                     pattern: str = "cartesian", centre_lines: int = 8, seed: int = 0, dynamic: bool = False,
-                    model=None, device: str = "auto", progress: Progress | None = None) -> JobResult:
-    """k-space (.npy/.h5, with its mask) or an image (its acquisition simulated) -> RECON_OUTPUTS."""
+                    model=None, device: str = "auto", progress: Progress | None = None,
+                    overwrite: bool = True) -> JobResult:
+    """k-space (.npy/.h5, with its mask) or an image (its acquisition simulated) -> RECON_OUTPUTS
+    (all of them or none)."""
     import numpy as np
 
     from .imaging import kspace as K
@@ -473,8 +497,9 @@ def reconstruct_job(out: str | Path, source: str | Path, *, mask: str | Path | N
                          f"its minimum {offset:.4g} and added it back; outputs are real parts, not magnitudes")
         described = f"{source} (simulated: {pattern}, R={acceleration:g}, {centre_lines} centre lines, seed {seed})"
     res = reconstruct(k, m, model=model, device=device, dynamic=dynamic, offset=offset, progress=progress)
-    out = _ready(out)
-    report = write_recon_outputs(out, res, volume, reference, described)
+    out = Path(out)
+    with _all_or_none(out, overwrite) as stage:
+        report = write_recon_outputs(stage, res, volume, reference, described)
     line = f"R={res.acceleration:.2f} model {res.model_name} {res.seconds:.2f} s"
     row = {"acceleration": round(res.acceleration, 4), "model": res.model_name, "model_sha256": res.model_sha256,
            "seconds": round(res.seconds, 3), "source": described}
@@ -490,8 +515,9 @@ def reconstruct_job(out: str | Path, source: str | Path, *, mask: str | Path | N
 
 def segment_lesions_job(out: str | Path, flair: str | Path, t1c: str | Path, *, mask: str | Path | None = None,
                         model=None, decision: str | None = None, device: str = "auto",
-                        progress: Progress | None = None) -> JobResult:
-    """FLAIR + T1c (+ brain mask) of one session -> LESION_OUTPUTS (the FLAIR's geometry)."""
+                        progress: Progress | None = None, overwrite: bool = True) -> JobResult:
+    """FLAIR + T1c (+ brain mask) of one session -> LESION_OUTPUTS (the FLAIR's geometry; all of
+    them or none)."""
     from . import zoo
     from .methods import segment_lesions
     from .methods.lesions import TASK
@@ -501,10 +527,13 @@ def segment_lesions_job(out: str | Path, flair: str | Path, t1c: str | Path, *, 
     channels, ref, brain = read_modalities(flair, t1c, mask, model, notes)
     res = segment_lesions(channels, ref.spacing, model=model, brain_mask=brain, device=device,
                           decision=decision, progress=progress, affine=ref.affine)
-    paths = write_lesion_outputs(_ready(out), ref, res, f"FLAIR {flair}; T1c {t1c}")
-    paths.update(_dicom_results(out, flair, notes, "lesions", ref.with_data(res.labels),
-                                {k: round(x, 3) for k, x in res.volumes_ml.items()},   # as volumes.csv
-                                res.model, res.model_sha256, res.uncertainty))
+    with _all_or_none(out, overwrite) as stage:
+        staged = write_lesion_outputs(stage, ref, res, f"FLAIR {flair}; T1c {t1c}")
+        staged.update(_dicom_results(stage, flair, "lesions", ref.with_data(res.labels),
+                                     {k: round(x, 3) for k, x in res.volumes_ml.items()},   # as volumes.csv
+                                     res.model, res.model_sha256, res.uncertainty))
+        paths = _final(out, stage, staged)
+    notes += _dicom_line(paths)
     v = res.volumes_ml
     lines = [f"whole tumour {v['whole_tumour_mL']:.1f} mL  oedema {v['oedema_mL']:.1f} mL  "
              f"enhancing {v['enhancing_mL']:.1f} mL  necrotic core {v['necrotic_core_mL']:.1f} mL",
@@ -515,22 +544,24 @@ def segment_lesions_job(out: str | Path, flair: str | Path, t1c: str | Path, *, 
 
 
 def detect_planes_job(out: str | Path, video: str | Path, *, model=None, saliency: bool = True,
-                      device: str = "auto", progress: Progress | None = None) -> JobResult:
-    """An ultrasound video -> PLANE_OUTPUTS (+ best_<plane>.png, saliency.nii.gz)."""
+                      device: str = "auto", progress: Progress | None = None, overwrite: bool = True) -> JobResult:
+    """An ultrasound video -> PLANE_OUTPUTS (+ best_<plane>.png, saliency.nii.gz; all of them or none)."""
     from .methods import detect_planes
     from .methods.planes import validate_video
 
     frames, volume = read_video(video)
     res = detect_planes(frames, model=model, saliency=saliency, device=device, progress=progress)
-    out = _ready(out)
-    report = write_plane_outputs(out, res, validate_video(frames), volume, str(video))
+    out = Path(out)
+    with _all_or_none(out, overwrite) as stage:
+        report = write_plane_outputs(stage, res, validate_video(frames), volume, str(video))
+        written = {p.name: out / p.name for p in sorted(stage.iterdir()) if not p.name.startswith(".")}
     found = ", ".join(f"{r['class']} (frame {r['frame']}, p={r['probability']:.2f})" for r in report["best_frames"])
     lines = [f"{res.frames} frames, model {res.model}, {report['frames_per_second']} frames/s; "
              f"standard planes found: {found or 'none'}", f"wrote {out}"]
     row = {"frames": res.frames, "planes_found": ";".join(r["class"] for r in report["best_frames"]),
            **{f"best_frame_{r['class']}": r["frame"] for r in report["best_frames"]},
            "model": res.model, "model_sha256": res.model_sha256, "source": str(video)}
-    return JobResult({p.name: p for p in existing_outputs(out, PLANE_OUTPUTS)}, row, lines)
+    return JobResult(written, row, lines)
 
 
 def super_resolve_job(out_file: str | Path, stacks: Sequence[str | Path], *, factor: float = 4,
@@ -544,7 +575,7 @@ def super_resolve_job(out_file: str | Path, stacks: Sequence[str | Path], *, fac
 
     if not stacks:
         raise InputError("no stack to super-resolve")
-    if any(Path(p).resolve() == Path(out_file).resolve() for p in stacks):
+    if any(os.path.realpath(p) == os.path.realpath(out_file) for p in stacks):
         raise InputError("the output must differ from the inputs: an input file is never modified")
     vols = [read_single_volume(p) for p in stacks]
     ref = vols[0]
@@ -588,7 +619,7 @@ def correct_mask_job(out_file: str | Path, labels: str | Path, *, model=None, de
     from .imaging.io import write_nifti
     from .methods.acnn import correct_mask
 
-    if Path(labels).resolve() == Path(out_file).resolve():
+    if os.path.realpath(labels) == os.path.realpath(out_file):
         raise InputError("the output must differ from the input: the input file is never modified")
     vol = read_single_volume(labels)
     if len(vol.spatial_axes) != 3:

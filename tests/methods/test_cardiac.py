@@ -20,7 +20,7 @@ def test_cine_in_labels_out_on_the_input_grid(small_phantom, tiny_cardiac):
     np.testing.assert_allclose(res.probabilities.astype(np.float32).sum(0), 1.0, atol=5e-3)
     assert set(np.unique(res.labels)) <= {0, 1, 2, 3}
     assert np.array_equal(ph.image, before)
-    assert res.model_name == "tiny-cardiac" and len(res.model_sha256) == 64
+    assert res.model_name == "tiny-cardiac (file tiny-cardiac.pt)" and len(res.model_sha256) == 64
     assert len(res.measures["LV_volume_mL"]) == 3
 
 

@@ -24,7 +24,7 @@ def test_result_is_on_the_input_grid_and_the_input_is_untouched(tiny_acnn):
     np.testing.assert_array_equal(lab, before)
     np.testing.assert_array_equal(res.changed, res.labels != lab)
     assert 0.0 <= res.plausibility <= 1.0 and 0.0 <= res.plausibility_before <= 1.0
-    assert res.model_name == "tiny-acnn" and len(res.model_sha256) == 64
+    assert res.model_name == "tiny-acnn (file tiny-acnn.pt)" and len(res.model_sha256) == 64
 
 
 def test_without_prior_overrule_only_the_damage_can_change(tiny_acnn):

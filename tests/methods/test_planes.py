@@ -78,7 +78,7 @@ def test_result_fields(tiny):
     video = blob_video(6)
     res = methods.detect_planes(video, model=tiny)
     t, H, W = video.shape
-    assert res.class_names == SONONET_CLASSES and res.model == "tiny-sononet"
+    assert res.class_names == SONONET_CLASSES and res.model == "tiny-sononet (file tiny-sononet.pt)"
     assert res.probabilities.shape == (t, 14) and res.probabilities.dtype == np.float32
     np.testing.assert_allclose(res.probabilities.sum(axis=1), 1, atol=1e-5)
     np.testing.assert_array_equal(res.predicted, res.probabilities.argmax(axis=1))

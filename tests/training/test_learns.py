@@ -65,7 +65,9 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(pool, tmp_path):
         assert torch.equal(a, b)
     ckpt = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
     assert ckpt["epoch"] == 1
-    assert zoo.load(tmp_path / "b" / "last.pt").card == {"sha256": zoo.sha256_of(tmp_path / "b" / "last.pt")}
+    card = zoo.load(tmp_path / "b" / "last.pt").card     # no card at all: one generated, named after the file
+    assert card["sha256"] == zoo.sha256_of(tmp_path / "b" / "last.pt")
+    assert card["name"] == "last (file last.pt)" and card["generated"] and card["architecture"] == "bai_fcn"
 
 
 def test_batches_are_augmented_pairs(pool):

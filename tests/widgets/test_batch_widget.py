@@ -135,3 +135,15 @@ def test_a_case_corrected_by_hand_is_measured_again_and_kept(widget, qtbot, erro
     again = w.open_case(1)
     assert again[-1].name == "case2 [labels corrected]"
     np.testing.assert_array_equal(again[-1].data, labels.data)
+
+
+def test_an_output_folder_held_by_another_run_is_one_notification(widget, qtbot, errors, cohort, tmp_path):
+    from napari_medlearn.imaging.atomic import folder_lock
+
+    w = widget
+    w.cohort_edit.setText(str(cohort))
+    w.out_edit.setText(str(tmp_path / "out"))
+    with folder_lock(tmp_path / "out", "medlearn batch segment-heart elsewhere"):
+        run_and_wait(w, qtbot)
+    assert len(errors) == 1 and "is in use by `medlearn batch segment-heart elsewhere`" in errors[0]
+    assert not (tmp_path / "out" / "cohort.csv").exists() and not (tmp_path / "out" / "case1").exists()

@@ -272,7 +272,7 @@ def test_export_measures_writes_unit_named_columns(done, qtbot, tmp_path, tiny_c
     assert float(row["LVM_g"]) == pytest.approx(100 * voxel_ml * 1.05, abs=1e-3)
     assert (row["ED_frame"], row["ES_frame"]) == ("0", "1")
     assert row["qc"] == ";".join(f["flag"] for f in w.qc)
-    assert row["model"] == "tiny" and row["model_sha256"] == zoo.sha256_of(tiny_checkpoint)
+    assert row["model"] == "tiny (file tiny.pt)" and row["model_sha256"] == zoo.sha256_of(tiny_checkpoint)
     assert row["source"] == "phantom"
 
 
@@ -353,3 +353,17 @@ def test_an_rgb_layer_is_refused_plainly_and_a_stack_without_spacing_warned(widg
     widget.image_picker.value = viewer.add_image(viewer.layers["cine"].data[0], name="png stack")   # scale 1
     run_and_wait(widget, qtbot)
     assert len(warned) == 1 and "no voxel spacing" in warned[0] and "1 mm" in warned[0]
+
+
+def test_a_save_that_cannot_be_written_is_one_notification_naming_the_file(done, tmp_path, errors):
+    w = done
+    (tmp_path / "afile").write_text("not a folder")
+    target = tmp_path / "afile" / "labels.nii.gz"
+    before = w.labels_layer.data.copy()
+    assert w.save_labels(target) is None
+    assert errors == [f"cannot write {target}: Not a directory"]
+    assert w.export_measures(tmp_path / "afile" / "m.csv") is None
+    assert errors[-1] == f"cannot write {tmp_path / 'afile' / 'm.csv'}: Not a directory"
+    np.testing.assert_array_equal(w.labels_layer.data, before)          # nothing lost: save again elsewhere
+    assert w.save_button.isEnabled() and w.save_labels(tmp_path / "ok.nii.gz") == tmp_path / "ok.nii.gz"
+    assert (tmp_path / "afile").read_text() == "not a folder"

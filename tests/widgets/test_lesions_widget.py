@@ -127,7 +127,7 @@ def test_run_adds_labels_and_probabilities_over_the_input(done, case):
     np.testing.assert_allclose(labels.scale, flair.scale)
     np.testing.assert_allclose(labels.translate, flair.translate)
     np.testing.assert_allclose(labels.metadata["affine"], flair.metadata["affine"])
-    assert labels.metadata["model"] == "tiny-deepmedic"
+    assert labels.metadata["model"] == "tiny-deepmedic (file tiny-deepmedic.pt)"
     assert labels.metadata["postprocess"]["decision"] == "argmax"
     assert not labels.data[~case.brain_mask].any()     # the automatic mask: skull-stripped input
 
@@ -299,7 +299,7 @@ def test_save_writes_nifti_and_csv_and_never_overwrites_silently(done, qtbot, tm
     assert float(row["oedema_mL"]) == pytest.approx(28 * ml, abs=1e-3)
     assert float(row["enhancing_mL"]) == pytest.approx(4 * ml, abs=1e-3)
     assert float(row["whole_tumour_mL"]) == pytest.approx(32 * ml, abs=1e-3)
-    assert row["model"] == "tiny-deepmedic" and row["labels_file"] == "case1.nii.gz"
+    assert row["model"] == "tiny-deepmedic (file tiny-deepmedic.pt)" and row["labels_file"] == "case1.nii.gz"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["case1.nii.gz", "case1_volumes.csv"]
 
     # again without permission: refused, files untouched; with it: replaced

@@ -166,7 +166,7 @@ def test_cine_follows_the_time_slider(widget, qtbot, errors, models):
     w.centre_lines.setValue(2)
     run_and_wait(w, qtbot)
     assert not errors, errors
-    assert w.result.axes == "tyx" and w.result.model_name == "tiny-2dt"
+    assert w.result.axes == "tyx" and w.result.model_name == "tiny-2dt (file tiny-2dt.pt)"
     masks = w.viewer.layers["cine [mask R=4]"].data
     assert not np.array_equal(masks[0], masks[1])                       # one mask per frame
     rec = w.viewer.layers["cine [cascade R=4]"]

@@ -22,7 +22,9 @@ def test_checkpoint_round_trip(ckpt):
     net, path, sha = ckpt
     assert sha == zoo.sha256_of(path)
     loaded = zoo.load(path, device="cpu")
-    assert loaded.card["name"] == "tiny" and loaded.card["sha256"] == sha
+    # no card beside it: the name is the file's, the carried name kept apart
+    assert loaded.card["name"] == loaded.zoo_name == "tiny (file tiny.pt)" and loaded.card["sha256"] == sha
+    assert loaded.card["generated"] is True and loaded.card["name_in_checkpoint"] == "tiny"
     for a, b in zip(net.state_dict().values(), loaded.state_dict().values()):
         assert torch.equal(a, b)
     assert not loaded.training
@@ -38,7 +40,7 @@ def test_sidecar_card_hash_is_checked(ckpt):
 def test_pickled_objects_are_refused(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"arch": "bai_fcn", "arch_args": {}, "state_dict": {}, "payload": np.random.default_rng(0)}, path)
-    with pytest.raises(zoo.ModelError, match="cannot read"):
+    with pytest.raises(zoo.ModelError, match="not a plain weights file .it holds pickled code objects: numpy"):
         zoo.load(path)
 
 

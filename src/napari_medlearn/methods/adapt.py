@@ -149,7 +149,8 @@ def adapt_steps(model, target_images, spacing=None, brain_masks=None, name: str 
                 a, s_, m = targets[i]
                 targets[i] = (turn.apply(a), turn.spacing(s_), None if m is None else turn.apply(m))
     warnings = [f"target scan {i + 1}: {w}" for i, (a, s, m) in enumerate(targets) for w in scan_warnings(a, s, m)]
-    name = name or f"{parent}-adapted-{time.strftime('%Y%m%d-%H%M%S')}"
+    stem = str(card["file"]).removesuffix(".pt") if card.get("generated") else parent   # "x (file x.pt)" -> x
+    name = name or f"{stem}-adapted-{time.strftime('%Y%m%d-%H%M%S')}"
     if not NAME_RE.match(name):
         raise ValueError(f"model name {name!r}: use letters, digits, '.', '_' or '-' (at most 64)")
     if zoo._card_path(name) is not None:

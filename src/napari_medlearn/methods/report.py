@@ -94,7 +94,6 @@ def write_measures_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLik
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder; give a file name ending in .csv")
-    path.parent.mkdir(parents=True, exist_ok=True)
 
     def cell(v: Any) -> Any:
         if v is None or (isinstance(v, float) and not math.isfinite(v)):

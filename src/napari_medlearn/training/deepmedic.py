@@ -567,7 +567,9 @@ def train_deepmedic(cases: Sequence[LesionTrainingCase], arch_args: dict, run_di
 def _resume_deepmedic(arch_args: dict, run_dir: Path, epochs: int, iters_per_epoch: int, batch_size: int,
                       seed: int, device: str):
     """A fold already trained to ``epochs`` (its ``last.pt``), without loading its training data."""
-    ckpt = torch.load(Path(run_dir) / "last.pt", map_location="cpu", weights_only=True)
+    from ..zoo import torch_load
+
+    ckpt = torch_load(Path(run_dir) / "last.pt")
     if int(ckpt["epoch"]) + 1 < epochs:
         raise RuntimeError(f"{run_dir} holds an unfinished run (epoch {int(ckpt['epoch']) + 1} of {epochs})")
     return train_deepmedic([], arch_args, run_dir, epochs, iters_per_epoch, batch_size=batch_size, seed=seed,

@@ -72,7 +72,7 @@ def train(
     start_epoch = 0
     last = run_dir / "last.pt"
     if last.exists():
-        ckpt = torch.load(last, map_location="cpu", weights_only=True)
+        ckpt = zoo.torch_load(last)
         if ckpt.get("arch") == arch:
             model.load_state_dict(ckpt["state_dict"])
             opt.load_state_dict(ckpt["optimizer"])

@@ -193,7 +193,7 @@ def train_uda(model: nn.Module, source_batch: Callable, target_batch: Callable, 
     start = 0
     last = run_dir / "last.pt"
     if last.exists():
-        ck = torch.load(last, map_location="cpu", weights_only=True)
+        ck = zoo.torch_load(last)
         if ck.get("arch") == arch and "discriminator" in ck:
             model.load_state_dict(ck["state_dict"])
             disc.load_state_dict(ck["discriminator"])
@@ -463,7 +463,7 @@ def self_train_lesion_segmenter(net: nn.Module, arch: str, arch_args: dict, sour
     ck_path = run_dir / "self_training.pt"
     start_round, start_epoch, round_start = 0, 0, None
     if ck_path.exists():
-        ck = torch.load(ck_path, map_location="cpu", weights_only=True)
+        ck = zoo.torch_load(ck_path)
         if ck.get("arch") == arch and "round_start" in ck:
             saved = json.loads(ck["history"])
             if float(saved["config"].get("adversarial_weight", 0.0)) != float(adversarial_weight):
@@ -650,7 +650,7 @@ def run_lesions_uda(run_dir: str | Path, ship: bool = False, epochs: int = 8, it
     if self_training:
         disc_state = None
         if self_training_adversarial > 0:
-            disc_state = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)["discriminator"]
+            disc_state = zoo.torch_load(run_dir / "last.pt")["discriminator"]
         st_hist = self_train_lesion_segmenter(model, "deepmedic", arch_args, source, target, run_dir,
                                               portions=tuple(self_training), iters_per_epoch=iters_per_epoch,
                                               batch_size=batch_size, seed=seed, device=device, progress=progress,

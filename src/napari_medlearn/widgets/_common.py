@@ -38,9 +38,14 @@ USER_ERRORS = (ValueError, OSError, InterruptedError)
 
 
 def notify_error(error: BaseException | str) -> str:
-    """Show ``error`` as a napari error notification; return the message shown."""
+    """Show ``error`` as a napari error notification; return the message shown. A file error is
+    said as the CLI says it (:func:`napari_medlearn.imaging.atomic.error_message`: ``cannot write
+    <file>: No space left on device``)."""
+    from ..imaging.atomic import error_message
+
     if isinstance(error, BaseException):
-        msg = str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
+        msg = error_message(error) if isinstance(error, OSError) else \
+            str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
     else:
         msg = str(error)
     show_error(msg)

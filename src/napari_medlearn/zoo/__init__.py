@@ -14,6 +14,11 @@ Official weights published by a paper's authors are not shipped (licences, size)
 converts their own copy with :func:`import_weights`, which writes ``NAME.pt`` + ``NAME.json``
 into the user zoo :func:`user_dir` (``$MEDLEARN_ZOO``, else ``~/.cache/napari-medlearn/zoo``);
 names found there work like shipped ones (a shipped name wins a clash).
+
+Weights are checked before use by :mod:`.verify` (on import, on a save into the user zoo, on
+every first load of a file): finite values and a finite output on a tiny probe input (verdicts
+cached by sha256 within the process). A checkpoint given by path without a card beside it gets a
+generated card named after the file (:func:`card`), never the name of the model it came from.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..imaging.atomic import atomic_path
+from .verify import problem, torch_load
 
 HERE = Path(__file__).parent
 WEIGHTS_DIR = HERE / "weights"
@@ -51,8 +57,11 @@ def _weights_path(name: str) -> Path:
     return (WEIGHTS_DIR if (CARDS_DIR / f"{name}.json").exists() else user_dir()) / f"{name}.pt"
 
 
-#: (resolved path, sha256, device) -> module; the only global state (see DESIGN.md)
+#: (resolved path, sha256, device) -> module; the only global state (see DESIGN.md), with
+#: :data:`_VERDICTS`
 _CACHE: dict[tuple[str, str, str], Any] = {}
+#: sha256 -> what is wrong with those weights ("" when nothing): each file is probed once
+_VERDICTS: dict[str, str] = {}
 
 
 class ModelError(ValueError):
@@ -100,13 +109,14 @@ def default_model(task: str) -> str:
 
 
 def card(name_or_path: str | os.PathLike) -> dict[str, Any]:
-    """The model card of a shipped name or a checkpoint path."""
+    """The model card of a shipped name or a checkpoint path (for a checkpoint without a
+    ``.json`` card beside it, the card :func:`generated_card` makes)."""
     path = Path(name_or_path)
     if path.suffix == ".pt" or path.exists():
         side = path.with_suffix(".json")
         if side.exists():
             return json.loads(side.read_text())
-        return dict(_read_checkpoint(path).get("card", {}))
+        return generated_card(path, _read_checkpoint(path))
     card_path = _card_path(str(name_or_path))
     if card_path is None:
         raise ModelError(
@@ -114,6 +124,34 @@ def card(name_or_path: str | os.PathLike) -> dict[str, Any]:
             " (or give the path of a checkpoint)"
         )
     return json.loads(card_path.read_text())
+
+
+def generated_card(path: Path, ckpt: dict[str, Any], task: str | None = None,
+                   sha256: str | None = None) -> dict[str, Any]:
+    """The card of a checkpoint that has none beside it.
+
+    Its name is the file's (``"my-checkpoint (file my-checkpoint.pt)"``): the card carried
+    inside may still name the model the checkpoint was trained as or copied from (a shipped
+    one), and results would then claim to be that model. The rest of the carried card stays
+    (task, labels, training); architecture and arguments come from the checkpoint itself; the
+    input spec is the carried one, else the default card of its task (``task`` when the
+    checkpoint names none), recorded as ``"input_from"``.
+    """
+    inner = dict(ckpt.get("card", {}) or {})
+    c = {**inner, "name": f"{path.stem} (file {path.name})", "generated": True, "file": path.name,
+         "sha256": sha256 or sha256_of(path), "architecture": ckpt["arch"],
+         "arch_args": dict(ckpt.get("arch_args", {}))}
+    if inner.get("name"):
+        c["name_in_checkpoint"] = str(inner["name"])
+    task = inner.get("task") or task
+    if not inner.get("input") and task:
+        try:
+            source = default_model(str(task))
+        except ModelError:
+            source = None
+        if source is not None and card(source).get("input"):
+            c.update(input=card(source)["input"], input_from=source)
+    return c
 
 
 def resolve_device(device: str = "auto"):
@@ -142,29 +180,29 @@ def resolve_device(device: str = "auto"):
 
 
 def _read_checkpoint(path: Path) -> dict[str, Any]:
-    import torch
-
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch_load(path)
     except FileNotFoundError:
         raise ModelError(f"checkpoint not found: {path}") from None
-    except Exception as e:  # pickle errors, truncated files, foreign formats
-        raise ModelError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
+    except ValueError as e:  # pickled objects, truncated files, foreign formats: one line, no torch advice
+        raise ModelError(str(e)) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "arch" not in ckpt:
         raise ModelError(f"{path} is not a napari-medlearn checkpoint (needs arch, arch_args, state_dict)")
     return ckpt
 
 
-def _locate(name_or_path: str | os.PathLike) -> tuple[Path, str | None, dict[str, Any]]:
-    """Weights path, expected sha256 (or None) and card for a name or a path."""
+def _locate(name_or_path: str | os.PathLike) -> tuple[Path, str | None, dict[str, Any] | None]:
+    """Weights path, expected sha256 (or None) and card (None for a checkpoint without one
+    beside it: generated once the file is read) for a name or a path."""
     p = Path(name_or_path)
     if p.suffix == ".pt" or p.exists():
         if not p.exists():
             raise ModelError(f"checkpoint not found: {p}")
-        c = card(p)
         side = p.with_suffix(".json")
-        expected = c.get("sha256") if side.exists() else None
-        return p, expected, c
+        if not side.exists():
+            return p, None, None
+        c = json.loads(side.read_text())
+        return p, c.get("sha256"), c
     c = card(str(name_or_path))
     w = _weights_path(str(name_or_path))
     if not w.exists():
@@ -180,12 +218,17 @@ def load(name_or_path: str | os.PathLike, device: str = "auto", task: str | None
     The returned module has ``.card`` (dict) and ``.zoo_name`` attributes. The weights file's
     sha256 is checked against its card before ``torch.load(..., weights_only=True)``. With
     ``task``, a model whose card names another task (one not starting with ``task``) is
-    refused with a :class:`ModelError` naming both, before its weights are read.
+    refused with a :class:`ModelError` naming both, before its weights are read (after, for a
+    checkpoint without a card beside it: its task is inside). The weights must be finite and
+    give a finite output on a tiny probe input (:func:`check_weights`, once per file and
+    process): a matching sha256 only says the file is the one its card was written for, and
+    ``medlearn train --ship`` writes that card for whatever the training produced. A
+    checkpoint without a card gets a :func:`generated_card` named after the file.
     """
     from .. import nets
 
     path, expected, c = _locate(name_or_path)
-    if task is not None:
+    if task is not None and c is not None:
         _check_task(name_or_path, c.get("task") or _checkpoint_task(path), task)
     actual = sha256_of(path)
     if expected is not None and actual != expected:
@@ -193,18 +236,38 @@ def load(name_or_path: str | os.PathLike, device: str = "auto", task: str | None
     dev = resolve_device(device)
     key = (str(path.resolve()), actual, str(dev))
     if key in _CACHE:
+        if task is not None and c is None:
+            _check_task(name_or_path, _CACHE[key].card.get("task"), task)
         return _CACHE[key]
     ckpt = _read_checkpoint(path)
+    if c is None:
+        c = generated_card(path, ckpt, task, sha256=actual)
+        if task is not None:
+            _check_task(name_or_path, c.get("task"), task)
     model = nets.build(ckpt["arch"], **dict(ckpt.get("arch_args", {})))
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:
         raise ModelError(f"weights in {path.name} do not fit architecture {ckpt['arch']}: {e}") from None
-    model.eval().to(dev)
+    check_weights(model.eval(), ckpt["arch"], path.name, sha256=actual)
+    model.to(dev)
     model.card = {**dict(ckpt.get("card", {})), **c, "sha256": actual}
     model.zoo_name = c.get("name", path.stem)
     _CACHE[key] = model
     return model
+
+
+def check_weights(model, arch: str, label: str, sha256: str | None = None) -> None:
+    """Refuse (:class:`ModelError` naming ``label``) weights with NaN/Inf values or a
+    non-finite output on a tiny probe input (:func:`.verify.problem`). With ``sha256`` the
+    verdict is cached: a file is probed once per process."""
+    reason = _VERDICTS.get(sha256) if sha256 else None
+    if reason is None:
+        reason = problem(model, arch) or ""
+        if sha256:
+            _VERDICTS[sha256] = reason
+    if reason:
+        raise ModelError(f"weights in {label}: {reason}; refusing")
 
 
 def _checkpoint_task(path: Path) -> str | None:
@@ -221,14 +284,21 @@ def _check_task(name, has: str | None, wanted: str) -> None:
 
 
 def save_checkpoint(model, path: str | os.PathLike, arch: str, arch_args: dict[str, Any],
-                    card: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> str:
+                    card: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
+                    check: bool | None = None) -> str:
     """Write a loadable checkpoint atomically; return its sha256.
 
     ``extra`` may hold tensors and plain values (optimizer state, epoch) for resuming.
+    ``check`` runs :func:`check_weights` first (nothing is written for broken weights); by
+    default only for a file saved into the user zoo, where it would be used by name.
     """
     import torch
 
     path = Path(path)
+    if check is None:
+        check = path.parent.resolve() == user_dir().resolve()
+    if check:
+        check_weights(model, arch, path.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     obj = {"arch": arch, "arch_args": dict(arch_args), "state_dict": state, "card": dict(card or {})}
@@ -394,10 +464,12 @@ def import_weights(kind: str, path: str | os.PathLike, out: str | os.PathLike | 
     if not src.is_file():
         raise FileNotFoundError(f"{src}: no such file")
     model, arch, arch_args, c = IMPORTERS[kind](src)
+    check_weights(model, arch, src.name)
     folder = Path(out).expanduser() if out is not None else user_dir()
     name = c["name"]
     weights = folder / f"{name}.pt"
-    c["sha256"] = save_checkpoint(model, weights, arch, arch_args, card=c)
+    c["sha256"] = save_checkpoint(model, weights, arch, arch_args, card=c, check=False)
+    _VERDICTS[c["sha256"]] = ""
     write_json_atomic(c, weights.with_suffix(".json"))
     for key in [k for k in _CACHE if k[0] == str(weights.resolve())]:
         del _CACHE[key]
@@ -406,6 +478,7 @@ def import_weights(kind: str, path: str | os.PathLike, out: str | os.PathLike | 
 
 
 __all__ = [
-    "IMPORTERS", "ModelError", "available", "card", "default_model", "import_weights", "load",
-    "resolve_device", "save_checkpoint", "sha256_of", "user_dir", "write_json_atomic",
+    "IMPORTERS", "ModelError", "available", "card", "check_weights", "default_model", "generated_card",
+    "import_weights", "load", "resolve_device", "save_checkpoint", "sha256_of", "torch_load", "user_dir",
+    "write_json_atomic",
 ]

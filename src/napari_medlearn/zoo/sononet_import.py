@@ -72,7 +72,7 @@ def convert_sononet(path: Path, width: int, flip_filters: bool = False) -> tuple
                 raise ModelError(f"{path.name}: layer {i} has weights {W.shape}, SonoNet-{width} needs "
                                  f"{tuple(conv.weight.shape)} (is this SonoNet{width}.npz?)")
             if not np.all(np.isfinite(inv_std)) or np.any(inv_std <= 0):
-                raise ModelError(f"{path.name}: layer {i} has non-positive inv_std")
+                raise ModelError(f"{path.name}: layer {i} has a non-finite or non-positive inv_std")
             if flip_filters:
                 W = W[..., ::-1, ::-1].copy()
             conv.weight.copy_(torch.from_numpy(np.ascontiguousarray(W, dtype=np.float32)))
