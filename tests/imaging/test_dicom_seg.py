@@ -171,6 +171,10 @@ def test_folder_with_series_and_seg_opens_both_aligned(cine, tmp_path):
     np.testing.assert_allclose(lkw["translate"], ikw["translate"], atol=1e-4)
     assert lkw["metadata"]["label_names"] == {1: "LV cavity", 2: "myocardium", 3: "RV cavity"}
     assert lkw["colormap"][1][:3] == pytest.approx((1.0, 0.25, 0.25), abs=0.02)
+    from napari_medlearn.imaging.io import read_volume
+
+    one_phase = read_volume(exam / "seg_t02.dcm")                 # read_volume of a SEG: its labels
+    np.testing.assert_array_equal(one_phase.data, labels.data[1])
     # a SEG file on its own opens as its labels alone
     [(one, _, kind)] = read_layers(str(exam / "seg_t01.dcm"))
     assert kind == "labels" and one.shape == labels.data.shape[1:]

@@ -128,6 +128,13 @@ def test_uncertainty_parametric_map_on_its_source(small_series, tmp_path):
         np.testing.assert_array_equal(frames[i], values[order.index(ref)])
     with pytest.raises(ValueError, match="does not match the source series"):
         write_parametric_map(values[:2], folder, tmp_path / "bad.dcm")
+    # beside its series, the map is no slice of it
+    import shutil
+
+    from napari_medlearn.imaging.io import read_dicom_series
+
+    shutil.copy(out, folder / "uncertainty.dcm")
+    assert len(read_dicom_series(folder)) == 1
 
 
 def test_segment_heart_on_a_dicom_cine_writes_seg_and_sr_matching_its_nifti_and_csv(tmp_path):

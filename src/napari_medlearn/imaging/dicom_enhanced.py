@@ -66,6 +66,28 @@ def _num(ds, keyword: str) -> float | None:
     return None if ds is None else _float_or_none(ds.get(keyword))
 
 
+#: derived objects with Rows and Columns that are no slices of a series: Segmentation and
+#: Parametric Map (read by imaging.dicom_seg and imaging.dicom_sr)
+DERIVED_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.30")
+
+
+def series_headers(header) -> list:
+    """What a multi-frame or SEG file adds to its series: a header per frame of an enhanced
+    MR/CT, nothing for a SEG or a parametric map, itself for a clip (see ``io.is_dicom_video``)."""
+    import pydicom
+
+    if header.modality == "SEG":
+        return []
+    try:
+        meta = pydicom.filereader.read_file_meta_info(str(header.path))
+        sop_class = str(meta.get("MediaStorageSOPClassUID", ""))
+    except Exception:
+        sop_class = ""
+    if sop_class in DERIVED_SOP_CLASSES:
+        return []
+    return frame_headers(header) if is_enhanced(header) else [header]
+
+
 def frame_headers(header) -> list:
     """One ``io._SliceHeader`` per frame of an enhanced file (``frame`` set to its index)."""
     import pydicom
@@ -124,6 +146,12 @@ def frame_headers(header) -> list:
     return out
 
 
+def _is_seg_file(path: Path) -> bool:
+    from .dicom_seg import is_dicom_seg
+
+    return is_dicom_seg(path)
+
+
 def _has_temporal_tags(path: Path) -> bool:
     import pydicom
 
@@ -143,6 +171,12 @@ def read_dicom_file(path: str | os.PathLike, series_uid: str | None = None) -> A
     own = _read_slice_header(path)
     if own is None:
         raise ValueError(f"cannot read {path}: not a DICOM image file")
+    if _is_seg_file(path):
+        from .dicom_seg import read_seg
+
+        return read_seg(path).volume()                     # a SEG: its labels, on its own geometry
+    if not series_headers(own):
+        raise ValueError(f"cannot read {path} as an image: a DICOM parametric map (a derived object)")
     with warnings.catch_warnings(record=True) as caught:     # the folder's other files are not asked for
         warnings.simplefilter("always")
         headers = _scan_series(path.parent).get(series_uid or own.series_uid, [])

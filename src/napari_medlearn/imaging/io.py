@@ -362,9 +362,6 @@ def read_itk_image(path: str | os.PathLike) -> Volume:
 # DICOM
 # ---------------------------------------------------------------------------------------
 _DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
-# derived objects that have Rows and Columns but are no slices of a series: Segmentation,
-# Parametric Map (read by imaging.dicom_seg and imaging.dicom_sr)
-_DERIVED_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.30")
 # Positions within this distance (mm) along the normal belong to the same slice.
 _SAME_SLICE_MM = 1e-2
 # A gap may differ from the median gap by this fraction before a slice counts as missing.
@@ -420,8 +417,8 @@ class _SliceHeader:
     samples_per_pixel: int
     slice_spacing_tag: float | None  # SpacingBetweenSlices, else SliceThickness: 1-slice only
     sop_uid: str = ""                 # SOPInstanceUID: the same image copied twice has the same one
-    palette: bool = False             # PhotometricInterpretation PALETTE COLOR
     frame: int | None = None          # the frame of an enhanced (multi-frame) file, see dicom_enhanced
+    palette: bool = False             # PhotometricInterpretation PALETTE COLOR
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -452,8 +449,6 @@ def _read_slice_header(path: Path) -> _SliceHeader | None:
     sop_class = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
     if sop_class == _DICOMDIR_SOP_CLASS or "Rows" not in ds or "Columns" not in ds:
         return None  # DICOMDIR, structured reports, presentation states: not images
-    if sop_class in _DERIVED_SOP_CLASSES or str(ds.get("SOPClassUID", "")) in _DERIVED_SOP_CLASSES:
-        return None
 
     def vec(name: str, n: int) -> np.ndarray | None:
         v = ds.get(name)
@@ -506,10 +501,12 @@ def _scan_series(folder: str | os.PathLike, skip_video: bool = False) -> dict[st
         h = _read_slice_header(p)
         if h is None or (skip_video and _is_video(h)):
             continue
-        if h.frames > 1 and not _is_video(h):    # enhanced MR/CT: one header per frame
-            from .dicom_enhanced import frame_headers
+        if h.frames > 1 or h.modality == "SEG":  # enhanced MR/CT: a header per frame; SEG, maps: none
+            from .dicom_enhanced import series_headers
 
-            groups.setdefault(h.series_uid, []).extend(frame_headers(h))
+            frames = series_headers(h)
+            if frames:
+                groups.setdefault(h.series_uid, []).extend(frames)
             continue
         if h.sop_uid:
             # a second file of an image already read (an export copied twice) is the same image,
