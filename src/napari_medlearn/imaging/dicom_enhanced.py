@@ -179,7 +179,14 @@ def read_dicom_file(path: str | os.PathLike, series_uid: str | None = None) -> A
         raise ValueError(f"cannot read {path} as an image: a DICOM parametric map (a derived object)")
     with warnings.catch_warnings(record=True) as caught:     # the folder's other files are not asked for
         warnings.simplefilter("always")
-        headers = _scan_series(path.parent).get(series_uid or own.series_uid, [])
+        scan = _scan_series(path.parent)
+    uid = series_uid or own.series_uid
+    # the reader's scan is a dict of series, or (with damaged-file checks) an object holding one
+    # and the series refused for a damaged file, whose one line is kept
+    refused = getattr(scan, "refused", {})
+    if uid in refused:
+        raise ValueError(refused[uid])
+    headers = getattr(scan, "groups", scan).get(uid, [])
     for w in caught:
         if str(w.message).startswith(f"{path.name}:"):
             warnings.warn(str(w.message), stacklevel=2)
