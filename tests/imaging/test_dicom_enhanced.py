@@ -117,11 +117,11 @@ def test_emri_small_opens_with_the_geometry_of_a_classic_series_of_the_same_cont
     classic = read_dicom_folder(tmp_path / "classic")
     np.testing.assert_allclose(enhanced.affine, classic.affine, atol=1e-6)
     np.testing.assert_array_equal(enhanced.data, classic.data)
-    # in pydicom-data's own folder (siblings of the same series in other transfer syntaxes)
-    # the file still opens as itself
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        assert read_volume(src).data.shape == (10, 64, 64)
+    # beside a copy of itself in another transfer syntax (same series, as in pydicom-data's
+    # folder) it still opens as itself
+    shutil.copy(_testdata("emri_small_big_endian.dcm"), tmp_path / "e")
+    with pytest.warns(UserWarning, match="opened alone"):
+        assert read_volume(tmp_path / "e" / "emri_small.dcm").data.shape == (10, 64, 64)
 
 
 def test_mr2_uncr_opens_as_one_image_named_by_its_series(tmp_path):
@@ -129,7 +129,12 @@ def test_mr2_uncr_opens_as_one_image_named_by_its_series(tmp_path):
     syntaxes (MR2_J2KI, ...): that is no cine, so the file opens alone."""
     from napari_medlearn._io_plugin import read_layers
 
-    src = _testdata("MR2_UNCR.dcm")
+    folder = tmp_path / "mr2"
+    folder.mkdir()
+    for name in ("MR2_UNCR.dcm", "MR2_UNCI.dcm", "MR2_J2KI.dcm", "MR2_J2KR.dcm"):
+        shutil.copy(_testdata(name), folder / name)
+    src = folder / "MR2_UNCR.dcm"
+    assert read_dicom_series(folder)[0].data.shape[0] == 3      # the folder: a 3-"phase" pseudo-cine
     with pytest.warns(UserWarning, match="opened alone"):
         volume = read_volume(src)
     assert volume.data.shape == (1, 1024, 1024)
@@ -140,7 +145,7 @@ def test_mr2_uncr_opens_as_one_image_named_by_its_series(tmp_path):
     assert volume.meta["series"] == "MR2_UNCR"        # no SeriesDescription: the file's name
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        layers = read_layers(src)
+        layers = read_layers(str(src))
     assert len(layers) == 1 and layers[0][0].shape == (1, 1024, 1024) and layers[0][1]["name"] == "MR2_UNCR"
 
 

@@ -20,8 +20,10 @@ file's SpacingBetweenSlices (else 1 mm) between frames, axial orientation.
 
 :func:`read_dicom_file` opens a DICOM file the way a user means it: its whole series from
 its folder, unless that series is no complete series (images of one position without any
-temporal position, as when the same image is stored in several transfer syntaxes, or a
-series that cannot be assembled): then the file alone, named by its series description.
+temporal position, as when the same image is stored in several transfer syntaxes, or files
+whose geometry does not make one stack): then the file alone, named by its series
+description, with a warning. A series the reader refuses for a damaged file that may be one
+of its images stays refused, for any of its files.
 """
 
 from __future__ import annotations
@@ -184,14 +186,15 @@ def read_dicom_file(path: str | os.PathLike, series_uid: str | None = None) -> A
     # the reader's scan is a dict of series, or (with damaged-file checks) an object holding one
     # and the series refused for a damaged file, whose one line is kept
     refused = getattr(scan, "refused", {})
-    if uid in refused:
-        raise ValueError(refused[uid])
     headers = getattr(scan, "groups", scan).get(uid, [])
     for w in caught:
         if str(w.message).startswith(f"{path.name}:"):
             warnings.warn(str(w.message), stacklevel=2)
-    if is_enhanced(own) and len({h.path for h in headers}) == 1:
-        return _load_series(headers, path.parent)                # one enhanced file: itself
+    if uid in refused:        # a damaged file that may be one of its images: never read without it
+        raise ValueError(refused[uid])
+    mine = [h for h in headers if h.path == path] or series_headers(own)
+    if is_enhanced(own) and {h.path for h in headers} <= {path}:
+        return _load_series(mine, path.parent)                   # one enhanced file: itself
     alone = None
     try:
         plan = _plan_series(headers)
@@ -206,7 +209,6 @@ def read_dicom_file(path: str | os.PathLike, series_uid: str | None = None) -> A
         alone = f"its series cannot be assembled ({exc})"
     if alone is None:
         return _load_series(headers, path.parent, plan)
-    mine = [h for h in headers if h.path == path] or [own]
     volume = _load_series(mine, path)
     volume.meta["series"] = own.description or path.stem
     volume.meta["source"] = str(path)
