@@ -87,7 +87,16 @@ def series_headers(header) -> list:
         sop_class = ""
     if sop_class in DERIVED_SOP_CLASSES:
         return []
-    return frame_headers(header) if is_enhanced(header) else [header]
+    if not is_enhanced(header):
+        return [header]
+    try:
+        return frame_headers(header)
+    except ValueError:
+        raise
+    except Exception as exc:      # a damaged functional group: one line, as for any damaged file
+        from .io import _one_line
+
+        raise ValueError(f"cannot read the frames of enhanced DICOM file {header.path}: {_one_line(exc)}") from None
 
 
 def frame_headers(header) -> list:
