@@ -28,7 +28,11 @@ measured along the way.
 - ``batch``: the Cohort (batch) widget running segment-heart over three ACDC patients, then one
   case opened for review.
 
-Usage: ``xvfb-run -a python benchmarks/screenshots.py OUT_DIR [sample|acdc|dicom|recon|lesions|planes|emma|batch ...]``
+- ``correction``: the Correction tools dock on the cardiac sample (LV erased on two slices, filled
+  back between the slices, myocardium grown); ``correction_lesion``: on the synthetic lesion
+  (islands removed, a stroke painted within a FLAIR window).
+
+Usage: ``xvfb-run -a python benchmarks/screenshots.py OUT_DIR [sample|acdc|dicom|recon|lesions|planes|emma|batch|correction ...]``
 """
 
 from __future__ import annotations
@@ -615,6 +619,89 @@ def scenario_batch(viewer, out: Path):
 
 
 SCENARIOS["batch"] = scenario_batch
+
+
+def scenario_correction(viewer, out: Path):
+    """Plugins > MedLearn > Correction tools on a cardiac and a lesion case: the sample cine
+    segmented, the LV erased on two mid slices of ED and filled back between the slices (LVEDV
+    before / erased / filled), the myocardium grown 1.5 mm; then the synthetic lesion sample's
+    truth copied as an editable layer, islands sprinkled and removed, a stroke painted within a
+    FLAIR window."""
+    print("correction: the cardiac sample, segmented, two slices of the LV erased")
+    viewer.open_sample("napari-medlearn", "cardiac_cine")
+    image = viewer.layers["cardiac cine (phantom)"]
+    w = open_widget(viewer)
+    labels = run_widget(w, image)
+    ed = int(w.measures["ED_frame"])
+    before = w.measure_text("LVEDV (mL)")
+    _, dock = viewer.window.add_plugin_dock_widget("napari-medlearn", "Correction tools")
+    dock.labels_picker.value = labels
+    viewer.dims.set_point(0, ed * image.scale[0])
+    lv_slices = [z for z in range(labels.data.shape[1]) if (labels.data[ed, z] == 1).any()]
+    mid = lv_slices[len(lv_slices) // 2 - 1: len(lv_slices) // 2 + 1]
+    for z in mid:
+        idx = np.nonzero(labels.data[ed, z] == 1)
+        labels.data_setitem((np.full(idx[0].shape, ed), np.full(idx[0].shape, z)) + idx, 0)
+    settle(1.0)
+    erased = w.measure_text("LVEDV (mL)")
+    dock.label_spin.setValue(1)
+    world = labels.data_to_world((ed, mid[0], 0, 0))
+    viewer.dims.set_point(0, float(world[0]))
+    viewer.dims.set_point(1, float(world[1]))
+    print(f"  slider at frame {viewer.dims.current_step[0]}, slice {viewer.dims.current_step[1]} (ED is {ed})")
+    n = dock.interpolate()
+    settle(1.0)
+    print(f"  LVEDV (mL) {before} -> slices {mid} erased {erased} -> filled between slices {w.measure_text('LVEDV (mL)')} ({n} voxels)")
+    dock.label_spin.setValue(2)
+    dock.margin.setValue(1.5)
+    dock.grow_shrink()
+    settle(1.0)
+    print(f"  myocardium grown 1.5 mm: LVM {w.measure_text('LVM (g)')}; status: {dock.status.text()}")
+    shoot(viewer, out / "correction_cardiac.png")
+
+
+def scenario_correction_lesion(viewer, out: Path):
+    """The Correction tools dock on the synthetic lesion sample's truth (see ``correction``)."""
+    print("correction_lesion: the synthetic lesion sample's truth as an editable layer")
+    viewer.open_sample("napari-medlearn", "brain_lesion")
+    _, dock = viewer.window.add_plugin_dock_widget("napari-medlearn", "Correction tools")
+    flair = next(l for l in viewer.layers if "FLAIR" in l.name)
+    truth = next(l for l in viewer.layers if l.__class__.__name__ == "Labels")
+    lab = np.asarray(truth.data).copy()
+    rng = np.random.default_rng(0)
+    for _ in range(12):
+        z, y, x = (rng.integers(0, s) for s in lab.shape)
+        lab[z, y:y + 2, x:x + 2] = 2
+    edit = viewer.add_labels(lab, name="lesion labels (edit)", scale=truth.scale, translate=truth.translate,
+                             metadata=dict(truth.metadata))
+    truth.visible = False
+    dock.labels_picker.value = edit
+    dock.label_spin.setValue(2)
+    dock.island_ml.setValue(0.05)
+    print(f"  remove islands: {dock.remove_islands()} voxels; {dock.status.text()}")
+    z = int(np.argmax((lab == 2).sum(axis=(1, 2))))
+    viewer.dims.set_point(0, float(edit.data_to_world((z, 0, 0))[0]))
+    dock.image_picker.value = flair
+    # the window: the FLAIR brightness of oedema (its truth's 5th percentile up), so the stroke
+    # that overshoots the lesion's edge into normal tissue keeps only the bright part
+    lo, hi = np.percentile(np.asarray(flair.data)[np.asarray(truth.data) == 2], [5, 100])
+    dock.window_low.setValue(float(lo))
+    dock.window_high.setValue(float(hi))
+    dock.window_check.setChecked(True)
+    viewer.reset_view()
+    edit.selected_label = 2
+    edit.brush_size = 14
+    ys, xs = np.nonzero(lab[z] == 2)
+    row = ys[np.argmax(xs)]
+    for dx in range(-4, 8, 2):
+        edit.paint((z, row, xs.max() + dx), 2)
+    settle(0.5)
+    print(f"  {dock.status.text()}")
+    shoot(viewer, out / "correction_lesion.png")
+
+
+SCENARIOS["correction"] = scenario_correction
+SCENARIOS["correction_lesion"] = scenario_correction_lesion
 
 
 def main() -> None:

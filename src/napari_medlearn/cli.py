@@ -511,10 +511,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings for the user (a damaged series' missing end, a repaired voxel size) as one line on
+    stderr, like errors, instead of Python's two lines with a source file and code."""
+    text = " ".join(str(message).split())
+    print(f"medlearn: warning: {text}", file=file or sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import warnings
+
     parser = build_parser()
     args = parser.parse_args(argv)
     _ARGV[:] = sys.argv[1:] if argv is None else list(argv)
+    shown = warnings.showwarning
+    warnings.showwarning = _one_line_warning
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -525,6 +536,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(f"medlearn: error: {error_message(e)}", file=sys.stderr)
         return 2
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":  # pragma: no cover

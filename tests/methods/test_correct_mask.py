@@ -141,3 +141,26 @@ def test_the_gate_keeps_prior_additions_inside_the_heart_footprint(tiny_acnn):
     assert concavities(bitten, (8.0, 2.0, 2.0), 12.0, neighbours=True)[3][bite].all()
     res = correct_mask(bitten, (8.0, 2.0, 2.0), model=tiny_acnn, threshold=0.5, gate_mm=12.0)
     assert not (res.changed & ~concavities(bitten, (8.0, 2.0, 2.0), 12.0) & (bitten == 0)).any()
+
+
+def test_review_flags_a_shrinking_or_vanishing_structure_and_a_flat_plausibility():
+    from napari_medlearn.methods.acnn import review_proposal
+
+    before = np.zeros((2, 4, 20, 20), np.uint8)
+    before[:, :, 5:15, 5:15] = 2
+    before[:, :, 8:12, 8:12] = 1
+    before[:, :, 0:4, 0:10] = 3
+    after = before.copy()
+    after[1, :2][after[1, :2] == 3] = 0           # frame 1 loses half its RV
+    after[0][after[0] == 1] = 2                    # frame 0's LV turned to myocardium
+    r = review_proposal(before, after, (8.0, 1.5, 1.5), 0.3, 0.3)
+    assert any("frame 0: LV cavity removed entirely" in w for w in r.warnings)
+    assert any("frame 1: RV cavity shrinks" in w and "-50 %" in w for w in r.warnings)
+    assert any("plausibility does not rise" in w for w in r.warnings)
+    assert r.flagged == {(0, 1), (1, 3)}
+    assert set(np.unique(r.changes)) == {0, 2, 3}
+    assert (r.changes == 3).sum() == 4 * 16 and (r.changes == 2).sum() == 2 * 40
+    ok = review_proposal(before, before, (8.0, 1.5, 1.5), 0.3, 0.9)
+    assert ok.warnings == ()
+    assert review_proposal(before, before, (8.0, 1.5, 1.5), 0.95, 0.95).warnings == ()   # plausible already
+    assert "plausibility falls" in review_proposal(before, before, (8.0, 1.5, 1.5), 0.95, 0.5).warnings[0] and r.volumes[1][3] == (pytest.approx(160 * 18 / 1000), pytest.approx(80 * 18 / 1000))

@@ -57,3 +57,33 @@ def test_bad_labels_give_a_notification_and_no_layers(make_napari_viewer, qtbot,
     qtbot.waitUntil(lambda: not w.running, timeout=60000)
     assert errors and "unknown label values [9]" in str(errors[-1])
     assert [ly.name for ly in viewer.layers] == ["odd"]
+
+
+def test_a_harmful_proposal_hides_nothing_and_waits_for_the_reviewer(make_napari_viewer, qtbot, errors):
+    from napari_medlearn.methods import MaskResult
+    from napari_medlearn.widgets.acnn import MaskCorrectionWidget
+
+    viewer = make_napari_viewer()
+    lab = ring_labels(shape=(6, 40, 40), spacing=(8.0, 2.0, 2.0))
+    cine = np.stack([lab, lab])
+    original = viewer.add_labels(cine.copy(), name="mask", scale=(1.0, 8.0, 2.0, 2.0))
+    proposal = cine.copy()
+    proposal[1][proposal[1] == 1] = 2                        # frame 1: the LV turned to myocardium
+    w = MaskCorrectionWidget(viewer)
+    qtbot.addWidget(w)
+    w.source = original
+    w.show_result(MaskResult(labels=proposal, plausibility=0.0, plausibility_before=0.0,
+                             changed=proposal != cine, spacing=(8.0, 2.0, 2.0)))
+    assert not original.visible                               # nothing removed still shows underneath
+    changed = viewer.layers["mask [changed]"]
+    assert set(np.unique(changed.data)) == {0, 3}             # moved between structures
+    text = w.warning_label.text()
+    assert "frame 1: LV cavity removed entirely" in text and "plausibility does not rise" in text
+    assert w.table.rowCount() == 2 and "\u2192 0.0" in w.table.item(1, 1).text()
+    assert "frame 1" in w.volumes_label.text()
+    assert not w.accept_button.isEnabled() and w.accept() is None and "tick" in errors[-1]
+    w.seen_check.setChecked(True)
+    assert w.accept_button.isEnabled()
+    accepted = w.accept()
+    assert accepted is not None and original.visible
+    np.testing.assert_array_equal(original.data, cine)

@@ -74,7 +74,8 @@ class Volume:
 
     def __post_init__(self) -> None:
         if len(self.axes) != np.ndim(self.data):
-            raise ValueError(f"axes {self.axes} do not match an array of {np.ndim(self.data)} dims")
+            raise ValueError(f"axes {self.axes} do not match an array of {np.ndim(self.data)} dims "
+                             f"(shape {np.shape(self.data)})")
         aff = np.asarray(self.affine, dtype=float)
         if aff.shape != (4, 4):
             raise ValueError(f"affine must be 4x4, got {aff.shape}")
@@ -95,7 +96,7 @@ class Volume:
             n_sp = len(spacing)
             lead = {0: (), 1: ("t",)}.get(data.ndim - n_sp)
             if lead is None:
-                raise ValueError(f"{data.ndim}-D array with {n_sp} spacings: name its axes")
+                raise ValueError(f"{data.ndim}-D array of shape {data.shape} with {n_sp} spacings: name its axes")
             axes = lead + SPATIAL_AXES[-n_sp:]
         return cls(data, affine_from_spacing(spacing, origin), tuple(axes), dict(meta or {}))
 
@@ -168,7 +169,7 @@ class Volume:
         if axes is None or len(axes) != data.ndim:
             axes = {2: ("y", "x"), 3: ("z", "y", "x"), 4: ("t", "z", "y", "x")}.get(data.ndim)
             if axes is None:
-                raise ValueError(f"cannot interpret a {data.ndim}-D layer as a volume")
+                raise ValueError(f"cannot interpret a {data.ndim}-D layer of shape {data.shape} as a volume")
         axes = tuple(axes)
         n_sp = sum(a in SPATIAL_AXES for a in axes)
         meta = {k: v for k, v in metadata.items() if k not in ("affine", "axes")}

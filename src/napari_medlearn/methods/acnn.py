@@ -427,3 +427,61 @@ def plausibility(labels, spacing, model=None, device: str = "cpu") -> float:
     n_classes = int(card.get("n_classes", getattr(net, "n_classes", 4)))
     arr, sp = validate_labels(labels, spacing, n_classes)
     return float(np.mean([_frame(net, arr[t], sp, n_classes, 0.0, 0.0, False)[0] for t in range(arr.shape[0])]))
+
+
+#: a proposal that shrinks a structure of a frame by more than this share is flagged for review
+DEFAULT_MAX_SHRINK = 0.2
+#: a plausibility a typical expert mask reaches (the card's calibration maps their median here)
+PLAUSIBLE = 0.9
+
+
+@dataclass(frozen=True)
+class ProposalReview:
+    """What a correction proposal does, frame by frame, and what a reviewer must look at.
+
+    ``volumes[t][k] = (before_ml, after_ml)`` for structure ``k`` (1 LV cavity, 2 myocardium,
+    3 RV cavity) of frame ``t``; ``changes`` is an int8 map (1 voxel added to a structure from
+    background, 2 removed to background, 3 moved from one structure to another); ``warnings`` is
+    one line per problem (a structure shrinking by more than ``max_shrink`` in a frame, or
+    vanishing from it; the plausibility falling, or not rising while below :data:`PLAUSIBLE`); ``flagged`` the ``(frame, structure)`` pairs
+    those lines are about.
+    """
+
+    volumes: tuple
+    changes: np.ndarray
+    warnings: tuple
+    flagged: frozenset = frozenset()
+
+
+def review_proposal(before, after, spacing, plausibility_before: float, plausibility_after: float,
+                    max_shrink: float = DEFAULT_MAX_SHRINK) -> ProposalReview:
+    """Compare a proposal with the labels it would replace (``(z, y, x)`` or ``(t, z, y, x)``)."""
+    from ..imaging.measures import voxel_volume_ml
+
+    b, a = np.asarray(before), np.asarray(after)
+    if b.shape != a.shape:
+        raise ValueError(f"the proposal {a.shape} and the original {b.shape} are not on one grid")
+    changes = np.zeros(b.shape, np.int8)
+    changes[(b == 0) & (a != 0)] = 1
+    changes[(b != 0) & (a == 0)] = 2
+    changes[(b != 0) & (a != 0) & (a != b)] = 3
+    frames_b, frames_a = (b, a) if b.ndim == 4 else (b[None], a[None])
+    v = voxel_volume_ml(tuple(spacing)[-3:])
+    volumes, warnings, flagged = [], [], set()
+    for t, (fb, fa) in enumerate(zip(frames_b, frames_a)):
+        row = {k: (float(np.sum(fb == k)) * v, float(np.sum(fa == k)) * v) for k in (1, 2, 3)}
+        volumes.append(row)
+        where = f"frame {t}: " if b.ndim == 4 else ""
+        for k, (vb, va) in row.items():
+            if vb > 0 and va < (1 - max_shrink) * vb:
+                flagged.add((t, k))
+            if vb > 0 and va == 0:
+                warnings.append(f"{where}{CARDIAC_NAMES[k]} removed entirely ({vb:.1f} mL \u2192 0)")
+            elif vb > 0 and va < (1 - max_shrink) * vb:
+                warnings.append(f"{where}{CARDIAC_NAMES[k]} shrinks {vb:.1f} \u2192 {va:.1f} mL "
+                                f"({100 * (va - vb) / vb:+.0f} %)")
+    if plausibility_after < plausibility_before - 0.01:
+        warnings.append(f"plausibility falls ({plausibility_before:.2f} \u2192 {plausibility_after:.2f})")
+    elif plausibility_after <= plausibility_before and plausibility_after < PLAUSIBLE:
+        warnings.append(f"plausibility does not rise ({plausibility_before:.2f} \u2192 {plausibility_after:.2f})")
+    return ProposalReview(tuple(volumes), changes, tuple(warnings), frozenset(flagged))

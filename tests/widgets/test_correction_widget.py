@@ -1,0 +1,108 @@
+import numpy as np
+import pytest
+
+
+def disc(shape, centre, radius):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2
+
+
+@pytest.fixture
+def dock(make_napari_viewer, qtbot):
+    from napari_medlearn.widgets.correction import CorrectionWidget
+
+    viewer = make_napari_viewer()
+    w = CorrectionWidget(viewer)
+    qtbot.addWidget(w)
+    return viewer, w
+
+
+def test_fill_between_slices_on_the_shown_frame_is_one_undo_step(dock):
+    viewer, w = dock
+    lab = np.zeros((3, 9, 40, 40), np.uint8)
+    lab[1, 2][disc((40, 40), (20, 20), 6)] = 2
+    lab[1, 6][disc((40, 40), (20, 20), 10)] = 2
+    lab[0, 4, :3, :3] = 1
+    layer = viewer.add_labels(lab.copy(), name="cine [cardiac]", scale=(1.0, 8.0, 1.5, 1.5))
+    w.labels_picker.value = layer
+    w.label_spin.setValue(2)
+    viewer.dims.set_point(0, 1)
+    edits = []
+    layer.events.paint.connect(lambda e: edits.append(e))
+    n = w.interpolate()
+    assert n > 0 and len(edits) == 1                    # the measures' event fires once
+    assert (layer.data[1, 4] == 2).sum() > (lab[1, 2] == 2).sum()
+    assert np.array_equal(layer.data[0], lab[0]) and np.array_equal(layer.data[2], lab[2])
+    assert "frame 1" in w.status.text()
+    layer.undo()
+    np.testing.assert_array_equal(layer.data, lab)       # one Ctrl+Z takes it all back
+
+
+def test_margin_uses_the_layers_scale_in_mm(dock):
+    viewer, w = dock
+    lab = np.zeros((5, 41, 41), np.uint8)
+    lab[2, 20, 20] = 1
+    layer = viewer.add_labels(lab, name="mask", scale=(8.0, 1.0, 0.5))
+    w.labels_picker.value = layer
+    w.label_spin.setValue(1)
+    w.margin.setValue(2.0)
+    w.grow_shrink()
+    row = np.nonzero(layer.data[2, 20])[0]
+    assert (row.min(), row.max()) == (16, 24) and not layer.data[1].any()
+
+
+def test_islands_holes_and_smoothing_from_the_dock(dock):
+    viewer, w = dock
+    lab = np.zeros((4, 40, 40), np.uint8)
+    lab[:, 10:30, 10:30] = 3
+    lab[:, 18:22, 18:22] = 0
+    lab[2, 35, 35] = 3
+    layer = viewer.add_labels(lab, name="mask", scale=(2.0, 1.0, 1.0))
+    w.labels_picker.value = layer
+    w.label_spin.setValue(3)
+    w.island_ml.setValue(0.01)
+    assert w.remove_islands() == 1 and layer.data[2, 35, 35] == 0
+    assert w.fill_holes() == 4 * 16
+    assert w.smooth() > 0
+    assert len(layer._undo_history) == 3
+
+
+def test_refusals_are_one_notification_and_change_nothing(dock, errors):
+    viewer, w = dock
+    viewer.add_image(np.zeros((4, 10, 10)), name="scan")
+    assert w.interpolate() == 0 and "choose a Labels layer" in errors[-1] and "'scan' is an image" in errors[-1]
+    lab = np.zeros((4, 10, 10), np.uint8)
+    lab[1, 3:6, 3:6] = 1
+    layer = viewer.add_labels(lab.copy(), name="mask")
+    w.labels_picker.value = layer
+    w.label_spin.setValue(1)
+    assert w.interpolate() == 0 and "at least two slices" in errors[-1]
+    w.margin.setValue(-100.0)
+    assert w.grow_shrink() == 0 and "larger than the volume" in errors[-1]
+    w.label_spin.setValue(2)
+    assert w.fill_holes() == 0 and "label 2 is not drawn" in errors[-1]
+    np.testing.assert_array_equal(layer.data, lab)
+    assert len(layer._undo_history) == 0
+
+
+def test_paint_within_the_window_keeps_the_stroke_inside_it_in_one_undo_step(dock, qtbot):
+    viewer, w = dock
+    image = np.zeros((3, 30, 30), np.float32)
+    image[:, :, 15:] = 200.0
+    viewer.add_image(image, name="scan")
+    layer = viewer.add_labels(np.zeros((3, 30, 30), np.uint8), name="mask")
+    w.labels_picker.value = layer
+    w.image_picker.value = viewer.layers["scan"]
+    w.window_low.setValue(100.0)
+    w.window_high.setValue(300.0)
+    w.window_check.setChecked(True)
+    layer.selected_label = 1
+    layer.brush_size = 12
+    viewer.dims.set_point(0, 1)
+    layer.paint((1, 15, 15), 1)                          # a brush dab across the dark/bright edge
+    qtbot.waitUntil(lambda: "left as they were" in w.status.text(), timeout=5000)
+    painted = layer.data[1] == 1
+    assert painted.any() and not painted[:, :15].any()
+    assert painted[:, 15:].sum() > 20
+    layer.undo()
+    assert not layer.data.any()
