@@ -13,8 +13,11 @@ and ``x`` is fixed to 1 (positive) or 0 (negative) on the hint and to the curren
 crop's border. The click spreads through the image region it lies in, as far as the model's
 evidence lets it; the border condition and the crop make the change **local**: voxels outside the
 crop never change, and inside it only the connected piece of change that touches the hint is
-written (a positive hint only adds L, a negative one only takes L away, giving the voxels the
-model's next most probable label). Thick-slice stacks (through-plane spacing more than three
+written. A positive hint only adds L, taking voxels from background, and from another structure
+only where the model finds L at least as probable as it (so a click about one structure does not
+eat a neighbour the model is sure of); a negative hint only takes L away, to background, as
+napari's eraser would (its voxels' next most probable label, tried first, moved LV basal
+voxels into the myocardium and the RV: worse for both). Thick-slice stacks (through-plane spacing more than three
 times the in-plane one, cardiac cines) are refined on the hinted slice only, as a reviewer sees
 them; near-isotropic volumes (brain MR) in a 3-D box.
 
@@ -191,12 +194,16 @@ def _solve(features: np.ndarray, prior: np.ndarray, fixed: np.ndarray, fixed_val
         return x.reshape(shape)
     a_uu = lap[u][:, u]
     rhs = gamma * prior.ravel()[u] - lap[u][:, np.flatnonzero(f)] @ x[f]
-    if u.size <= 20000:
-        xu = splinalg.spsolve(a_uu.tocsc(), rhs)
-    else:
-        diag = a_uu.diagonal()
-        pre = splinalg.LinearOperator(a_uu.shape, matvec=lambda v: v / diag)
-        xu, _ = splinalg.cg(a_uu, rhs, x0=prior.ravel()[u], M=pre, rtol=1e-4, maxiter=500)
+    from threadpoolctl import threadpool_limits
+
+    # one BLAS thread: on a busy machine the threads of a small solve wait for each other (3x slower)
+    with threadpool_limits(1):
+        if u.size <= 20000:
+            xu = splinalg.spsolve(a_uu.tocsc(), rhs)
+        else:
+            diag = a_uu.diagonal()
+            pre = splinalg.LinearOperator(a_uu.shape, matvec=lambda v: v / diag)
+            xu, _ = splinalg.cg(a_uu, rhs, x0=prior.ravel()[u], M=pre, rtol=1e-4, maxiter=500)
     x[u] = xu
     return x.reshape(shape)
 
@@ -222,7 +229,7 @@ def _disc(index: tuple, shape: tuple, spacing: Sequence[float], planar: bool, ra
     return np.broadcast_to(mask, shape).copy()
 
 
-def _refine_label(vol: np.ndarray, feats: np.ndarray, probs: np.ndarray, values: tuple, label: int,
+def _refine_label(vol: np.ndarray, image: np.ndarray, probs: np.ndarray, values: tuple, label: int,
                   seeds: np.ndarray, positive: bool, spacing, planar: bool, gamma: float,
                   crop_mm: float) -> np.ndarray:
     """Refine ``label`` of one volume (``vol`` is changed in place) around one group of seeds."""
@@ -246,7 +253,7 @@ def _refine_label(vol: np.ndarray, feats: np.ndarray, probs: np.ndarray, values:
     border &= ~seed
     fixed |= border
     value = np.where(seed, 1.0 if positive else 0.0, is_l.astype(float))
-    f = feats[(slice(None),) + box]
+    f = _features(image[(slice(None),) + box] if image.ndim == vol.ndim + 1 else image[box])
     pl = p[k]
     if planar:
         x = np.stack([_solve(np.concatenate([f[:, z:z + 1], pl[None, z:z + 1]]), pl[z:z + 1], fixed[z:z + 1],
@@ -255,22 +262,20 @@ def _refine_label(vol: np.ndarray, feats: np.ndarray, probs: np.ndarray, values:
         x = _solve(np.concatenate([f, pl[None]]), pl, fixed, value, spacing, gamma)
     change = (x > 0.5) & ~is_l if positive else (x <= 0.5) & is_l
     change |= seed & (~is_l if positive else is_l)
+    if positive:   # another structure gives way only where the model prefers L to it
+        current_p = np.take_along_axis(p, np.searchsorted(values, cur)[None].clip(0, len(values) - 1), 0)[0]
+        change &= (cur == 0) | (pl >= current_p) | seed
     comp, n = ndi.label(change, structure=np.ones((3,) * cur.ndim))
     touching = np.unique(comp[seed & change])
     change = np.isin(comp, touching[touching > 0])
     out = cur.copy()
-    if positive:
-        out[change] = label
-    else:
-        others = p.copy()
-        others[k] = -np.inf
-        out[change] = np.asarray(values, dtype=vol.dtype)[np.argmax(others, axis=0)][change]
+    out[change] = label if positive else 0
     vol[box] = out
     return vol
 
 
 def _features(image: np.ndarray) -> np.ndarray:
-    """The image channels, each divided by its robust spread (so every channel weighs alike)."""
+    """The image channels of a crop, each divided by its robust spread (every channel weighs alike)."""
     chans = image[None] if image.ndim == 3 else image
     out = []
     for c in chans:
@@ -340,7 +345,7 @@ def refine_labels(image, labels, spacing, hints, model=None, probabilities=None,
     for t in frames:
         sel = (t,) if lab.ndim == 4 else ()
         vol = out[sel]
-        feats = _features(img[sel] if task == "cardiac" else img)
+        feats = img[sel] if task == "cardiac" else img
         p = probs[(slice(None),) + sel]
         for h in clicks:
             if h.index[:len(sel)] != sel:
