@@ -120,3 +120,18 @@ def test_isotropic_lesion_session_is_refined_in_3d():
     assert (got & (tr == 1)).sum() > 0.8 * (tr == 1).sum()
     assert len(np.unique(np.nonzero(got)[0])) > 5        # spread through-plane
     assert (r.labels[tr == 4] == 4).all()
+
+
+def test_a_positive_click_leaves_a_neighbour_the_model_is_sure_of_and_a_negative_one_erases():
+    image, labels, truth, probs = _case()
+    rv = np.zeros(labels.shape[1:], bool)
+    rv[16:25, 27:33] = True                   # same intensity as the LV, touching it
+    image, labels, probs = image.copy(), labels.copy(), probs.copy()
+    image[1][rv] = 400.0
+    labels[1][rv & (labels[1] == 0)] = 3
+    probs[:, 1][:, rv] = np.array([0.05, 0.4, 0.0, 0.55])[:, None]   # the LV's posterior runs on into it
+    r = refine_labels(image, labels, SP_CARDIAC, [Hint((1, 20, 20), 1, True)], probabilities=probs)
+    assert (r.labels[1][truth[1] == 1] == 1).mean() > 0.8
+    np.testing.assert_array_equal(r.labels[1][rv & (labels[1] == 3)], 3)
+    r = refine_labels(image, labels, SP_CARDIAC, [Hint((1, 20, 30), 3, False)], probabilities=probs)
+    assert set(np.unique(r.labels[r.changed])) == {0}
