@@ -185,3 +185,38 @@ def test_a_hint_of_a_label_the_task_lacks_changes_nothing(dock, errors):
     _mouse(layer, "release", (1, 1, 20, 20))
     np.testing.assert_array_equal(layer.data, before)
     assert len(errors) == 1 and "not one of this task's labels" in errors[0]
+
+
+def test_a_click_on_a_lesion_session_uses_both_channels_posteriors(dock):
+    from napari_medlearn.methods.refine import Hint
+
+    viewer, w = dock
+    lab = np.zeros((12, 40, 40), np.uint8)
+    core = np.zeros(lab.shape, bool)
+    core[3:9, 14:26, 14:26] = True
+    img = np.where(core, 3.0, 0.0).astype(np.float32) + np.random.default_rng(1).normal(0, 0.05, lab.shape)
+    flair = viewer.add_image(img, name="flair")
+    t1c = viewer.add_image(img.copy(), name="t1c")
+    layer = viewer.add_labels(lab, name="flair [lesions]", metadata={"postprocess": {}})
+    w.labels_picker.value = layer
+    assert w.hint_task.currentText() == "lesions"
+    w.image_picker.value = flair
+    w.second_channel.value = t1c
+    probs = np.zeros((4,) + lab.shape, np.float32)
+    probs[0], probs[1] = np.where(core, 0.6, 0.9), np.where(core, 0.4, 0.1)
+    w.hint_posteriors[(id(layer), id(flair), id(t1c))] = (probs, (0, 1, 2, 4))
+    n = w.apply_hint(Hint((6, 20, 20), 1, True))
+    assert n > 0.8 * core.sum() and (layer.data[core] == 1).mean() > 0.8   # spread through the slices
+
+
+def test_a_lesion_hint_without_its_second_channel_is_refused(dock, errors):
+    from napari_medlearn.methods.refine import Hint
+
+    viewer, w = dock
+    flair = viewer.add_image(np.zeros((12, 40, 40), np.float32), name="flair")
+    layer = viewer.add_labels(np.zeros((12, 40, 40), np.uint8), name="flair [lesions]", metadata={"postprocess": {}})
+    w.labels_picker.value = layer
+    w.image_picker.value = flair
+    w.second_channel.value = flair
+    assert w.apply_hint(Hint((6, 20, 20), 1, True)) == 0
+    assert len(errors) == 1 and "second channel" in errors[0] and not layer.data.any()
