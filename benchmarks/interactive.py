@@ -6,7 +6,7 @@ where that region is largest: positive with the true label if the region was mis
 if it is spurious. Two users click the same way in the same run:
 
 - ``refine``: :func:`napari_medlearn.methods.refine_labels` with the model's posteriors
-  (``refine-g0``: the same without the posterior prior, ``gamma = 0``);
+  (``refine-g0.01``: the same with a ten times stronger posterior prior, ``gamma = 0.01``);
 - ``brush``: no model, each click paints a disc of 5 mm radius on its slice with napari's brush
   semantics (every voxel of the disc takes the label: the true label at the click, 0 for a
   spurious region on background).
@@ -99,7 +99,7 @@ def clicks_to(curve, level):
     return hit[0] if hit else None
 
 
-def users(image, probs, values, spacing, gammas=(None, 0.0)):
+def users(image, probs, values, spacing, gammas=(None, 0.01)):
     from napari_medlearn.methods.refine import GAMMA, Hint, refine_labels
 
     def refiner(gamma):
