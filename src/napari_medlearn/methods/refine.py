@@ -21,13 +21,19 @@ voxels into the myocardium and the RV: worse for both). Thick-slice stacks (thro
 times the in-plane one, cardiac cines) are refined on the hinted slice only, as a reviewer sees
 them; near-isotropic volumes (brain MR) in a 3-D box.
 
-Why this form (``python benchmarks/interactive.py``, README "Interactive refinement"): with the
-posterior prior (``gamma`` > 0) a click on a missed apical LV or a myocardial gap recovers the
-region the model half-saw, while the plain random walker (``gamma = 0``, the posteriors only in
-the edge weights) leaks into neighbouring structures of similar intensity (LV blood into RV blood
-through a thin septum); the figures of both are printed by the benchmark. A DeepEdit-style network
-trained with simulated clicks would need a retraining per shipped model; this works with any
-model of the zoo and with none (``probabilities`` given).
+Why this form, measured (``python benchmarks/interactive.py``; simulated user, 5 clicks, the
+first 14 ACDC validation frames of ``cardiac-fcn-acdc``, mean Dice gain over LV, myocardium, RV):
+the no-model brush gains +0.005; this method +0.017 with a 25 mm crop, +0.022 with 40 mm, +0.028
+with 60 mm (the default, 50 mm, lies between; the connected-change rule keeps the change local
+however large the crop); a strong prior
+(``gamma`` 0.01) halves the gain (+0.011: the click cannot outvote a posterior that missed the
+region), while 0.001 and 0 are alike, so the model's evidence acts mostly through the posterior
+channel of the edge weights (edges where the model sees a boundary) and the give-way rule above.
+A negative click first gave its voxels the model's next most probable label: that moved LV
+voxels of basal slices into the myocardium and the RV (other structures' Dice down by up to
+0.02 in one click); erasing to background harms none. A DeepEdit-style network trained with
+simulated clicks would need a retraining per shipped model; this works with any model of the zoo
+and with none (``probabilities`` given).
 
 Bad hints (outside the volume, on another grid, a label value the task does not have) raise one
 :class:`ValueError` before anything changes; the input labels are never modified.
