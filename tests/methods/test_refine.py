@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from napari_medlearn.methods.refine import Hint, refine_labels
+from napari_medlearn.methods import Hint, refine_labels
 
 SP_CARDIAC = (8.0, 1.5, 1.5)
 
