@@ -135,3 +135,15 @@ def test_a_positive_click_leaves_a_neighbour_the_model_is_sure_of_and_a_negative
     np.testing.assert_array_equal(r.labels[1][rv & (labels[1] == 3)], 3)
     r = refine_labels(image, labels, SP_CARDIAC, [Hint((1, 20, 30), 3, False)], probabilities=probs)
     assert set(np.unique(r.labels[r.changed])) == {0}
+
+
+def test_a_negative_click_in_3d_stays_near_the_click():
+    rng = np.random.default_rng(2)
+    lab = np.zeros((24, 48, 48), np.uint8)
+    lab[2:22, 4:44, 4:44] = 2                  # a large oedema, one intensity
+    img = np.where(lab > 0, 2.0, 0.0).astype(np.float32) + rng.normal(0, 0.05, lab.shape).astype(np.float32)
+    probs = np.zeros((4,) + lab.shape, np.float32)
+    probs[0], probs[2] = np.where(lab > 0, 0.5, 0.9), np.where(lab > 0, 0.5, 0.1)
+    r = refine_labels(np.stack([img, img]), lab, (1.0, 1.0, 1.0), [Hint((12, 24, 24), 2, False)],
+                      probabilities=probs, label_values=(0, 1, 2, 4))
+    assert 0 < r.changed.sum() < 0.3 * (lab == 2).sum()
