@@ -227,7 +227,6 @@ def main(argv=None) -> None:
     results = {}
     if args.skip != "cardiac":
         results["ACDC validation (cardiac-fcn-acdc)"] = cardiac_cases(args.acdc, log, args.cache)
-        summary(results["ACDC validation (cardiac-fcn-acdc)"], log, "ACDC validation (cardiac-fcn-acdc)")
     if args.skip != "lesions" and args.max_brats > 0:
         results["BraTS 2018 CBICA/TCIA (lesions-brats)"] = brats_cases(args.brats, args.max_brats, log, args.cache)
     for title, rows in results.items():
