@@ -22,3 +22,5 @@ __all__ = ["PlaneResult", "StandardPlane", "classify_frame", "detect_planes", "d
            "super_resolve_steps"]
 __all__ += ["MaskResult", "correct_mask", "correct_mask_steps", "plausibility"]
 __all__ += ["adapt", "adapt_steps"]
+from .refine import Hint, RefineResult, refine_labels  # noqa: E402
+__all__ += ["Hint", "RefineResult", "refine_labels"]

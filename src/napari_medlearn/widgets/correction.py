@@ -12,6 +12,13 @@ volume) shows one notification and changes nothing.
 *Paint within window*: while ticked, every brush or fill stroke on the layer keeps only the voxels
 whose intensity in the chosen image lies inside ``[low, high]``; the others go back to what they
 were, in the same undo step as the stroke where napari's history allows it.
+
+*Model hints* (:func:`napari_medlearn.methods.refine.refine_labels`): while ticked, a click on the
+labels layer says "this is the current label" (Shift or Ctrl + click: "this is not"), a drag draws
+a scribble of the current label; the model's posteriors of the shown frame (cardiac: the chosen
+image; lesions: the image and a second channel, FLAIR then T1c) are computed once off the GUI
+thread and cached, then each hint refines a crop around it in a fraction of a second, as one undo
+step.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from napari.utils.notifications import show_info
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
+    QComboBox,
     QDoubleSpinBox,
     QFormLayout,
     QGridLayout,
@@ -37,7 +45,8 @@ from qtpy.QtWidgets import (
 
 from ..imaging import correction
 from ..imaging.volume import Volume
-from ._common import layer_picker, notify_error
+from ..methods import refine
+from ._common import TaskRunner, layer_picker, notify_error
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -99,6 +108,8 @@ class CorrectionWidget(QWidget):
         window_from_contrast = QPushButton("window from the image's contrast")
         window_from_contrast.clicked.connect(self.window_from_contrast)
 
+        self._hints_box = self._hint_controls()
+
         self.buttons: dict[str, QPushButton] = {}
         tools = QGridLayout()
         rows = [("Fill between slices", self.interpolate, None), ("Fill holes", self.fill_holes, None),
@@ -129,6 +140,7 @@ class CorrectionWidget(QWidget):
         layout.addLayout(form)
         layout.addWidget(tools_box)
         layout.addWidget(window_box)
+        layout.addWidget(self._hints_box)
         layout.addWidget(self.status)
         layout.addStretch(1)
         self._follow_layer(self.labels_picker.value)
@@ -137,8 +149,12 @@ class CorrectionWidget(QWidget):
     def _follow_layer(self, layer) -> None:
         if isinstance(layer, Labels):
             self.label_spin.setValue(max(1, int(layer.selected_label)))
+            # the lesion widget's labels carry how they followed from the probabilities
+            self.hint_task.setCurrentText("lesions" if "postprocess" in (layer.metadata or {}) else "cardiac")
         if self.window_check.isChecked():
             self._watch_strokes(True)
+        if self.hint_check.isChecked():
+            self._hint_mode(True)
 
     def _layer(self) -> Labels:
         layer = self.labels_picker.value
@@ -185,6 +201,14 @@ class CorrectionWidget(QWidget):
             self.status.setText(f"{name}: not applied")
             notify_error(e)
             return 0
+        n = self._write(layer, frame, before, after)
+        where = f" in frame {frame[0]}" if frame else ""
+        self.status.setText(f"{name}: {n} voxels changed{where} (label {label}; Ctrl+Z undoes it)")
+        show_info(self.status.text())
+        return n
+
+    def _write(self, layer: Labels, frame: tuple, before: np.ndarray, after: np.ndarray) -> int:
+        """Write ``after`` over the frame as one undo step (every changed voxel in one call)."""
         changed = after != before
         n = int(changed.sum())
         if n:
@@ -195,9 +219,6 @@ class CorrectionWidget(QWidget):
                 layer.data_setitem(full, after[changed])
             finally:
                 self._applying = False
-        where = f" in frame {frame[0]}" if frame else ""
-        self.status.setText(f"{name}: {n} voxels changed{where} (label {label}; Ctrl+Z undoes it)")
-        show_info(self.status.text())
         return n
 
     # -- the tools ------------------------------------------------------------------------------
@@ -282,3 +303,143 @@ class CorrectionWidget(QWidget):
             return
         last = history.pop()
         history.append(list(history.pop()) + list(last))
+
+    # -- model hints: clicks and scribbles refined with the model's posteriors -------------------
+    def _hint_controls(self) -> QGroupBox:
+        self.hint_check = QCheckBox("hint mode: click = this label, Shift/Ctrl+click = not it, drag = scribble")
+        self.hint_check.toggled.connect(self._hint_mode)
+        self.hint_task = QComboBox()
+        self.hint_task.addItems(["cardiac", "lesions"])
+        self.hint_task.setToolTip("cardiac: the image is the cine of the labels; lesions: the image is the "
+                                  "FLAIR, and the second channel the T1c")
+        self.second_channel = layer_picker(self.viewer, Image, "T1c")
+        self.hint_runner = TaskRunner("Compute posteriors")
+        self.hint_runner.run_button.clicked.connect(lambda: self._ensure_posteriors())
+        self.hint_posteriors: dict[tuple, tuple[np.ndarray, tuple]] = {}
+        self._pending: list = []
+        self._hinted: Labels | None = None
+        box = QFormLayout()
+        box.addRow(self.hint_check)
+        box.addRow("model of", self.hint_task)
+        box.addRow("lesions: 2nd channel", self.second_channel.native)
+        box.addRow(self.hint_runner)
+        group = QGroupBox("model hints (image: the cine, or the FLAIR)")
+        group.setLayout(box)
+        return group
+
+    def _hint_mode(self, on: bool) -> None:
+        if self._hinted is not None:
+            if self._hint_drag in self._hinted.mouse_drag_callbacks:
+                self._hinted.mouse_drag_callbacks.remove(self._hint_drag)
+            self._hinted.mouse_pan = True
+            self._hinted = None
+        layer = self.labels_picker.value
+        if on and isinstance(layer, Labels):
+            layer.mode = "pan_zoom"
+            layer.mouse_pan = False        # a drag draws a scribble instead of moving the camera
+            layer.mouse_drag_callbacks.append(self._hint_drag)
+            self._hinted = layer
+
+    def _hint_source(self, layer: Labels) -> tuple[str, np.ndarray, tuple, tuple]:
+        """(task, image of the shown frame or the session's channels, frame, cache key)."""
+        image = self.image_picker.value
+        if image is None:
+            raise ValueError("choose the image the labels are of (the cine, or the FLAIR of a lesion session)")
+        frame = self._frame(layer)
+        if np.shape(image.data) != layer.data.shape:
+            raise ValueError(f"the image '{image.name}' {np.shape(image.data)} and the labels "
+                             f"{layer.data.shape} are not on one grid")
+        if self.hint_task.currentText() == "lesions":
+            second = self.second_channel.value
+            if second is None or second is image:
+                raise ValueError("a lesion session needs its second channel (T1c) besides the FLAIR")
+            if np.shape(second.data) != layer.data.shape or layer.data.ndim != 3:
+                raise ValueError(f"the second channel '{second.name}' {np.shape(second.data)} is not on the "
+                                 f"labels' grid {layer.data.shape}")
+            data = np.stack([np.asarray(image.data, np.float32), np.asarray(second.data, np.float32)])
+            return "lesions", data, frame, (id(layer), id(image), id(second))
+        return "cardiac", np.asarray(image.data[frame], np.float32), frame, (id(layer), id(image)) + frame
+
+    def _ensure_posteriors(self) -> bool:
+        """True when the shown frame's posteriors are cached; else start computing them."""
+        try:
+            layer = self._layer()
+            task, image, _, key = self._hint_source(layer)
+        except ValueError as e:
+            notify_error(e)
+            return False
+        if key in self.hint_posteriors:
+            return True
+        if self.hint_runner.running:
+            return False
+        spacing = self._spacing(layer)
+        model = (layer.metadata or {}).get("model") or None
+
+        def steps():
+            yield 0, 1, "model posteriors"
+            return refine.posteriors(image, spacing, model=model, task=task)
+
+        def done(value):
+            self.hint_posteriors[key] = value
+            pending, self._pending = self._pending, []
+            for hint in pending:
+                self.apply_hint(hint)
+
+        self.hint_runner.start(steps(), done, "model posteriors (once per frame)", self.viewer, (layer,))
+        return False
+
+    def apply_hint(self, hint) -> int:
+        """Refine the shown frame around one :class:`~napari_medlearn.methods.refine.Hint` (an index of
+        the frame's volume) or scribble ``{label: mask of the frame}``; one undo step. Returns the
+        number of voxels changed (0 on refusal or while the posteriors are being computed)."""
+        try:
+            layer = self._layer()
+            task, image, frame, key = self._hint_source(layer)
+        except ValueError as e:
+            notify_error(e)
+            return 0
+        if key not in self.hint_posteriors:
+            self._pending.append(hint)
+            self._ensure_posteriors()
+            self.status.setText("computing the model's posteriors of this frame once; the hint follows")
+            return 0
+        probs, values = self.hint_posteriors[key]
+        before = np.asarray(layer.data[frame])
+        try:
+            result = refine.refine_labels(image, before, self._spacing(layer), [hint], probabilities=probs,
+                                          label_values=values)
+        except ValueError as e:
+            self.status.setText("hint: not applied")
+            notify_error(e)
+            return 0
+        n = self._write(layer, frame, before, result.labels)
+        what = "scribble" if isinstance(hint, dict) else ("click" if hint.positive else "negative click")
+        self.status.setText(f"{what}: {n} voxels changed (Ctrl+Z undoes it)")
+        return n
+
+    def _hint_drag(self, layer: Labels, event):
+        """Mouse callback: a click gives a hint, a drag a scribble, on the slice shown."""
+        if not self.hint_check.isChecked() or event.button != 1:
+            return
+        frame = self._frame(layer)
+        points = [np.asarray(layer.world_to_data(event.position), float)]
+        yield
+        while event.type == "mouse_move":
+            points.append(np.asarray(layer.world_to_data(event.position), float))
+            yield
+        label = int(layer.selected_label)
+        negative = bool({"Shift", "Control"} & {str(getattr(m, "name", m)) for m in event.modifiers})
+        ends = np.array(points)[:, -3:]
+        if np.abs(ends - ends[0]).max() < 1.5:           # a click
+            index = tuple(int(round(c)) for c in ends[-1])
+            self.apply_hint(refine.Hint(index, label, not negative))
+            return
+        mask = np.zeros(layer.data.shape[len(frame):], bool)
+        for a, b in zip(ends[:-1], ends[1:]):               # the path, voxel by voxel
+            n = int(np.ceil(np.abs(b - a).max())) + 1
+            for p in np.linspace(a, b, n):
+                idx = tuple(int(round(c)) for c in p)
+                if all(0 <= i < s for i, s in zip(idx, mask.shape)):
+                    mask[idx] = True
+        if mask.any():
+            self.apply_hint({label: mask})
