@@ -6,9 +6,9 @@ export is made before timing and cached as :mod:`napari_medlearn.inference` does
 memory, the speed-up over torch and the largest absolute difference from torch's output (and,
 for segmentation networks, the share of voxels whose argmax label differs).
 
-``onnxruntime`` is the runtime :mod:`napari_medlearn.inference` uses; OpenVINO is measured as a
-peer when installed (compiled for the static input shape, its fastest mode) and never imported
-by the package. With ``--cardiac`` the cardiac pipeline (``segment_heart`` on a 30 x 10 x 256 x
+OpenVINO (float32, through :func:`napari_medlearn.inference.engine`) is the runtime the package
+uses; its bfloat16 mode (for cards that allow mixed precision, on CPUs with bf16) and ONNX
+Runtime (a peer when installed, never imported by the package) run the same cached export. With ``--cardiac`` the cardiac pipeline (``segment_heart`` on a 30 x 10 x 256 x
 256 cine) runs with ``backend="torch"`` and ``backend="auto"`` side by side too.
 
 Run: ``python benchmarks/speed.py [--threads 2] [--reps 3] [--only NAME] [--cardiac]``
@@ -55,6 +55,7 @@ def _inputs(net, spec, seed=0):
 def _run(runtime, model_name, spec, dyn, reps, threads, zoo_dir):
     import time
 
+    import numpy as np
     import torch
 
     os.environ["MEDLEARN_ZOO"] = zoo_dir
@@ -67,26 +68,33 @@ def _run(runtime, model_name, spec, dyn, reps, threads, zoo_dir):
     with torch.inference_mode():
         if runtime == "torch":
             fn = net
-        elif runtime == "onnxruntime":
+        elif runtime == "openvino":   # the package's own path: napari_medlearn.inference
             eng = inference.engine(net, xs, backend="onnx", dynamic=dyn)
-            if eng.backend != "onnxruntime":
+            if not eng.backend.startswith("openvino"):
                 return {"error": eng.note}
             fn = eng
-        else:  # openvino, compiled for the static shape; "openvino" in f32 like the others, "openvino-bf16"
-            # in this CPU's default precision (bfloat16 where the CPU has it: faster, ~1e-1 off)
+        elif runtime == "onnxruntime":   # the peer, on the same cached export
+            import onnxruntime as ort
+
+            path = inference.cached_export(net, [x.detach() for x in xs], dyn)
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+            sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            names = [i.name for i in sess.get_inputs()]
+
+            def fn(*a):
+                return torch.from_numpy(sess.run(None, dict(zip(names, (t.numpy() for t in a))))[0])
+        else:  # openvino-bf16: the same export in this CPU's bfloat16 (what a card allowing mixed
+            # precision gets where the CPU has bf16: faster, ~1e-1 off on logits)
             import openvino as ov
 
             path = inference.cached_export(net, [x.detach() for x in xs], dyn)
             core = ov.Core()
-            m = core.read_model(str(path))
-            m.reshape({m.inputs[i].get_any_name(): list(x.shape) for i, x in enumerate(xs)})
-            cfg = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
-            if runtime == "openvino":
-                cfg["INFERENCE_PRECISION_HINT"] = "f32"
-            comp = core.compile_model(m, "CPU", cfg)
+            comp = core.compile_model(core.read_model(str(path)), "CPU", {
+                "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "bf16"})
 
             def fn(*a):
-                return torch.from_numpy(comp([t.numpy() for t in a])[0])
+                return torch.from_numpy(np.array(comp([t.numpy() for t in a])[0]))
         fn(*xs)   # warm-up
         t0 = time.perf_counter()
         for _ in range(reps):
@@ -125,7 +133,7 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="run only cases whose name contains this")
     ap.add_argument("--cardiac", action="store_true", help="also the cardiac pipeline, torch vs auto")
     args = ap.parse_args()
-    runtimes = ["torch", "onnxruntime"] + (["openvino", "openvino-bf16"] if importlib.util.find_spec("openvino") else [])
+    runtimes = ["torch", "openvino", "openvino-bf16"] + (["onnxruntime"] if importlib.util.find_spec("onnxruntime") else [])
     zoo_dir = tempfile.mkdtemp(prefix="medlearn-speed-")   # a fresh export cache
     print(f"{args.threads} CPU threads, {args.reps} timed forwards after a warm-up; load average "
           f"{os.getloadavg()[0]:.1f} at start")

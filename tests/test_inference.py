@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 torch = pytest.importorskip("torch")
-pytest.importorskip("onnxruntime")
+pytest.importorskip("openvino")
 
 from napari_medlearn import inference, nets, zoo  # noqa: E402
 from napari_medlearn.zoo.verify import PROBES  # noqa: E402
@@ -140,7 +140,7 @@ def test_missing_runtime_refused_in_one_line(monkeypatch):
     monkeypatch.setattr(inference, "runtime_installed", lambda: False)
     with pytest.raises(inference.BackendError) as err:
         inference.check_backend("onnx")
-    assert "pip install onnxruntime" in str(err.value) and "\n" not in str(err.value)
+    assert "pip install openvino onnx" in str(err.value) and "\n" not in str(err.value)
     net = _tiny("sononet")
     eng = inference.engine(net, _probe(net, "sononet"), backend="auto")
     assert eng.backend == "torch" and "not installed" in eng.note
@@ -154,7 +154,7 @@ def test_unexportable_architecture_falls_back_with_a_note(caplog):
     with caplog.at_level("WARNING", logger="napari_medlearn.inference"):
         eng = inference.engine(net, [k, m], backend="onnx")
     assert eng.backend == "torch"
-    assert "cannot run under onnxruntime" in eng.note and "\n" not in eng.note
+    assert "cannot run under openvino" in eng.note and "\n" not in eng.note
     assert eng.note in caplog.text
     with torch.inference_mode():
         assert torch.equal(eng(k, m), net(k, m))
@@ -164,3 +164,14 @@ def test_torch_backend_is_the_module_itself():
     net = _tiny("bai_fcn")
     eng = inference.engine(net, [torch.zeros(1, 1, 16, 16)], backend="torch")
     assert eng.backend == "torch" and eng.session is None and eng.note == ""
+
+
+def test_bfloat16_only_where_the_card_allows_it():
+    net = _tiny("sononet")
+    xs = _probe(net, "sononet")
+    assert inference.engine(net, xs, backend="onnx").backend == inference.RUNTIME
+    net.card = {**net.card, "inference": {"mixed_precision": True}}
+    eng = inference.engine(net, xs, backend="onnx")
+    assert eng.backend == (inference.RUNTIME + "-bf16" if inference.cpu_has_bf16() else inference.RUNTIME)
+    with torch.inference_mode():   # bfloat16: ~3 significant digits
+        assert float((eng(*xs) - net(*xs)).abs().max()) < 5e-2 * max(1.0, float(net(*xs).abs().max()))

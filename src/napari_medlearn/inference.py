@@ -1,9 +1,11 @@
 """One inference layer under the methods: the network forward on the best backend for the machine.
 
 On a CPU, torch's eager path spends most of a network's time in the runtime, not the arithmetic
-(``benchmarks/speed.py`` measures both runtimes on every shipped architecture): there a model
-runs as an ONNX export under ONNX Runtime. On CUDA / MPS torch stays, with mixed precision when
-the card's ``inference.mixed_precision`` allows it.
+(``benchmarks/speed.py`` measures torch, ONNX Runtime and OpenVINO on every shipped architecture;
+OpenVINO was the faster and leaner of the two runtimes): there a model runs as an ONNX export
+under OpenVINO, in float32, or in bfloat16 where the CPU has it and the card's
+``inference.mixed_precision`` allows it (backend ``"openvino-bf16"``). On CUDA / MPS torch
+stays, with autocast when the card allows mixed precision.
 
 An export is made once per weights and input signature and cached in the user zoo
 (``zoo.user_dir() / "exports"``) under a name made of the weights' sha256 and the signature, so a
@@ -22,22 +24,22 @@ import contextlib
 import hashlib
 import importlib.util
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 BACKENDS = ("auto", "torch", "onnx")
-#: the CPU runtime that runs exports (chosen by benchmarks/speed.py; OpenVINO is its peer there)
-RUNTIME = "onnxruntime"
-INSTALL = "pip install onnxruntime onnx"
+#: the CPU runtime that runs exports (chosen by benchmarks/speed.py; ONNX Runtime is its peer there)
+RUNTIME = "openvino"
+INSTALL = "pip install openvino onnx"
 #: bumped when the export recipe changes, so old exports are not reused
 EXPORT_VERSION = 1
 OPSET = 17
 #: an export whose output on its example differs from torch's by more than this (relative to the
-#: output's range) is not used
-EXPORT_TOLERANCE = 1e-3
+#: output's range, at least 1) is not used; bfloat16 keeps ~3 significant digits
+EXPORT_TOLERANCE = {"f32": 1e-3, "bf16": 5e-2}
 
 log = logging.getLogger(__name__)
 
@@ -175,15 +177,25 @@ def _quiet_fds():
             os.close(fd)
 
 
-def _session(path: Path, threads: int):
-    import onnxruntime as ort
+def _compile(path: Path, threads: int, precision: str):
+    """The export compiled by OpenVINO for the CPU (dynamic axes stay dynamic: measured as fast
+    as a static compile on the cardiac FCN, and one compile serves every slice size)."""
+    import openvino as ov
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = max(1, int(threads))
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    core = ov.Core()
+    cfg = {"INFERENCE_NUM_THREADS": max(1, int(threads)), "PERFORMANCE_HINT": "LATENCY",
+           "INFERENCE_PRECISION_HINT": precision}
+    return core.compile_model(core.read_model(str(path)), "CPU", cfg)
+
+
+def cpu_has_bf16() -> bool:
+    """Whether OpenVINO runs bfloat16 natively on this CPU (else a bf16 hint would be emulated)."""
+    try:
+        import openvino as ov
+
+        return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except Exception:  # noqa: BLE001  no runtime, or a build that does not say
+        return False
 
 
 @dataclass(eq=False)
@@ -199,7 +211,6 @@ class Engine:
     note: str = ""
     session: Any = None
     autocast: bool = False
-    _names: list = field(default_factory=list)
 
     def __call__(self, *inputs):
         import torch
@@ -210,9 +221,9 @@ class Engine:
                 with torch.autocast(device_type=dev.type):
                     return self.model(*inputs).float()
             return self.model(*inputs)
-        feed = {n: x.detach().cpu().contiguous().numpy() for n, x in zip(self._names, inputs)}
-        out = self.session.run(None, feed)[0]
-        return torch.from_numpy(out).to(inputs[0].device)
+        out = self.session([x.detach().cpu().contiguous().numpy() for x in inputs])[0]
+        return torch.from_numpy(np.array(out, dtype=np.float32)).to(inputs[0].device)   # a copy: the
+        # request's buffer is reused by the next call
 
 
 #: (weights key, signature, threads) -> Engine: a session per process, not per call
@@ -225,9 +236,10 @@ def engine(model, examples: Sequence[Any], backend: str = "auto",
     the model's device; ``dynamic`` lists, per input, the axes that may vary between calls:
     default none, a new shape makes a new export).
 
-    CPU + ``auto``/``onnx`` -> the cached export under the runtime; CUDA / MPS (or ``torch``) ->
-    torch, autocast where the card's ``inference.mixed_precision`` is true. ``onnx`` on a GPU
-    model runs the export on the CPU: asked for explicitly.
+    CPU + ``auto``/``onnx`` -> the cached export under the runtime (bfloat16 where the CPU has it
+    and the card's ``inference.mixed_precision`` is true); CUDA / MPS (or ``torch``) -> torch,
+    autocast where the card allows mixed precision. ``onnx`` on a GPU model runs the export on
+    the CPU: asked for explicitly.
     """
     import torch
 
@@ -242,14 +254,16 @@ def engine(model, examples: Sequence[Any], backend: str = "auto",
     dynamic = [tuple(d) for d in (dynamic or [()] * len(examples))]
     # a dynamic batch axis: export and check on the first item only (the forward is paid twice)
     cpu_examples = [e.detach().cpu()[:1] if 0 in d else e.detach().cpu() for e, d in zip(examples, dynamic)]
-    key = (weights_key(model), signature(model, [tuple(e.shape) for e in examples], dynamic), torch.get_num_threads())
+    precision = "bf16" if bool(card.get("inference", {}).get("mixed_precision")) and cpu_has_bf16() else "f32"
+    key = (weights_key(model), signature(model, [tuple(e.shape) for e in examples], dynamic),
+           torch.get_num_threads(), precision)
     if key in _ENGINES:
         return _ENGINES[key]
     try:
         path = _export_on_cpu(model, cpu_examples, dynamic)
-        sess = _session(path, torch.get_num_threads())
-        eng = Engine(model, RUNTIME, session=sess, _names=[i.name for i in sess.get_inputs()])
-        problem = _disagreement(model, eng, cpu_examples)
+        eng = Engine(model, RUNTIME + ("-bf16" if precision == "bf16" else ""),
+                     session=_compile(path, torch.get_num_threads(), precision))
+        problem = _disagreement(model, eng, cpu_examples, EXPORT_TOLERANCE[precision])
     except Exception as e:  # noqa: BLE001  any exporter / runtime failure means: torch runs it
         problem = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
     if problem:
@@ -271,9 +285,9 @@ def _export_on_cpu(model, examples, dynamic) -> Path:
     return cached_export(clone, examples, dynamic)
 
 
-def _disagreement(model, eng: Engine, examples) -> str:
-    """"" when the export's output on ``examples`` matches torch's within
-    :data:`EXPORT_TOLERANCE` of the output's range, else what differs."""
+def _disagreement(model, eng: Engine, examples, tolerance: float) -> str:
+    """"" when the export's output on ``examples`` matches torch's within ``tolerance`` times
+    the output's range (at least 1), else what differs."""
     import torch
 
     with torch.inference_mode():
@@ -283,7 +297,7 @@ def _disagreement(model, eng: Engine, examples) -> str:
         return f"export output shape {tuple(got.shape)} differs from torch's {tuple(ref.shape)}"
     diff = float((ref - got).abs().max()) if ref.numel() else 0.0
     scale = max(1.0, float(ref.abs().max()) if ref.numel() else 0.0)
-    if not np.isfinite(diff) or diff > EXPORT_TOLERANCE * scale:
+    if not np.isfinite(diff) or diff > tolerance * scale:
         return f"export differs from torch by {diff:.3g} on its example"
     return ""
 
@@ -294,4 +308,4 @@ def clear() -> None:
 
 
 __all__ = ["BACKENDS", "BackendError", "Engine", "INSTALL", "RUNTIME", "cached_export", "check_backend",
-           "clear", "engine", "export_dir", "runtime_installed", "signature", "weights_key"]
+           "clear", "cpu_has_bf16", "engine", "export_dir", "runtime_installed", "signature", "weights_key"]
