@@ -65,6 +65,20 @@ def _run(runtime, model_name, spec, dyn, reps, threads, zoo_dir):
     net = zoo.load(model_name, device="cpu")
     xs, d = _inputs(net, spec)
     dyn = d or dyn
+    try:
+        return _timed(runtime, net, xs, dyn, reps, threads)
+    except Exception as e:  # noqa: BLE001  an architecture the exporter refuses: a row saying so
+        return {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"}
+
+
+def _timed(runtime, net, xs, dyn, reps, threads):
+    import time
+
+    import numpy as np
+    import torch
+
+    from napari_medlearn import inference
+
     with torch.inference_mode():
         if runtime == "torch":
             fn = net
