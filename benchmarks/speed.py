@@ -11,7 +11,10 @@ uses; its bfloat16 mode (for cards that allow mixed precision, on CPUs with bf16
 Runtime (a peer when installed, never imported by the package) run the same cached export. With ``--cardiac`` the cardiac pipeline (``segment_heart`` on a 30 x 10 x 256 x
 256 cine) runs with ``backend="torch"`` and ``backend="auto"`` side by side too.
 
-Run: ``python benchmarks/speed.py [--threads 2] [--reps 3] [--only NAME] [--cardiac]``
+With ``--acdc``: the accuracy of torch, OpenVINO float32 and bfloat16 on the cardiac card's
+held-out ACDC patients (Dice per structure, LVEF error, labels that differ from torch's).
+
+Run: ``python benchmarks/speed.py [--threads 2] [--reps 3] [--only NAME] [--cardiac] [--acdc]``
 """
 
 from __future__ import annotations
@@ -138,6 +141,61 @@ def _cardiac(backend, threads, zoo_dir):
             "probs": np.asarray(res.probabilities, np.float32)}
 
 
+def _acdc(mode, threads, zoo_dir):
+    """The card's held-out ACDC patients (ED + ES as a two-frame cine) through ``segment_heart``
+    with ``mode``: ``torch``, ``openvino`` (float32) or ``openvino-bf16`` (the card's
+    ``inference.mixed_precision`` switched on for this run). Dice per structure, LVEF error."""
+    import time
+
+    import numpy as np
+    import torch
+
+    os.environ["MEDLEARN_ZOO"] = zoo_dir
+    torch.set_num_threads(threads)
+    from napari_medlearn import methods, zoo
+    from napari_medlearn.imaging import measures as M
+    from napari_medlearn.training.acdc import find_acdc_root, load_patient
+
+    net = zoo.load("cardiac-fcn-acdc", device="cpu")
+    if mode == "openvino-bf16":
+        net.card = {**net.card, "inference": {**net.card.get("inference", {}), "mixed_precision": True}}
+    backend = "torch" if mode == "torch" else "onnx"
+    root = find_acdc_root()   # $MEDLEARN_ACDC, or shared/data/acdc beside the checkout
+    names = zoo.card("cardiac-fcn-acdc")["training"]["split"]["validation"]
+    dice, lvef_err, labels, seconds, used = [], [], [], 0.0, ""
+    for name in names:
+        p = load_patient(root, name)
+        image, truth = p.cine()
+        t0 = time.perf_counter()
+        res = methods.segment_heart(image, p.spacing, model=net, backend=backend)
+        seconds += time.perf_counter() - t0
+        used = res.backend
+        d = M.dice_per_label(res.labels, truth)
+        dice.append([d[k] for k in sorted(d)])
+        lvef_err.append(abs(res.measures["LVEF_pct"] - M.cardiac_measures(truth, p.spacing)["LVEF_pct"]))
+        labels.append(res.labels)
+    return {"dice": np.array(dice), "lvef": np.array(lvef_err), "labels": labels, "seconds": seconds,
+            "backend": used, "n": len(names)}
+
+
+def acdc_table(threads, zoo_dir) -> None:
+    """Accuracy of each CPU mode on the held-out patients, beside torch's (issue 36)."""
+    import numpy as np
+
+    ref = None
+    print(f"ACDC held-out (cardiac-fcn-acdc card's validation split), ED+ES, {threads} threads")
+    print(f"{'mode':14s} {'seconds':>8s} {'Dice LV':>8s} {'Myo':>7s} {'RV':>7s} {'max |dDice| vs torch':>21s} "
+          f"{'LVEF MAE':>9s} {'labels differ':>14s}")
+    for mode in ("torch", "openvino", "openvino-bf16"):
+        _, _, _, r = measure(_acdc, mode, threads, zoo_dir)
+        ref = ref or r
+        mean = r["dice"].mean(0)
+        dd = float(np.abs(mean - ref["dice"].mean(0)).max())
+        differ = np.mean([np.mean(a != b) for a, b in zip(r["labels"], ref["labels"])])
+        print(f"{r['backend']:14s} {r['seconds']:8.1f} {mean[0]:8.4f} {mean[1]:7.4f} {mean[2]:7.4f} {dd:21.5f} "
+              f"{np.nanmean(r['lvef']):9.3f} {100 * differ:13.4f}%  (n={r['n']})")
+
+
 def main() -> None:
     import numpy as np
 
@@ -146,7 +204,11 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--only", default=None, help="run only cases whose name contains this")
     ap.add_argument("--cardiac", action="store_true", help="also the cardiac pipeline, torch vs auto")
+    ap.add_argument("--acdc", action="store_true", help="only the accuracy of each CPU mode on held-out ACDC patients")
     args = ap.parse_args()
+    if args.acdc:
+        acdc_table(args.threads, tempfile.mkdtemp(prefix="medlearn-speed-"))
+        return
     runtimes = ["torch", "openvino", "openvino-bf16"] + (["onnxruntime"] if importlib.util.find_spec("onnxruntime") else [])
     zoo_dir = tempfile.mkdtemp(prefix="medlearn-speed-")   # a fresh export cache
     print(f"{args.threads} CPU threads, {args.reps} timed forwards after a warm-up; load average "

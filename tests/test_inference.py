@@ -83,6 +83,8 @@ def test_shipped_weights_run_under_the_runtime():
         arch = net.card["architecture"]
         xs = _probe(net, arch)
         eng = inference.engine(net, xs, backend="onnx")
+        # the card says what the model was checked on: OpenVINO exactly when it exports
+        assert net.card["backends"]["openvino"].startswith("checked") == (eng.backend == inference.RUNTIME), name
         if arch in ("deep_cascade", "acnn_shape"):
             assert eng.backend == "torch" and "running torch" in eng.note, name
             continue
