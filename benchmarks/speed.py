@@ -157,6 +157,8 @@ def _acdc(mode, threads, zoo_dir):
     from napari_medlearn.training.acdc import find_acdc_root, load_patient
 
     net = zoo.load("cardiac-fcn-acdc", device="cpu")
+    tta = not mode.endswith("-noTTA")
+    mode = mode.removesuffix("-noTTA")
     if mode == "openvino-bf16":
         net.card = {**net.card, "inference": {**net.card.get("inference", {}), "mixed_precision": True}}
     backend = "torch" if mode == "torch" else "onnx"
@@ -167,7 +169,7 @@ def _acdc(mode, threads, zoo_dir):
         p = load_patient(root, name)
         image, truth = p.cine()
         t0 = time.perf_counter()
-        res = methods.segment_heart(image, p.spacing, model=net, backend=backend)
+        res = methods.segment_heart(image, p.spacing, model=net, backend=backend, transpose_tta=tta)
         seconds += time.perf_counter() - t0
         used = res.backend
         d = M.dice_per_label(res.labels, truth)
@@ -175,24 +177,25 @@ def _acdc(mode, threads, zoo_dir):
         lvef_err.append(abs(res.measures["LVEF_pct"] - M.cardiac_measures(truth, p.spacing)["LVEF_pct"]))
         labels.append(res.labels)
     return {"dice": np.array(dice), "lvef": np.array(lvef_err), "labels": labels, "seconds": seconds,
-            "backend": used, "n": len(names)}
+            "backend": used + ("" if tta else " no TTA"), "n": len(names)}
 
 
-def acdc_table(threads, zoo_dir) -> None:
-    """Accuracy of each CPU mode on the held-out patients, beside torch's (issue 36)."""
+def acdc_table(threads, zoo_dir, modes=("torch", "openvino", "openvino-bf16")) -> None:
+    """Accuracy of each CPU mode on the held-out patients, beside the first mode's (torch's);
+    a mode ending in ``-noTTA`` runs without the transposition pass (issue 36: less work)."""
     import numpy as np
 
     ref = None
     print(f"ACDC held-out (cardiac-fcn-acdc card's validation split), ED+ES, {threads} threads")
-    print(f"{'mode':14s} {'seconds':>8s} {'Dice LV':>8s} {'Myo':>7s} {'RV':>7s} {'max |dDice| vs torch':>21s} "
+    print(f"{'mode':22s} {'seconds':>8s} {'Dice LV':>8s} {'Myo':>7s} {'RV':>7s} {'max |dDice| vs torch':>21s} "
           f"{'LVEF MAE':>9s} {'labels differ':>14s}")
-    for mode in ("torch", "openvino", "openvino-bf16"):
+    for mode in modes:
         _, _, _, r = measure(_acdc, mode, threads, zoo_dir)
         ref = ref or r
         mean = r["dice"].mean(0)
         dd = float(np.abs(mean - ref["dice"].mean(0)).max())
         differ = np.mean([np.mean(a != b) for a, b in zip(r["labels"], ref["labels"])])
-        print(f"{r['backend']:14s} {r['seconds']:8.1f} {mean[0]:8.4f} {mean[1]:7.4f} {mean[2]:7.4f} {dd:21.5f} "
+        print(f"{r['backend']:22s} {r['seconds']:8.1f} {mean[0]:8.4f} {mean[1]:7.4f} {mean[2]:7.4f} {dd:21.5f} "
               f"{np.nanmean(r['lvef']):9.3f} {100 * differ:13.4f}%  (n={r['n']})")
 
 
@@ -205,9 +208,11 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="run only cases whose name contains this")
     ap.add_argument("--cardiac", action="store_true", help="also the cardiac pipeline, torch vs auto")
     ap.add_argument("--acdc", action="store_true", help="only the accuracy of each CPU mode on held-out ACDC patients")
+    ap.add_argument("--modes", nargs="+", default=["torch", "openvino", "openvino-bf16"],
+                    help="--acdc: modes to compare, the first the reference (add -noTTA: no transposition pass)")
     args = ap.parse_args()
     if args.acdc:
-        acdc_table(args.threads, tempfile.mkdtemp(prefix="medlearn-speed-"))
+        acdc_table(args.threads, tempfile.mkdtemp(prefix="medlearn-speed-"), args.modes)
         return
     runtimes = ["torch", "openvino", "openvino-bf16"] + (["onnxruntime"] if importlib.util.find_spec("onnxruntime") else [])
     zoo_dir = tempfile.mkdtemp(prefix="medlearn-speed-")   # a fresh export cache

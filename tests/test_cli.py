@@ -88,6 +88,23 @@ def test_unknown_preset_and_models_listing(capsys):
     assert "cardiac-fcn-phantom" in capsys.readouterr().out
 
 
+def test_reader_warnings_are_one_line_each(cine_nifti, tiny_cardiac, tmp_path):
+    import nibabel as nib
+
+    img = nib.load(str(cine_nifti))
+    header = img.header.copy()
+    header["sform_code"] = 1
+    header["srow_x"] = [np.nan] * 4                   # the reader falls back to the qform, with a warning
+    odd = tmp_path / "odd.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), None, header), str(odd))
+    r = subprocess.run([sys.executable, "-m", "napari_medlearn.cli", "segment-heart", str(odd), "--out",
+                        str(tmp_path / "o"), "--model", str(tiny_cardiac), "--quiet"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert any(ln.startswith("medlearn: warning:") and "used the qform" in ln for ln in lines), r.stderr
+    assert all(ln.startswith("medlearn: warning:") for ln in lines), r.stderr
+
+
 def test_backend_option_recorded_refused_in_one_line_and_passed_by_batch(cine_nifti, tiny_cardiac, tmp_path, capsys,
                                                                          monkeypatch):
     import json

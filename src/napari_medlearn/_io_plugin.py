@@ -8,7 +8,8 @@ read the manifest cheaply.
 
 Image or labels?
 ----------------
-DICOM series always open as image layers. A NIfTI (or NRRD/MetaImage) file opens as a
+DICOM series always open as image layers; a DICOM SEG opens as a labels layer placed on its
+series (:mod:`napari_medlearn.imaging.dicom_seg`). A NIfTI (or NRRD/MetaImage) file opens as a
 labels layer when its array is integer (or bool) and either
 
 * its name, without extension, ends in one of :data:`LABEL_NAME_ENDINGS`
@@ -169,11 +170,14 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
             clips = dicom_videos(p)
             for clip in clips:
                 add_video(clip)
+            from .imaging.dicom_seg import seg_layers   # DICOM SEG: labels on their series
+            segs = seg_layers(p)
             try:
                 add_series(read_dicom_series(p, skip_invalid=True, skip_video=True))
             except ValueError:
-                if not clips:        # a folder of clips alone has no series: not an error
+                if not clips and not segs:   # a folder of clips (or SEGs) alone has no series: not an error
                     raise
+            layers.extend(segs)
         elif p.name.lower().endswith(NIFTI_SUFFIXES + ITK_SUFFIXES):
             volume = read_volume(p)
             name = _file_stem(p)
@@ -184,13 +188,25 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
                 layers.append(volume.with_data(labels).to_layer_data(name=name, layer_type="labels"))
         elif is_dicom_video(p):
             add_video(p)
+        elif _is_seg(p):
+            from .imaging.dicom_seg import seg_layer_data
+
+            layers.append(seg_layer_data([p]))
         else:
             series_uid = dicom_series_uid(p)
             if series_uid is None:
                 raise ValueError(f"cannot read {p}: not a DICOM image file")
             if (str(p.parent.resolve()), series_uid) not in seen_series:
-                add_series([read_dicom_folder(p.parent, series_uid=series_uid)])
+                from .imaging.dicom_enhanced import read_dicom_file   # its series, or itself if no series
+
+                add_series([read_dicom_file(p, series_uid)])
     return layers
+
+
+def _is_seg(path: Path) -> bool:
+    from .imaging.dicom_seg import is_dicom_seg
+
+    return is_dicom_seg(path)
 
 
 def video_layer_data(path: str | Path) -> LayerData:

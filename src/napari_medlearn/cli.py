@@ -98,11 +98,20 @@ def _progress_printer(label: str):
 def cmd_segment_heart(args: argparse.Namespace) -> int:
     from .inference import check_backend
     from .jobs import CARDIAC_OUTPUTS, segment_heart_job
+    from .pacs import PacsError, with_pacs   # --pacs URL --study UID [--series UID] [--push]
 
     check_backend(args.backend)   # an unknown or missing backend before any output folder
-    with _locked_out(args.out, CARDIAC_OUTPUTS, args.overwrite, [args.input]) as out:
-        return _report(segment_heart_job(out, args.input, model=args.model, device=args.device, backend=args.backend,
-                                         progress=_progress(args, "segment-heart"), overwrite=args.overwrite))
+
+    def run(args: argparse.Namespace):
+        # + the SEG/SR files a DICOM input also gets (imaging.dicom_sr.DICOM_OUTPUTS)
+        names = CARDIAC_OUTPUTS + ("seg.dcm", "seg_t*.dcm", "sr.dcm")
+        with _locked_out(args.out, names, args.overwrite, [args.input]) as out:
+            return segment_heart_job(out, args.input, model=args.model, device=args.device, backend=args.backend,
+                                     progress=_progress(args, "segment-heart"), overwrite=args.overwrite)
+    try:
+        return _report(with_pacs(args, "input", run))
+    except PacsError as e:
+        raise CLIError(str(e)) from None
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
@@ -341,6 +350,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pacs(args: argparse.Namespace) -> int:
+    from .pacs import PacsError, run_cli
+
+    try:
+        return run_cli(args)
+    except PacsError as e:
+        raise CLIError(str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medlearn", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -355,11 +373,14 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--quiet", action="store_true", help="no progress output")
 
     s = sub.add_parser("segment-heart", help="segment LV, myocardium and RV in a cine; write labels and measures")
-    s.add_argument("input", help="NIfTI file (t,z,y,x or z,y,x) or a DICOM cine folder")
+    s.add_argument("input", nargs="?", help="NIfTI file (t,z,y,x or z,y,x) or a DICOM cine folder (or --pacs)")
     s.add_argument("--out", required=True, help="output directory")
     s.add_argument("--model", default=None, help="zoo name or checkpoint path (default: best shipped)")
     backend_option(s)
     common(s)
+    from .pacs import add_job_args
+
+    add_job_args(s)
     s.set_defaults(func=cmd_segment_heart)
 
     from .imaging.kspace import PATTERNS
@@ -500,6 +521,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("models", help="list shipped models")
     s.set_defaults(func=cmd_models)
 
+    from .pacs import add_cli as add_pacs_cli   # medlearn pacs find|retrieve|store (DICOMweb)
+
+    add_pacs_cli(sub)
+    sub.choices["pacs"].set_defaults(func=cmd_pacs)
+
     s = sub.add_parser("demo", help="run every method on the built-in sample data; write outputs and a report")
     s.add_argument("--out", default="medlearn-demo", help="output directory (default ./medlearn-demo)")
     common(s)
@@ -507,10 +533,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings for the user (a damaged series' missing end, a repaired voxel size) as one line on
+    stderr, like errors, instead of Python's two lines with a source file and code."""
+    text = " ".join(str(message).split())
+    print(f"medlearn: warning: {text}", file=file or sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import warnings
+
     parser = build_parser()
     args = parser.parse_args(argv)
     _ARGV[:] = sys.argv[1:] if argv is None else list(argv)
+    shown = warnings.showwarning
+    warnings.showwarning = _one_line_warning
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -521,6 +558,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(f"medlearn: error: {error_message(e)}", file=sys.stderr)
         return 2
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,7 +12,7 @@ An export is made once per weights and input signature and cached in the user zo
 change of weights can never run an old export. Each export has its own sha256 written beside it:
 a damaged file is detected and rebuilt, never run. An export is checked against torch on its
 example input before use; an architecture that cannot be exported (or whose export disagrees)
-runs under torch, with a one-line note (:attr:`Engine.note`, also logged).
+runs under torch, with a one-line note (:attr:`Engine.note`, also a ``RuntimeWarning``).
 
 ``backend``: ``"auto"`` (the CPU runtime on CPU when installed, torch elsewhere), ``"torch"``, or
 ``"onnx"`` (the CPU runtime, refused in one line with what to install when it is missing).
@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
-import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -40,9 +40,6 @@ OPSET = 17
 #: an export whose output on its example differs from torch's by more than this (relative to the
 #: output's range, at least 1) is not used; bfloat16 keeps ~3 significant digits
 EXPORT_TOLERANCE = {"f32": 1e-3, "bf16": 5e-2}
-
-log = logging.getLogger(__name__)
-
 
 class BackendError(ValueError):
     """A backend that is unknown or not installed."""
@@ -128,7 +125,8 @@ def cached_export(model, examples: Sequence[Any], dynamic: Sequence[Sequence[int
         recorded = side.read_text().split()[0] if side.read_text().split() else ""
         if recorded == _file_sha(path):
             return path
-        log.warning("cached export %s is damaged (sha256 differs from the one recorded): rebuilding", path.name)
+        warnings.warn(f"cached export {path.name} is damaged (its sha256 differs from the one recorded): rebuilding",
+                      RuntimeWarning, stacklevel=2)
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         _export(model, examples, dynamic, Path(tmp))
@@ -138,8 +136,6 @@ def cached_export(model, examples: Sequence[Any], dynamic: Sequence[Sequence[int
 
 
 def _export(model, examples, dynamic, out: Path) -> None:
-    import warnings
-
     import torch
 
     names = [f"input{i}" for i in range(len(examples))]
@@ -269,7 +265,7 @@ def engine(model, examples: Sequence[Any], backend: str = "auto",
     if problem:
         name = getattr(model, "zoo_name", type(model).__name__)
         eng = Engine(model, "torch", note=f"{name} cannot run under {RUNTIME} ({problem}); running torch")
-        log.warning(eng.note)
+        warnings.warn(eng.note, RuntimeWarning, stacklevel=2)   # the CLI prints it as one line, napari notifies
     _ENGINES[key] = eng
     return eng
 

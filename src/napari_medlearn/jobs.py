@@ -423,15 +423,41 @@ def segment_heart_job(out: str | Path, image: str | Path | Sequence[str | Path],
     if len(vol.spatial_axes) != 3:
         raise InputError(f"{image}: a {vol.data.ndim}-D image; cardiac segmentation needs a short-axis stack or cine")
     res = segment_heart(vol.data, vol.spacing, model=model, device=device, progress=progress, backend=backend)
+    row = measures_row(res.measures, res.qc, res.model_name, res.model_sha256, str(image))
     with _all_or_none(out, overwrite) as stage:
-        paths = _final(out, stage, write_cardiac_outputs(stage, vol, res, str(image)))
+        staged = write_cardiac_outputs(stage, vol, res, str(image))
+        staged.update(_dicom_results(stage, image, "cardiac", vol.with_data(res.labels), row, res.model_name,
+                                     res.model_sha256))
+        paths = _final(out, stage, staged)
     m = res.measures
     lines = [f"LVEDV {m['LVEDV_mL']:.1f} mL  LVESV {m['LVESV_mL']:.1f} mL  LVEF {m['LVEF_pct']:.1f} %  "
              f"LVM {m['LVM_g']:.1f} g  RVEDV {m['RVEDV_mL']:.1f} mL  RVEF {m['RVEF_pct']:.1f} %"]
     lines += [f"QC: {f['reason']}" for f in res.qc]
     lines.append(f"wrote {paths['labels']}, {paths['csv']}, {paths['json']}")
-    row = measures_row(res.measures, res.qc, res.model_name, res.model_sha256, str(image))
+    lines += _dicom_line(paths)
     return JobResult(paths, row, lines)
+
+
+def _dicom_line(paths: dict) -> list[str]:
+    dicom = [Path(p).name for p in paths.values() if str(p).endswith(".dcm")]
+    return [f"wrote DICOM {', '.join(dicom)}"] if dicom else []
+
+
+def _dicom_results(out, image, kind: str, labels, figures, model: str, sha256: str, uncertainty=None) -> dict:
+    """DICOM in, DICOM out: SEG + SR (+ parametric map) beside the NIfTI/CSV outputs (imaging.dicom_sr)."""
+    from .imaging import dicom_sr
+    from .imaging.dicom_seg import Algorithm, _version
+
+    source = dicom_sr.dicom_source(image) if isinstance(image, (str, Path)) else None
+    if not source:
+        return {}
+    # the weights' sha256 identifies the model; the version is the software's that ran it
+    algorithm = Algorithm(str(model or ""), f"napari-medlearn {_version()}", str(sha256 or ""))
+    if kind == "cardiac":
+        paths = dicom_sr.write_cardiac_dicom(out, source, labels, figures, algorithm)
+    else:
+        paths = dicom_sr.write_lesion_dicom(out, source, labels, figures, algorithm, uncertainty)
+    return paths
 
 
 def reconstruct_job(out: str | Path, source: str | Path, *, mask: str | Path | None = None,
@@ -503,7 +529,12 @@ def segment_lesions_job(out: str | Path, flair: str | Path, t1c: str | Path, *, 
     res = segment_lesions(channels, ref.spacing, model=model, brain_mask=brain, device=device,
                           decision=decision, progress=progress, affine=ref.affine, backend=backend)
     with _all_or_none(out, overwrite) as stage:
-        paths = _final(out, stage, write_lesion_outputs(stage, ref, res, f"FLAIR {flair}; T1c {t1c}"))
+        staged = write_lesion_outputs(stage, ref, res, f"FLAIR {flair}; T1c {t1c}")
+        staged.update(_dicom_results(stage, flair, "lesions", ref.with_data(res.labels),
+                                     {k: round(x, 3) for k, x in res.volumes_ml.items()},   # as volumes.csv
+                                     res.model, res.model_sha256, res.uncertainty))
+        paths = _final(out, stage, staged)
+    notes += _dicom_line(paths)
     v = res.volumes_ml
     lines = [f"whole tumour {v['whole_tumour_mL']:.1f} mL  oedema {v['oedema_mL']:.1f} mL  "
              f"enhancing {v['enhancing_mL']:.1f} mL  necrotic core {v['necrotic_core_mL']:.1f} mL",

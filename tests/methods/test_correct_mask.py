@@ -161,4 +161,6 @@ def test_review_flags_a_shrinking_or_vanishing_structure_and_a_flat_plausibility
     assert set(np.unique(r.changes)) == {0, 2, 3}
     assert (r.changes == 3).sum() == 4 * 16 and (r.changes == 2).sum() == 2 * 40
     ok = review_proposal(before, before, (8.0, 1.5, 1.5), 0.3, 0.9)
-    assert ok.warnings == () and r.volumes[1][3] == (pytest.approx(160 * 18 / 1000), pytest.approx(80 * 18 / 1000))
+    assert ok.warnings == ()
+    assert review_proposal(before, before, (8.0, 1.5, 1.5), 0.95, 0.95).warnings == ()   # plausible already
+    assert "plausibility falls" in review_proposal(before, before, (8.0, 1.5, 1.5), 0.95, 0.5).warnings[0] and r.volumes[1][3] == (pytest.approx(160 * 18 / 1000), pytest.approx(80 * 18 / 1000))

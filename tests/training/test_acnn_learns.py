@@ -50,3 +50,24 @@ def test_denoising_autoencoder_learns_and_evaluation_runs():
     assert s["all"]["n"] == 2 and {r["corruption"] for r in ev["cases"]} == {"islands", "lost_slice"}
     assert 0.0 < s["all"]["dice_corrupted_mean"] < 1.0
     assert 0.0 <= s["clean_dice_to_self_mean"] <= 1.0
+
+
+def test_calibration_takes_a_typical_expert_mask_as_plausible():
+    """The calibration is read off clean masks alone: their median agreement -> 0.9, their 5th
+    percentile -> 0.5 (the earlier rule, a step between the clean and damaged medians, scored
+    40 % of held-out ACDC expert masks about 0)."""
+    import pytest
+
+    from napari_medlearn.methods.acnn import calibrate
+    from napari_medlearn.training.acnn import calibration
+
+    torch.manual_seed(0)
+    net = ACNNShapeModel(**TINY_ACNN).eval()
+    sp = (8.0, 3.0, 3.0)
+    masks = [(ring_labels(shape=(6, 56, 56), spacing=sp, r_lv=r, wall=w), sp) for r in (14.0, 18.0, 22.0)
+             for w in (6.0, 10.0)]
+    cal = calibration(net, masks, np.random.default_rng(0))
+    card = {"plausibility_calibration": cal}
+    assert calibrate(cal["clean_median_agreement"], card) == pytest.approx(0.9, abs=1e-6)
+    assert calibrate(cal["clean_p5_agreement"], card) == pytest.approx(0.5, abs=1e-6)
+    assert cal["n_masks"] == 6

@@ -326,6 +326,7 @@ def test_measures_follow_a_corrected_copy_accepted_in_mask_correction(done, qtbo
     mc.labels_picker.value = original
     mc.run()
     qtbot.waitUntil(lambda: not mc.running, timeout=TIMEOUT_MS)
+    mc.seen_check.setChecked(True)      # the untrained prior's proposal has warnings: looked at
     accepted = mc.accept()
     assert accepted.metadata["corrected_from"] == original.name
     assert accepted.metadata["correction"]["changed_voxels"] >= 0

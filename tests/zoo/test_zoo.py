@@ -101,3 +101,19 @@ def test_a_model_of_another_task_is_refused():
                                              "us-standard-planes model"):
         zoo.load("recon-cascade-mr", device="cpu", task="us-standard-planes")
     assert zoo.load("recon-cascade-mr", device="cpu", task="mri-reconstruction").card["name"] == "recon-cascade-mr"
+
+
+def test_a_numpy_scalar_in_a_card_still_gives_a_weights_only_file(tmp_path):
+    import numpy as np
+    import torch
+
+    from helpers import TINY_FCN
+    from napari_medlearn import zoo
+    from napari_medlearn.nets import BaiFCN
+
+    path = tmp_path / "m.pt"
+    args = {**TINY_FCN, "in_channels": np.int64(TINY_FCN.get("in_channels", 1))}
+    zoo.save_checkpoint(BaiFCN(**TINY_FCN), path, "bai_fcn", args,
+                        card={"name": "m", "calibration": {"scale": np.float64(0.06)}})
+    ck = torch.load(path, weights_only=True)
+    assert ck["card"]["calibration"]["scale"] == 0.06 and type(ck["arch_args"]["in_channels"]) is int

@@ -12,7 +12,8 @@ Formats
   from SliceLocation or SliceThickness, which scanners fill in inconsistently. Slices are
   ordered by IPP projected on the slice normal (the cross product of the two IOP vectors);
   cine phases of one slice by TriggerTime. DICOM's patient frame is LPS; the affine is
-  converted to RAS like NIfTI's.
+  converted to RAS like NIfTI's. Enhanced (multi-frame) MR/CT files are read frame by frame
+  from their functional groups by the same code (:mod:`napari_medlearn.imaging.dicom_enhanced`).
 * NRRD and MetaImage (``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``) through SimpleITK, read only.
 
 Conventions follow the DICOM standard (PS3.3 C.7.6.2.1.1, "Image Position and Image
@@ -819,6 +820,7 @@ class _SliceHeader:
     samples_per_pixel: int
     slice_spacing_tag: float | None  # SpacingBetweenSlices, else SliceThickness: 1-slice only
     sop_uid: str = ""                 # SOPInstanceUID: the same image copied twice has the same one
+    frame: int | None = None          # the frame of an enhanced (multi-frame) file, see dicom_enhanced
     palette: bool = False             # PhotometricInterpretation PALETTE COLOR
     # counts some scanners write, which can tell that images are missing at an end of a stack
     images_in_acquisition: int | None = None   # ImagesInAcquisition
@@ -1064,6 +1066,13 @@ def _scan_series(folder: str | os.PathLike, skip_video: bool = False) -> _Scan:
             continue
         if h is None or (skip_video and _is_video(h)):
             continue
+        if h.frames > 1 or h.modality == "SEG":  # enhanced MR/CT: a header per frame; SEG, maps: none
+            from .dicom_enhanced import series_headers
+
+            frames = series_headers(h)
+            if frames:
+                groups.setdefault(h.series_uid, []).extend(frames)
+            continue
         if h.sop_uid:
             # a second file of an image already read (an export copied twice) is the same image,
             # not another phase
@@ -1147,7 +1156,7 @@ def _plan_series(headers: list[_SliceHeader]) -> _SeriesPlan:
     def fail(problem: str) -> ValueError:
         return ValueError(f"DICOM series {label}: {problem}")
 
-    if any(h.frames > 1 for h in headers):
+    if any(h.frames > 1 and h.frame is None for h in headers):
         raise fail("multi-frame (enhanced) DICOM files are not supported")
     if any(h.samples_per_pixel != 1 for h in headers):
         raise fail("colour images (SamplesPerPixel > 1) are not supported")
@@ -1319,11 +1328,17 @@ def _load_series(headers: list[_SliceHeader], folder: Path, plan: _SeriesPlan | 
     rescaled = any(h.slope != 1.0 or h.intercept != 0.0 for h in headers)
 
     planes: list[np.ndarray] = []
+    multi: dict[Path, np.ndarray] = {}       # an enhanced file's frames, decoded once
     for t in range(n_t):
         for z in range(n_z):
             h = plan.files[z][t]
             try:
-                px = pydicom.dcmread(str(h.path)).pixel_array
+                if h.frame is not None:
+                    if h.path not in multi:
+                        multi[h.path] = pydicom.dcmread(str(h.path)).pixel_array.reshape(h.frames, h.rows, h.columns)
+                    px = multi[h.path][h.frame]
+                else:
+                    px = pydicom.dcmread(str(h.path)).pixel_array
             except Exception as exc:
                 raise ValueError(f"DICOM series {label}: cannot decode pixels of {h.path.name}: "
                                  f"{_one_line(exc)}") from None
@@ -1458,7 +1473,8 @@ def is_dicom_video(path: str | os.PathLike) -> bool:
     """True for a DICOM image file that is a clip or a picture rather than a slice of a
     series: ultrasound, angiography, fluoroscopy, endoscopy or a secondary capture (one frame
     or many), or any colour / palette image. Such a file is read by :func:`read_dicom_video`,
-    not as part of a series (a multi-frame MR or CT stays a series, and is refused there)."""
+    not as part of a series (a multi-frame MR or CT is a series in one file: see
+    :mod:`napari_medlearn.imaging.dicom_enhanced`)."""
     h = _read_slice_header(Path(path)) if Path(path).is_file() else None
     return h is not None and _is_video(h)
 
@@ -1593,7 +1609,9 @@ def read_volume(path: str | os.PathLike) -> Volume | list[Volume]:
     series_uid = dicom_series_uid(path)
     if series_uid is None:
         raise ValueError(f"cannot read {path}: not a NIfTI, NRRD/MetaImage or DICOM image file")
-    return read_dicom_folder(path.parent, series_uid=series_uid)
+    from .dicom_enhanced import read_dicom_file  # its series, or the file alone if that is no series
+
+    return read_dicom_file(path, series_uid)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -431,6 +431,8 @@ def plausibility(labels, spacing, model=None, device: str = "cpu") -> float:
 
 #: a proposal that shrinks a structure of a frame by more than this share is flagged for review
 DEFAULT_MAX_SHRINK = 0.2
+#: a plausibility a typical expert mask reaches (the card's calibration maps their median here)
+PLAUSIBLE = 0.9
 
 
 @dataclass(frozen=True)
@@ -441,7 +443,7 @@ class ProposalReview:
     3 RV cavity) of frame ``t``; ``changes`` is an int8 map (1 voxel added to a structure from
     background, 2 removed to background, 3 moved from one structure to another); ``warnings`` is
     one line per problem (a structure shrinking by more than ``max_shrink`` in a frame, or
-    vanishing from it; the plausibility not rising); ``flagged`` the ``(frame, structure)`` pairs
+    vanishing from it; the plausibility falling, or not rising while below :data:`PLAUSIBLE`); ``flagged`` the ``(frame, structure)`` pairs
     those lines are about.
     """
 
@@ -478,6 +480,8 @@ def review_proposal(before, after, spacing, plausibility_before: float, plausibi
             elif vb > 0 and va < (1 - max_shrink) * vb:
                 warnings.append(f"{where}{CARDIAC_NAMES[k]} shrinks {vb:.1f} \u2192 {va:.1f} mL "
                                 f"({100 * (va - vb) / vb:+.0f} %)")
-    if not plausibility_after > plausibility_before:
+    if plausibility_after < plausibility_before - 0.01:
+        warnings.append(f"plausibility falls ({plausibility_before:.2f} \u2192 {plausibility_after:.2f})")
+    elif plausibility_after <= plausibility_before and plausibility_after < PLAUSIBLE:
         warnings.append(f"plausibility does not rise ({plausibility_before:.2f} \u2192 {plausibility_after:.2f})")
     return ProposalReview(tuple(volumes), changes, tuple(warnings), frozenset(flagged))

@@ -332,6 +332,14 @@ def _run_acnn_shape_prior(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
     return run_acnn_shape_prior(run_dir, **kwargs)
 
 
+def _run_acnn_recalibrate(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
+    """The shipped shape prior's weights, calibrated, tuned and evaluated again (no training)."""
+    from .acnn import run_acnn_shape_prior
+
+    kwargs.pop("epochs", None)
+    return run_acnn_shape_prior(run_dir, weights="acnn-shape-prior", **kwargs)
+
+
 def _run_sr_brain(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
     from .sr import run_sr_brain
 
@@ -361,6 +369,12 @@ PRESETS: dict[str, Preset] = {
         "acnn-shape-prior", "acnn-shape-prior",
         "ACNN label autoencoder (denoising) on ACDC expert masks: mask plausibility and correction (~45 min on 1 CPU thread)",
         _run_acnn_shape_prior,
+    ),
+    "acnn-recalibrate": Preset(
+        "acnn-recalibrate", "acnn-shape-prior",
+        "the shipped ACNN shape prior's plausibility calibration, correction threshold and evaluation run "
+        "again on its weights, untouched (~20 min on 1 CPU thread)",
+        _run_acnn_recalibrate,
     ),
     "acnn-seg": Preset(
         "acnn-seg", "cardiac-fcn-acnn",

@@ -301,7 +301,10 @@ def save_checkpoint(model, path: str | os.PathLike, arch: str, arch_args: dict[s
         check_weights(model, arch, path.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    obj = {"arch": arch, "arch_args": dict(arch_args), "state_dict": state, "card": dict(card or {})}
+    # plain Python values only: a NumPy scalar in the card would make the file unreadable under
+    # torch.load(weights_only=True)
+    obj = {"arch": arch, "arch_args": _json_ready(dict(arch_args)), "state_dict": state,
+           "card": _json_ready(dict(card or {}))}
     if extra:
         obj.update(extra)
     with atomic_path(path) as tmp:
