@@ -179,3 +179,23 @@ def test_bfloat16_only_where_the_card_allows_it():
     assert eng.backend == (inference.RUNTIME + "-bf16" if inference.cpu_has_bf16() else inference.RUNTIME)
     with torch.inference_mode():   # bfloat16: ~3 significant digits
         assert float((eng(*xs) - net(*xs)).abs().max()) < 5e-2 * max(1.0, float(net(*xs).abs().max()))
+
+
+@pytest.mark.parametrize("error", [RuntimeError("std::bad_alloc"), MemoryError(),
+                                   RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried 80 GB")])
+def test_out_of_memory_is_reported_as_such(error):
+    """A runtime's allocation failure becomes one line saying so: a ValueError, which the CLI
+    (exit 2), batch and the widgets (one notification) treat as a user's problem."""
+    net = _tiny("sononet")
+
+    def fails(*_):
+        raise error
+
+    eng = inference.Engine(net, inference.RUNTIME, session=fails)
+    with pytest.raises(inference.OutOfMemoryError) as err:
+        eng(torch.zeros(1, 1, 16, 16))
+    assert isinstance(err.value, ValueError) and isinstance(err.value, MemoryError)
+    assert str(err.value).startswith("out of memory running") and "1x1x16x16" in str(err.value)
+    eng = inference.Engine(net, inference.RUNTIME, session=lambda *_: (_ for _ in ()).throw(RuntimeError("shape")))
+    with pytest.raises(RuntimeError, match="shape"):   # other runtime errors are not disguised
+        eng(torch.zeros(1, 1, 16, 16))

@@ -45,6 +45,15 @@ class BackendError(ValueError):
     """A backend that is unknown or not installed."""
 
 
+class OutOfMemoryError(MemoryError, ValueError):
+    """The network ran out of memory on this input: a user-fixable problem (a ValueError, so the
+    CLI, batch and the widgets report it in one line), not a crash."""
+
+
+#: how the runtimes say they ran out of memory (torch's allocators, OpenVINO's C++ bad_alloc)
+_OOM_WORDS = ("out of memory", "can't allocate memory", "failed to allocate", "bad_alloc", "cannot allocate memory")
+
+
 def runtime_installed() -> bool:
     """Whether the CPU runtime and the ONNX exporter's package are importable."""
     return all(importlib.util.find_spec(m) is not None for m in (RUNTIME, "onnx"))
@@ -209,6 +218,22 @@ class Engine:
     autocast: bool = False
 
     def __call__(self, *inputs):
+        try:
+            return self._run(*inputs)
+        except MemoryError:
+            raise OutOfMemoryError(self._oom(inputs)) from None
+        except RuntimeError as e:
+            if any(w in str(e).lower() for w in _OOM_WORDS):
+                raise OutOfMemoryError(self._oom(inputs)) from None
+            raise
+
+    def _oom(self, inputs) -> str:
+        name = getattr(self.model, "zoo_name", type(self.model).__name__)
+        shape = "x".join(str(n) for n in inputs[0].shape)
+        return (f"out of memory running {name} under {self.backend} on an input of {shape} voxels: crop or "
+                "downsample the image, or use a smaller tile / batch")
+
+    def _run(self, *inputs):
         import torch
 
         if self.session is None:
@@ -303,5 +328,5 @@ def clear() -> None:
     _ENGINES.clear()
 
 
-__all__ = ["BACKENDS", "BackendError", "Engine", "INSTALL", "RUNTIME", "cached_export", "check_backend",
+__all__ = ["BACKENDS", "BackendError", "Engine", "INSTALL", "OutOfMemoryError", "RUNTIME", "cached_export", "check_backend",
            "clear", "cpu_has_bf16", "engine", "export_dir", "runtime_installed", "signature", "weights_key"]
