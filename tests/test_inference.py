@@ -199,3 +199,4 @@ def test_out_of_memory_is_reported_as_such(error):
     eng = inference.Engine(net, inference.RUNTIME, session=lambda *_: (_ for _ in ()).throw(RuntimeError("shape")))
     with pytest.raises(RuntimeError, match="shape"):   # other runtime errors are not disguised
         eng(torch.zeros(1, 1, 16, 16))
+

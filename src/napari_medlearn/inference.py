@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import importlib.util
 import warnings
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -85,19 +86,21 @@ def weights_key(model) -> str:
     changed in memory after loading never reuse an export of the old ones. The state hash is
     remembered per module while no parameter has been modified in place (torch's version counters)."""
     state = model.state_dict()
-    versions = (id(model),) + tuple(v._version for v in state.values())
-    if _STATE_SHA.get(id(model), (None,))[0] != versions:
+    versions = tuple(v._version for v in state.values())
+    memo = _STATE_SHA.get(model)
+    if memo is None or memo[0] != versions:
         h = hashlib.sha256()
         for k, v in state.items():
             h.update(k.encode())
             h.update(v.detach().cpu().contiguous().numpy().tobytes())
-        _STATE_SHA[id(model)] = (versions, h.hexdigest())
+        memo = _STATE_SHA[model] = (versions, h.hexdigest())
     file_sha = str((getattr(model, "card", {}) or {}).get("sha256", "")) or "memory"
-    return f"{file_sha[:16]}-{_STATE_SHA[id(model)][1][:16]}"
+    return f"{file_sha[:16]}-{memo[1][:16]}"
 
 
-#: id(model) -> (its parameters' version counters, sha256 of its state dict)
-_STATE_SHA: dict[int, tuple] = {}
+#: module -> (its parameters' version counters, sha256 of its state dict); weak, so a new module
+#: that happens to reuse a freed one's address is hashed afresh
+_STATE_SHA: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def signature(model, shapes: Sequence[Sequence[int]], dynamic: Sequence[Sequence[int]]) -> str:
@@ -277,7 +280,7 @@ def engine(model, examples: Sequence[Any], backend: str = "auto",
     cpu_examples = [e.detach().cpu()[:1] if 0 in d else e.detach().cpu() for e, d in zip(examples, dynamic)]
     precision = "bf16" if bool(card.get("inference", {}).get("mixed_precision")) and cpu_has_bf16() else "f32"
     key = (weights_key(model), signature(model, [tuple(e.shape) for e in examples], dynamic),
-           torch.get_num_threads(), precision)
+           torch.get_num_threads(), precision, str(dev))
     if key in _ENGINES:
         return _ENGINES[key]
     try:
