@@ -103,3 +103,31 @@ def test_reader_warnings_are_one_line_each(cine_nifti, tiny_cardiac, tmp_path):
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert any(ln.startswith("medlearn: warning:") and "used the qform" in ln for ln in lines), r.stderr
     assert all(ln.startswith("medlearn: warning:") for ln in lines), r.stderr
+
+
+def test_backend_option_recorded_refused_in_one_line_and_passed_by_batch(cine_nifti, tiny_cardiac, tmp_path, capsys,
+                                                                         monkeypatch):
+    import json
+
+    from napari_medlearn import inference
+
+    out = tmp_path / "t"
+    assert main(["segment-heart", str(cine_nifti), "--out", str(out), "--model", str(tiny_cardiac), "--quiet",
+                 "--backend", "torch"]) == 0
+    assert json.loads((out / "measures.json").read_text())["backend"] == "torch"
+    capsys.readouterr()
+    assert main(["segment-heart", str(cine_nifti), "--out", str(tmp_path / "x"), "--backend", "tpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown backend" in err and len(err.splitlines()) == 1 and not (tmp_path / "x").exists()
+    monkeypatch.setattr(inference, "runtime_installed", lambda: False)
+    assert main(["segment-heart", str(cine_nifti), "--out", str(tmp_path / "y"), "--backend", "onnx"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert inference.INSTALL in err and len(err.splitlines()) == 1
+    assert main(["batch", "reconstruct", str(tmp_path), "--out", str(tmp_path / "z"), "--backend", "torch"]) == 2
+    assert "--backend is an option of" in capsys.readouterr().err
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    (cohort / "case1.nii.gz").write_bytes(cine_nifti.read_bytes())
+    assert main(["batch", "segment-heart", str(cohort), "--out", str(tmp_path / "b"), "--model", str(tiny_cardiac),
+                 "--backend", "torch", "--quiet"]) == 0
+    assert json.loads((tmp_path / "b" / "case1" / "measures.json").read_text())["backend"] == "torch"

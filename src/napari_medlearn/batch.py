@@ -110,7 +110,7 @@ class BatchResult:
 def _job_segment_heart(out: Path, inputs, options, model, device, progress) -> JobResult:
     from .jobs import segment_heart_job
 
-    return segment_heart_job(out, inputs["image"], model=model, device=device, progress=progress)
+    return segment_heart_job(out, inputs["image"], model=model, device=device, progress=progress, **options)
 
 
 def _job_reconstruct(out: Path, inputs, options, model, device, progress) -> JobResult:
@@ -161,12 +161,12 @@ def _jobs() -> dict[str, Job]:
     from .jobs import CARDIAC_OUTPUTS, LESION_OUTPUTS, PLANE_OUTPUTS, RECON_OUTPUTS
 
     return {
-        "segment-heart": Job(_job_segment_heart, CARDIAC_OUTPUTS),
+        "segment-heart": Job(_job_segment_heart, CARDIAC_OUTPUTS, options=("backend",)),
         "reconstruct": Job(_job_reconstruct, RECON_OUTPUTS, optional=("mask",),
                            options=("acceleration", "pattern", "centre_lines", "seed", "dynamic", "kspace_key",
                                     "mask_key"), suffixes=IMAGE_SUFFIXES + KSPACE_SUFFIXES),
         "segment-lesions": Job(_job_segment_lesions, LESION_OUTPUTS, roles=("flair", "t1c"), optional=("mask",),
-                               options=("decision",)),
+                               options=("decision", "backend")),
         "detect-planes": Job(_job_detect_planes, PLANE_OUTPUTS, options=("saliency",),
                              suffixes=IMAGE_SUFFIXES + VIDEO_SUFFIXES),
         "super-resolve": Job(_job_super_resolve, ("super_resolved.nii.gz",), options=("factor", "spacing")),

@@ -96,14 +96,17 @@ def _progress_printer(label: str):
 
 
 def cmd_segment_heart(args: argparse.Namespace) -> int:
+    from .inference import check_backend
     from .jobs import CARDIAC_OUTPUTS, segment_heart_job
     from .pacs import PacsError, with_pacs   # --pacs URL --study UID [--series UID] [--push]
+
+    check_backend(args.backend)   # an unknown or missing backend before any output folder
 
     def run(args: argparse.Namespace):
         # + the SEG/SR files a DICOM input also gets (imaging.dicom_sr.DICOM_OUTPUTS)
         names = CARDIAC_OUTPUTS + ("seg.dcm", "seg_t*.dcm", "sr.dcm")
         with _locked_out(args.out, names, args.overwrite, [args.input]) as out:
-            return segment_heart_job(out, args.input, model=args.model, device=args.device,
+            return segment_heart_job(out, args.input, model=args.model, device=args.device, backend=args.backend,
                                      progress=_progress(args, "segment-heart"), overwrite=args.overwrite)
     try:
         return _report(with_pacs(args, "input", run))
@@ -128,11 +131,13 @@ def _note(text: str) -> None:
 
 
 def cmd_segment_lesions(args: argparse.Namespace) -> int:
+    from .inference import check_backend
     from .jobs import LESION_OUTPUTS, segment_lesions_job
 
+    check_backend(args.backend)
     with _locked_out(args.out, LESION_OUTPUTS, args.overwrite, [args.flair, args.t1c, args.mask]) as out:
         return _report(segment_lesions_job(out, args.flair, args.t1c, mask=args.mask, model=args.model,
-                                           decision=args.decision, device=args.device,
+                                           decision=args.decision, device=args.device, backend=args.backend,
                                            progress=_progress(args, "segment-lesions"), overwrite=args.overwrite))
 
 
@@ -221,6 +226,10 @@ BATCH_OPTIONS = {   # CLI flag -> (job, option name)
 }
 
 
+#: the jobs whose networks run through napari_medlearn.inference (--backend)
+BACKEND_JOBS = ("segment-heart", "segment-lesions")
+
+
 def cmd_batch(args: argparse.Namespace) -> int:
     """One job over a cohort; exit status 1 when any case failed (one line each on stderr)."""
     from .batch import run_batch
@@ -235,6 +244,12 @@ def cmd_batch(args: argparse.Namespace) -> int:
         options[name] = (not value) if flag == "no_saliency" else value
     if args.workers < 1:
         raise CLIError(f"--workers must be >= 1, got {args.workers}")
+    if args.backend is not None:
+        from .inference import check_backend
+
+        if args.job not in BACKEND_JOBS:
+            raise CLIError(f"--backend is an option of {', '.join(BACKEND_JOBS)}, not of {args.job}")
+        options["backend"] = check_backend(args.backend)
 
     def show(done: int, total: int, message: str) -> None:
         if not args.quiet:
@@ -348,6 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medlearn", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
+    def backend_option(sp):
+        sp.add_argument("--backend", default="auto", help="what runs the network: auto (OpenVINO on CPU, torch on "
+                                                          "CUDA/MPS), torch, or onnx (the ONNX export under OpenVINO)")
+
     def common(sp, out_required=True):
         sp.add_argument("--device", default="auto", help="auto (CUDA, MPS, else CPU), cpu, cuda, mps")
         sp.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -357,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("input", nargs="?", help="NIfTI file (t,z,y,x or z,y,x) or a DICOM cine folder (or --pacs)")
     s.add_argument("--out", required=True, help="output directory")
     s.add_argument("--model", default=None, help="zoo name or checkpoint path (default: best shipped)")
+    backend_option(s)
     common(s)
     from .pacs import add_job_args
 
@@ -394,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--decision", default=None, choices=("argmax", "expected_dice"),
                    help="labels from the probabilities: the most probable class, or the whole tumour of maximal "
                         "expected Dice found per scan (default: as the model card says, else argmax)")
+    backend_option(s)
     common(s)
     s.set_defaults(func=cmd_segment_lesions)
 
@@ -466,6 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--factor", type=float, default=None, help="super-resolve: through-plane factor")
     s.add_argument("--decision", default=None, choices=("argmax", "expected_dice"), help="segment-lesions: as there")
     s.add_argument("--no-saliency", action="store_true", help="detect-planes: classification only")
+    s.add_argument("--backend", default=None, help="segment-heart, segment-lesions: as there")
     common(s)
     s.set_defaults(func=cmd_batch)
 

@@ -110,7 +110,7 @@ def write_cardiac_outputs(out: Path, vol, result, source: str) -> dict[str, Path
     from .zoo import write_json_atomic
 
     write_json_atomic({"source": source, "model": result.model_name, "model_sha256": result.model_sha256,
-                       "ED_frame": result.ed, "ES_frame": result.es, "qc": result.qc,
+                       "backend": result.backend, "ED_frame": result.ed, "ES_frame": result.es, "qc": result.qc,
                        "measures": result.measures}, paths["json"])
     return paths
 
@@ -203,7 +203,7 @@ def write_lesion_outputs(out: Path, ref, result, source: str) -> dict[str, Path]
         w.writeheader()
         w.writerows(rows)
     write_json_atomic({"source": source, "model": result.model, "model_sha256": result.model_sha256,
-                       "members": list(result.members), "member_volumes_ml": member_volumes,
+                       "backend": result.backend, "members": list(result.members), "member_volumes_ml": member_volumes,
                        "channels": list(result.channel_names), "label_values": list(result.label_values),
                        "postprocess": result.extras.get("postprocess"),
                        "warnings": list(result.extras.get("warnings") or []),
@@ -411,7 +411,8 @@ def read_cine(image: str | Path | Sequence[str | Path]):
 
 
 def segment_heart_job(out: str | Path, image: str | Path | Sequence[str | Path], *, model=None,
-                      device: str = "auto", progress: Progress | None = None, overwrite: bool = True) -> JobResult:
+                      device: str = "auto", progress: Progress | None = None, overwrite: bool = True,
+                      backend: str = "auto") -> JobResult:
     """A short-axis cine (NIfTI file, DICOM folder, or several 3D frames of one grid) ->
     labels.nii.gz, measures.csv, measures.json (all of them or none: :func:`_all_or_none`)."""
     from .methods import segment_heart
@@ -421,7 +422,7 @@ def segment_heart_job(out: str | Path, image: str | Path | Sequence[str | Path],
     image = image if isinstance(image, (str, Path)) else ";".join(map(str, image))
     if len(vol.spatial_axes) != 3:
         raise InputError(f"{image}: a {vol.data.ndim}-D image; cardiac segmentation needs a short-axis stack or cine")
-    res = segment_heart(vol.data, vol.spacing, model=model, device=device, progress=progress)
+    res = segment_heart(vol.data, vol.spacing, model=model, device=device, progress=progress, backend=backend)
     row = measures_row(res.measures, res.qc, res.model_name, res.model_sha256, str(image))
     with _all_or_none(out, overwrite) as stage:
         staged = write_cardiac_outputs(stage, vol, res, str(image))
@@ -515,7 +516,7 @@ def reconstruct_job(out: str | Path, source: str | Path, *, mask: str | Path | N
 
 def segment_lesions_job(out: str | Path, flair: str | Path, t1c: str | Path, *, mask: str | Path | None = None,
                         model=None, decision: str | None = None, device: str = "auto",
-                        progress: Progress | None = None, overwrite: bool = True) -> JobResult:
+                        progress: Progress | None = None, overwrite: bool = True, backend: str = "auto") -> JobResult:
     """FLAIR + T1c (+ brain mask) of one session -> LESION_OUTPUTS (the FLAIR's geometry; all of
     them or none)."""
     from . import zoo
@@ -526,7 +527,7 @@ def segment_lesions_job(out: str | Path, flair: str | Path, t1c: str | Path, *, 
     notes: list[str] = []
     channels, ref, brain = read_modalities(flair, t1c, mask, model, notes)
     res = segment_lesions(channels, ref.spacing, model=model, brain_mask=brain, device=device,
-                          decision=decision, progress=progress, affine=ref.affine)
+                          decision=decision, progress=progress, affine=ref.affine, backend=backend)
     with _all_or_none(out, overwrite) as stage:
         staged = write_lesion_outputs(stage, ref, res, f"FLAIR {flair}; T1c {t1c}")
         staged.update(_dicom_results(stage, flair, "lesions", ref.with_data(res.labels),

@@ -126,3 +126,19 @@ def test_a_brain_is_no_heart_and_gets_no_ejection_fraction():
     res = methods.segment_heart(brain.data, brain.spacing, device="cpu")
     assert [f["flag"] for f in res.qc] == ["no_heart"]
     assert all(np.isnan(res.measures[k]) for k in M.CARDIAC_MEASURES)
+
+
+def test_backends_give_the_same_labels_and_say_which_ran(small_phantom, tiny_cardiac):
+    """The CPU runtime (issue 36) against torch on a sample cine: posteriors within 1e-3
+    (float16 storage), identical labels; each result records its backend; a bad name is refused."""
+    pytest.importorskip("openvino")
+    from napari_medlearn import inference
+
+    ph = small_phantom
+    ref = methods.segment_heart(ph.image, ph.spacing, model=tiny_cardiac, device="cpu", backend="torch")
+    got = methods.segment_heart(ph.image, ph.spacing, model=tiny_cardiac, device="cpu", backend="onnx")
+    assert ref.backend == "torch" and got.backend.startswith(inference.RUNTIME)
+    assert np.array_equal(got.labels, ref.labels)
+    np.testing.assert_allclose(got.probabilities.astype(np.float32), ref.probabilities.astype(np.float32), atol=1e-3)
+    with pytest.raises(ValueError, match="unknown backend"):
+        methods.segment_heart(ph.image, ph.spacing, model=tiny_cardiac, backend="cuda-graphs")

@@ -237,3 +237,17 @@ def test_a_scan_in_another_orientation_is_read_in_the_models(tiny_net):
     np.testing.assert_array_equal(np.transpose(sag.labels, (1, 2, 0))[:, ::-1, ::-1], spl.labels)
     # without an affine the arrays are taken as they are
     assert segment_lesions(ch, (2.0, 2.0, 2.0), model=net, brain_mask=mask).extras["orientation"]["turned"] == {}
+
+
+def test_backends_give_the_same_labels_and_say_which_ran(tiny_net):
+    """DeepMedic's segments under the CPU runtime (issue 36) equal torch's: posteriors within
+    1e-4, identical labels, the backend recorded."""
+    pytest.importorskip("openvino")
+    from napari_medlearn import inference
+
+    ch, _ = _case()
+    ref = segment_lesions(ch, (2.0, 2.0, 2.0), model=tiny_net, backend="torch")
+    got = segment_lesions(ch, (2.0, 2.0, 2.0), model=tiny_net, backend="onnx")
+    assert ref.backend == "torch" and got.backend.startswith(inference.RUNTIME)
+    assert np.array_equal(got.labels, ref.labels)
+    np.testing.assert_allclose(got.probabilities, ref.probabilities, atol=1e-4)

@@ -368,3 +368,20 @@ def test_a_save_that_cannot_be_written_is_one_notification_naming_the_file(done,
     np.testing.assert_array_equal(w.labels_layer.data, before)          # nothing lost: save again elsewhere
     assert w.save_button.isEnabled() and w.save_labels(tmp_path / "ok.nii.gz") == tmp_path / "ok.nii.gz"
     assert (tmp_path / "afile").read_text() == "not a folder"
+
+
+def test_backend_setting_runs_that_backend_and_is_recorded(widget, qtbot, errors, monkeypatch):
+    """Issue 36: the backend picker beside the device picker; the labels layer records what ran;
+    without the CPU runtime its ``onnx`` entry cannot be chosen."""
+    from napari_medlearn import inference
+    from napari_medlearn.widgets._common import backend_picker
+
+    assert [widget.backend_picker.itemText(i) for i in range(widget.backend_picker.count())] == list(inference.BACKENDS)
+    widget.backend_picker.setCurrentText("torch")
+    run_and_wait(widget, qtbot)
+    assert not errors, errors
+    assert widget.labels_layer.metadata["backend"] == "torch"
+    monkeypatch.setattr(inference, "runtime_installed", lambda: False)
+    combo = backend_picker()
+    item = combo.model().item(inference.BACKENDS.index("onnx"))
+    assert not item.isEnabled() and inference.INSTALL in item.toolTip()

@@ -46,6 +46,8 @@ class CardiacResult:
         Quality-control flags, each ``{"flag": ..., "reason": ...}``; empty when nothing is off.
     model_name, model_sha256
         Which weights produced this.
+    backend
+        What ran the network (``"torch"`` or the CPU runtime, :mod:`napari_medlearn.inference`).
     """
 
     labels: np.ndarray
@@ -57,6 +59,7 @@ class CardiacResult:
     spacing: tuple = ()
     model_name: str = ""
     model_sha256: str = ""
+    backend: str = ""
 
     @property
     def frames(self) -> int:
@@ -119,14 +122,17 @@ def _resize(x, size):
 
 
 def predict_slices(model, slices: np.ndarray, in_plane: tuple[float, float], batch_size: int = 8,
-                   cancelled: Callable[[], bool] | None = None) -> np.ndarray:
+                   cancelled: Callable[[], bool] | None = None, backend: str = "auto") -> np.ndarray:
     """Class probabilities for normalised 2D slices ``(N, H, W)`` -> ``(N, K, H, W)`` float32.
 
     Slices are resampled to the card's in-plane spacing, padded to the network's size multiple
-    (zeros: the normalised background), run in batches, and resampled back.
+    (zeros: the normalised background), run in batches through :func:`inference.engine`
+    (``backend``), and resampled back.
     """
     import torch
     import torch.nn.functional as F
+
+    from ..inference import engine
 
     card = getattr(model, "card", {}) or {}
     target = float(card.get("input", {}).get("in_plane_spacing_mm", 0) or 0)
@@ -140,6 +146,8 @@ def predict_slices(model, slices: np.ndarray, in_plane: tuple[float, float], bat
     dev = next(model.parameters()).device
     out = np.empty((n, 0, h, w), dtype=np.float32)
     chunks = []
+    example = torch.zeros((1, 1, size[0] + ph, size[1] + pw), device=dev)
+    run = engine(model, [example], backend=backend, dynamic=[(0, 2, 3)])
     with torch.inference_mode():
         for i in range(0, n, batch_size):
             if cancelled is not None and cancelled():
@@ -147,7 +155,7 @@ def predict_slices(model, slices: np.ndarray, in_plane: tuple[float, float], bat
             x = torch.from_numpy(np.ascontiguousarray(slices[i:i + batch_size]))[:, None].to(dev)
             x = _resize(x, size)
             x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
-            p = torch.softmax(model(x), dim=1)
+            p = torch.softmax(run(x), dim=1)
             p = p[..., ph // 2: ph // 2 + size[0], pw // 2: pw // 2 + size[1]]
             p = _resize(p, (h, w))
             chunks.append(p.float().cpu().numpy())
@@ -251,28 +259,34 @@ def segment_heart_steps(
     batch_size: int = 8,
     cancelled: Callable[[], bool] | None = None,
     transpose_tta: bool = True,
+    backend: str = "auto",
 ) -> Generator[tuple[int, int, str], None, CardiacResult]:
     """Segment a cine, yielding ``(frames_done, frames_total, message)``; returns the result.
 
     With ``transpose_tta`` the posteriors are averaged with those of the in-plane transposed
     slices, so an input with rows and columns swapped gets exactly the transposed answer.
+    ``backend`` runs the network (:func:`napari_medlearn.inference.engine`).
     """
     from .. import zoo
+    from ..inference import check_backend, engine
 
     arr, sp = validate_cine(cine, spacing)
+    backend = check_backend(backend)
     single = np.ndim(cine) == 3
     net = model if hasattr(model, "forward") else zoo.load(model or zoo.default_model(TASK), device=device, task=TASK)
     n_classes = int(getattr(net, "card", {}).get("n_classes", 4))
+    run = engine(net, [_example(net)], backend=backend, dynamic=[(0, 2, 3)])   # export once, up front
     T, Z, H, W = arr.shape
     probs = np.zeros((n_classes, T, Z, H, W), dtype=np.float16)
     labels = np.zeros((T, Z, H, W), dtype=np.uint8)
     yield 0, T, "segmenting"
     for t in range(T):
         vol = rescale_percentiles(arr[t])
-        p = predict_slices(net, vol, sp[1:], batch_size=batch_size, cancelled=cancelled)  # (Z,K,H,W)
+        p = predict_slices(net, vol, sp[1:], batch_size=batch_size, cancelled=cancelled,
+                           backend=backend)  # (Z,K,H,W)
         if transpose_tta:
             pt = predict_slices(net, np.ascontiguousarray(vol.transpose(0, 2, 1)), sp[1:][::-1],
-                                batch_size=batch_size, cancelled=cancelled)
+                                batch_size=batch_size, cancelled=cancelled, backend=backend)
             p = 0.5 * (p + pt.transpose(0, 1, 3, 2))
         probs[:, t] = p.transpose(1, 0, 2, 3)
         labels[t] = clean_labels(np.argmax(p, axis=1).astype(np.uint8), values=(1, 2, 3))
@@ -289,7 +303,18 @@ def segment_heart_steps(
         spacing=sp,
         model_name=str(getattr(net, "zoo_name", card.get("name", ""))),
         model_sha256=str(card.get("sha256", "")),
+        backend=run.backend,
     )
+
+
+def _example(net):
+    """A slice like those :func:`predict_slices` feeds ``net`` (batch and size are dynamic axes,
+    so this finds the same engine)."""
+    import torch
+
+    m = int(getattr(net, "size_multiple", 1))
+    return torch.zeros((1, 1, 4 * m, 4 * m),
+                       device=next(net.parameters()).device)
 
 
 def drain(gen: Generator, progress: Progress | None = None):
@@ -305,7 +330,7 @@ def drain(gen: Generator, progress: Progress | None = None):
 
 def segment_heart(cine: np.ndarray, spacing, model=None, device: str = "auto",
                   progress: Progress | None = None, batch_size: int = 8,
-                  transpose_tta: bool = True) -> CardiacResult:
+                  transpose_tta: bool = True, backend: str = "auto") -> CardiacResult:
     """Segment LV cavity, myocardium and RV in a short-axis cine and measure them.
 
     Parameters
@@ -320,9 +345,12 @@ def segment_heart(cine: np.ndarray, spacing, model=None, device: str = "auto",
         ``"auto"`` (CUDA, MPS, else CPU), ``"cpu"``, ``"cuda"``, ...
     progress
         Called with ``(frames_done, frames_total, message)``.
+    backend
+        ``"auto"`` (the CPU runtime on CPU, torch on CUDA/MPS), ``"torch"`` or ``"onnx"``; see
+        :mod:`napari_medlearn.inference`. The result's ``backend`` says which ran.
     """
     return drain(segment_heart_steps(cine, spacing, model, device, batch_size,
-                                     transpose_tta=transpose_tta), progress)
+                                     transpose_tta=transpose_tta, backend=backend), progress)
 
 
 def cardiac_measures(labels: np.ndarray, spacing) -> dict:

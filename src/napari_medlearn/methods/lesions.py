@@ -67,6 +67,7 @@ import numpy as np
 
 from ..imaging import measures as M
 from ..imaging.orientation import Turn, axis_codes, turn_to
+from ..inference import check_backend, engine
 from ._threads import progress_from_thread
 from .cardiac import drain
 
@@ -111,6 +112,9 @@ class LesionResult:
         Label value of each probability channel.
     model_sha256
         Weights hash from the card.
+    backend
+        What ran the networks (``"torch"`` or the CPU runtime, :mod:`napari_medlearn.inference`;
+        members that ran differently are joined by ``+``).
     uncertainty, members
         Optional, for ensembles (issue 12): ``(z, y, x)`` uncertainty map and member names.
     extras
@@ -130,6 +134,7 @@ class LesionResult:
     label_values: tuple = LABEL_VALUES
     model_sha256: str = ""
     seconds: float = 0.0
+    backend: str = ""
     uncertainty: np.ndarray | None = None
     members: tuple = ()
     extras: dict = field(default_factory=dict)
@@ -334,6 +339,7 @@ def lesion_volumes(labels: np.ndarray, spacing) -> dict[str, float]:
 # dense inference
 def dense_probabilities(net, image: np.ndarray, mask: np.ndarray | None, output_block: int = DEFAULT_OUTPUT_BLOCK,
                         cancelled: Callable[[], bool] | None = None, skip_empty: bool = True,
+                        backend: str = "auto", used: list | None = None,
                         ) -> Generator[tuple[int, int, str], None, np.ndarray]:
     """Class posteriors ``(K, z, y, x)`` float32 of a normalised ``(C, z, y, x)`` image by tiling.
 
@@ -371,6 +377,9 @@ def dense_probabilities(net, image: np.ndarray, mask: np.ndarray | None, output_
                 todo.append((z0, y0, x0))
     dev = next(net.parameters()).device
     total = len(todo)
+    run = engine(net, [torch.zeros((1, C) + tuple(g.segment for g in geo), device=dev)], backend=backend)
+    if used is not None:
+        used.append(run.backend)
     yield 0, total, f"{total} segments"
     with torch.inference_mode():
         for i, (z0, y0, x0) in enumerate(todo):
@@ -378,7 +387,7 @@ def dense_probabilities(net, image: np.ndarray, mask: np.ndarray | None, output_
                 raise InterruptedError("cancelled")
             seg = padded[:, z0:z0 + geo[0].segment, y0:y0 + geo[1].segment, x0:x0 + geo[2].segment]
             x = torch.from_numpy(np.ascontiguousarray(seg))[None].to(dev)
-            p = torch.softmax(net(x), dim=1)[0].float().cpu().numpy()
+            p = torch.softmax(run(x), dim=1)[0].float().cpu().numpy()
             n = [min(b, d - s0) for b, d, s0 in zip(blocks, dims, (z0, y0, x0))]
             probs[:, z0:z0 + n[0], y0:y0 + n[1], x0:x0 + n[2]] = p[:, :n[0], :n[1], :n[2]]
             yield i + 1, total, f"segment {i + 1}/{total}"
@@ -387,6 +396,7 @@ def dense_probabilities(net, image: np.ndarray, mask: np.ndarray | None, output_
 
 def sliding_window_probabilities(net, image: np.ndarray, mask: np.ndarray | None, roi: int | Sequence[int] = 64,
                                  overlap: float = 0.25, cancelled: Callable[[], bool] | None = None,
+                                 backend: str = "auto", used: list | None = None,
                                  ) -> Generator[tuple[int, int, str], None, np.ndarray]:
     """Class posteriors ``(K, z, y, x)`` of a normalised image by a same-size network (U-Net, FCN).
 
@@ -415,6 +425,9 @@ def sliding_window_probabilities(net, image: np.ndarray, mask: np.ndarray | None
     size = [max(n, r) for n, r in zip(sub.shape[1:], roi)]
     total = len(dense_patch_slices(size, roi, _get_scan_interval(size, roi, 3, (overlap,) * 3)))
     dev = next(net.parameters()).device
+    run = engine(net, [torch.zeros((1, C) + tuple(roi), device=dev)], backend=backend)
+    if used is not None:
+        used.append(run.backend)
 
     def work(report):
         count = [0]
@@ -422,7 +435,7 @@ def sliding_window_probabilities(net, image: np.ndarray, mask: np.ndarray | None
         def predictor(x):
             if cancelled is not None and cancelled():
                 raise InterruptedError("cancelled")
-            p = torch.softmax(net(x), dim=1)
+            p = torch.softmax(run(x), dim=1)
             count[0] += 1
             report(min(count[0], total), total, f"window {count[0]}/{total}")
             return p
@@ -441,15 +454,18 @@ def sliding_window_probabilities(net, image: np.ndarray, mask: np.ndarray | None
 
 
 def member_probabilities(net, image: np.ndarray, mask: np.ndarray | None, output_block: int = DEFAULT_OUTPUT_BLOCK,
-                         cancelled: Callable[[], bool] | None = None):
+                         cancelled: Callable[[], bool] | None = None, backend: str = "auto",
+                         used: list | None = None):
     """Posteriors of one network of any lesion architecture: DeepMedic by its dense segment
     tiling (:func:`dense_probabilities`), same-size networks by sliding windows of the card's
-    ``inference.roi`` (:func:`sliding_window_probabilities`). A progress generator."""
+    ``inference.roi`` (:func:`sliding_window_probabilities`). A progress generator. The network
+    runs on ``backend`` (:func:`napari_medlearn.inference.engine`); what ran is appended to ``used``."""
     if hasattr(net, "geometry"):
-        return (yield from dense_probabilities(net, image, mask, output_block, cancelled))
+        return (yield from dense_probabilities(net, image, mask, output_block, cancelled, backend=backend, used=used))
     inf = (getattr(net, "card", {}) or {}).get("inference", {})
     return (yield from sliding_window_probabilities(net, image, mask, inf.get("roi", 64),
-                                                    float(inf.get("overlap", 0.25)), cancelled))
+                                                    float(inf.get("overlap", 0.25)), cancelled,
+                                                    backend=backend, used=used))
 
 
 def _load(model, device: str):
@@ -494,7 +510,8 @@ def ensemble_card_of(members: Sequence[str]) -> str | None:
 
 
 def _member_steps(net, arr: np.ndarray, sp, mask: np.ndarray, output_block: int,
-                  cancelled: Callable[[], bool] | None, label: str = ""):
+                  cancelled: Callable[[], bool] | None, label: str = "", backend: str = "auto",
+                  used: list | None = None):
     """One network's posteriors on the input grid (resampling, normalisation, inference)."""
     card = getattr(net, "card", {}) or {}
     inp = card.get("input", {})
@@ -510,7 +527,7 @@ def _member_steps(net, arr: np.ndarray, sp, mask: np.ndarray, output_block: int,
     if not wmask.any():
         raise ValueError("the brain mask is empty after resampling to the model's spacing")
     image = normalise_channels(work, wmask)
-    steps = member_probabilities(net, image, wmask, output_block, cancelled)
+    steps = member_probabilities(net, image, wmask, output_block, cancelled, backend=backend, used=used)
     try:
         while True:
             done, total, msg = next(steps)
@@ -711,6 +728,7 @@ def segment_lesions_steps(
     fill_holes: bool | None = None,
     decision: str | None = None,
     affine=None,
+    backend: str = "auto",
 ) -> Generator[tuple[int, int, str], None, LesionResult]:
     """Segment lesions, yielding ``(segments_done, segments_total, message)``; returns the result.
 
@@ -744,6 +762,8 @@ def segment_lesions_steps(
     if decision is None:
         decision = str(post.get("decision", "argmax"))
     _check_decision(decision)          # before any inference
+    backend = check_backend(backend)
+    used: list[str] = []
     t0 = time.time()
     yield 0, 1, "preparing"
     if mask is None:
@@ -753,12 +773,13 @@ def segment_lesions_steps(
         label = f"{nm} ({i + 1}/{len(nets)}): " if ens else ""
         turn = model_turn(cards[i], affine)
         if turn is None:
-            member_probs.append((yield from _member_steps(net, arr, sp, mask, output_block, cancelled, label)))
+            member_probs.append((yield from _member_steps(net, arr, sp, mask, output_block, cancelled, label,
+                                                          backend, used)))
             continue
         # the member sees the scan in its training orientation; its posteriors come back to the input's grid
         turned[nm] = f"{turn.source} -> {turn.target}"
         p = yield from _member_steps(net, turn.apply(arr), turn.spacing(sp), turn.apply(mask), output_block,
-                                     cancelled, label)
+                                     cancelled, label, backend, used)
         member_probs.append(turn.inverse().apply(p))
     if min_component_fraction is None:
         min_component_fraction = post.get("min_component_fraction")
@@ -793,6 +814,7 @@ def segment_lesions_steps(
         model=str(card.get("name", "")) if ens else names_of[0],
         channel_names=names, brain_mask=mask, spacing=sp, label_values=values,
         model_sha256="" if ens else str(cards[0].get("sha256", "")), seconds=time.time() - t0,
+        backend="+".join(dict.fromkeys(used)),
         uncertainty=uncertainty, members=tuple(names_of) if ens else (), extras=extras,
     )
 
@@ -809,6 +831,7 @@ def segment_lesions(
     fill_holes: bool | None = None,
     decision: str | None = None,
     affine=None,
+    backend: str = "auto",
 ) -> LesionResult:
     """Segment a brain tumour (necrotic core, oedema, enhancing) in co-registered MR modalities.
 
@@ -848,10 +871,13 @@ def segment_lesions(
         ``"SPL"``), so a scan stored in any orientation (RAS from dcm2niix, a sagittal 3D FLAIR)
         is read the way the model knows; the results come back on the input's grid. None: the
         arrays are taken as they are, i.e. already in the model's orientation.
+    backend
+        ``"auto"`` (the CPU runtime on CPU, torch on CUDA/MPS), ``"torch"`` or ``"onnx"``; see
+        :mod:`napari_medlearn.inference`. The result's ``backend`` says which ran.
     """
     return drain(segment_lesions_steps(channels, spacing, model, brain_mask, device, output_block,
                                        min_component_fraction=min_component_fraction, fill_holes=fill_holes,
-                                       decision=decision, affine=affine),
+                                       decision=decision, affine=affine, backend=backend),
                  progress)
 
 

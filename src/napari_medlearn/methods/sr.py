@@ -62,6 +62,8 @@ class SRResult:
     model_name, model_sha256, seconds
         Which weights produced this (``"spline"``/``"average"`` for the baselines) and the wall
         time without model loading.
+    backend
+        What ran the network (:mod:`napari_medlearn.inference`; "" for the baselines).
     """
 
     image: np.ndarray
@@ -72,6 +74,7 @@ class SRResult:
     model_name: str = ""
     model_sha256: str = ""
     seconds: float = 0.0
+    backend: str = ""
 
 
 def _finite_array(a, what: str) -> np.ndarray:
@@ -151,9 +154,14 @@ def _tiles(n: int, tile: int, halo: int) -> list[tuple[int, int, int, int]]:
     return out
 
 
-def _run_tiled(net, x: np.ndarray, z_out: int, dev, cancelled=None) -> Generator[int, None, np.ndarray]:
-    """Network over ``(C, Z, Y, X)`` in in-plane tiles with a halo; yields after each tile."""
+def _run_tiled(net, x: np.ndarray, z_out: int, dev, cancelled=None, backend: str = "auto",
+               used: list | None = None) -> Generator[int, None, np.ndarray]:
+    """Network over ``(C, Z, Y, X)`` in in-plane tiles with a halo, each through
+    :func:`inference.engine` (one export per tile shape: at most four per stack); yields after
+    each tile. What ran is appended to ``used``."""
     import torch
+
+    from ..inference import engine
 
     _, _, ny, nx = x.shape
     out = np.empty((z_out, ny, nx), np.float32)
@@ -161,9 +169,12 @@ def _run_tiled(net, x: np.ndarray, z_out: int, dev, cancelled=None) -> Generator
         for xs in _tiles(nx, TILE, HALO):
             if cancelled is not None and cancelled():
                 raise InterruptedError("cancelled")
-            patch = np.ascontiguousarray(x[:, :, ys[0]:ys[1], xs[0]:xs[1]])
+            patch = torch.from_numpy(np.ascontiguousarray(x[:, :, ys[0]:ys[1], xs[0]:xs[1]]))[None].to(dev)
+            run = engine(net, [patch], backend=backend)
+            if used is not None:
+                used.append(run.backend)
             with torch.inference_mode():
-                pred = net(torch.from_numpy(patch)[None].to(dev))[0, 0].float().cpu().numpy()
+                pred = run(patch)[0, 0].float().cpu().numpy()
             out[:, ys[0] + ys[2]:ys[0] + ys[3], xs[0] + xs[2]:xs[0] + xs[3]] = \
                 pred[:, ys[2]:ys[3], xs[2]:xs[3]]
             yield 1
@@ -180,9 +191,12 @@ def _card_of(net) -> dict:
 
 def super_resolve_steps(stack, spacing, factor, model=None, device: str = "auto",
                         affine: np.ndarray | None = None, cancelled: Callable[[], bool] | None = None,
-                        ) -> Generator[tuple[int, int, str], None, SRResult]:
+                        backend: str = "auto") -> Generator[tuple[int, int, str], None, SRResult]:
     """Super-resolve, yielding ``(done, total, message)``; returns the :class:`SRResult`."""
+    from ..inference import check_backend
+
     arr, sp, f = validate_stack(stack, spacing, factor)
+    backend, used = check_backend(backend), []
     if affine is None:
         affine = affine_from_spacing(sp)
     affine = np.asarray(affine, float)
@@ -224,7 +238,7 @@ def super_resolve_steps(stack, spacing, factor, model=None, device: str = "auto"
         estimates = []
         for k in range(passes):
             x = xs[None] if k == 0 else np.ascontiguousarray(xs.swapaxes(-1, -2))[None]
-            gen = _run_tiled(net, x, frame.shape[0] * f, dev, cancelled)
+            gen = _run_tiled(net, x, frame.shape[0] * f, dev, cancelled, backend, used)
             while True:
                 try:
                     next(gen)
@@ -240,11 +254,12 @@ def super_resolve_steps(stack, spacing, factor, model=None, device: str = "auto"
     return SRResult(image=image.astype(np.float32, copy=False), spacing=spacing_from_affine(fine_aff),
                     affine=fine_aff, baseline=baseline.astype(np.float32, copy=False), factor=f,
                     model_name="spline" if net is None else str(getattr(net, "zoo_name", card.get("name", ""))),
-                    model_sha256=str(card.get("sha256", "")), seconds=time.perf_counter() - t0)
+                    model_sha256=str(card.get("sha256", "")), seconds=time.perf_counter() - t0,
+                    backend="+".join(dict.fromkeys(used)))
 
 
 def super_resolve(stack, spacing, factor, model=None, progress: Progress | None = None,
-                  device: str = "auto", affine: np.ndarray | None = None) -> SRResult:
+                  device: str = "auto", affine: np.ndarray | None = None, backend: str = "auto") -> SRResult:
     """Super-resolve a thick-slice stack ``(z, y, x)`` (or a cine ``(t, z, y, x)``) along z.
 
     Parameters
@@ -263,8 +278,11 @@ def super_resolve(stack, spacing, factor, model=None, progress: Progress | None 
         affine is derived from it.
     progress
         Called with ``(done, total, message)``.
+    backend
+        ``"auto"``, ``"torch"`` or ``"onnx"`` (:mod:`napari_medlearn.inference`); the result's
+        ``backend`` says which ran.
     """
-    return drain(super_resolve_steps(stack, spacing, factor, model, device, affine), progress)
+    return drain(super_resolve_steps(stack, spacing, factor, model, device, affine, backend=backend), progress)
 
 
 def common_grid(shape: Sequence[int], affine: np.ndarray, spacing) -> tuple[tuple[int, int, int], np.ndarray]:
@@ -313,10 +331,13 @@ def validate_stacks(stacks) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def super_resolve_stacks_steps(stacks, spacing, model=None, device: str = "auto",
-                               cancelled: Callable[[], bool] | None = None,
+                               cancelled: Callable[[], bool] | None = None, backend: str = "auto",
                                ) -> Generator[tuple[int, int, str], None, SRResult]:
     """Fuse stacks, yielding ``(done, total, message)``; returns the :class:`SRResult`."""
+    from ..inference import check_backend
+
     items = validate_stacks(stacks)
+    backend, used = check_backend(backend), []
     shape, grid = common_grid(items[0][0].shape, items[0][1], spacing)
     if int(np.prod(shape)) > 512 ** 3:
         raise ValueError(f"the output grid {shape} is too large; choose a coarser spacing")
@@ -353,7 +374,7 @@ def super_resolve_stacks_steps(stacks, spacing, model=None, device: str = "auto"
     else:
         s = intensity_scale(items[0][0] - lo)
         dev = next(net.parameters()).device
-        gen = _run_tiled(net, x / s, shape[0], dev, cancelled)
+        gen = _run_tiled(net, x / s, shape[0], dev, cancelled, backend, used)
         done = len(items)
         while True:
             try:
@@ -367,11 +388,12 @@ def super_resolve_stacks_steps(stacks, spacing, model=None, device: str = "auto"
     return SRResult(image=image.astype(np.float32, copy=False), spacing=spacing_from_affine(grid), affine=grid,
                     baseline=baseline.astype(np.float32, copy=False), factor=None,
                     model_name="average" if net is None else str(getattr(net, "zoo_name", card.get("name", ""))),
-                    model_sha256=str(card.get("sha256", "")), seconds=time.perf_counter() - t0)
+                    model_sha256=str(card.get("sha256", "")), seconds=time.perf_counter() - t0,
+                    backend="+".join(dict.fromkeys(used)))
 
 
 def super_resolve_stacks(stacks, spacing, model=None, progress: Progress | None = None,
-                         device: str = "auto") -> SRResult:
+                         device: str = "auto", backend: str = "auto") -> SRResult:
     """Fuse several thick-slice stacks of the same anatomy into one volume.
 
     Parameters
@@ -385,7 +407,7 @@ def super_resolve_stacks(stacks, spacing, model=None, progress: Progress | None 
         Zoo name, checkpoint path, loaded module, None (best shipped fusion model) or
         ``"average"`` (the average of the interpolated stacks only).
     """
-    return drain(super_resolve_stacks_steps(stacks, spacing, model, device), progress)
+    return drain(super_resolve_stacks_steps(stacks, spacing, model, device, backend=backend), progress)
 
 
 def sr_quality(reference: np.ndarray, image: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float]:

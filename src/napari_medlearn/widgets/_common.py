@@ -194,6 +194,22 @@ def device_picker(parent: QWidget | None = None) -> QComboBox:
     return combo
 
 
+def backend_picker(parent: QWidget | None = None) -> QComboBox:
+    """What runs the network (:mod:`napari_medlearn.inference`): ``auto``, ``torch`` or ``onnx``;
+    ``onnx`` is greyed out, with what to install, when the CPU runtime is missing."""
+    from ..inference import BACKENDS, INSTALL, RUNTIME, runtime_installed
+
+    combo = QComboBox(parent)
+    combo.addItems(BACKENDS)
+    combo.setToolTip(f"what runs the network: auto ({RUNTIME} on the CPU, torch on CUDA/MPS), torch, "
+                     f"or onnx (the model's ONNX export under {RUNTIME})")
+    if not runtime_installed():
+        item = combo.model().item(BACKENDS.index("onnx"))
+        item.setEnabled(False)
+        item.setToolTip(f"{RUNTIME} is not installed: {INSTALL}")
+    return combo
+
+
 class _Failed:
     """What the worker returns when the method raised a user error."""
 

@@ -36,7 +36,7 @@ from ..imaging.measures import CARDIAC_LABELS, CARDIAC_MEASURES, display_name
 from ..imaging.volume import Volume
 from ..methods.cardiac import TASK, measure_with_qc, segment_heart_steps
 from ..methods.report import measures_row, write_measures_csv
-from ._common import (USER_ERRORS, ModelPicker, TaskRunner, device_picker, layer_picker, notify_error, save_path,
+from ._common import (USER_ERRORS, ModelPicker, TaskRunner, backend_picker, device_picker, layer_picker, notify_error, save_path,
                       themed_canvas)
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -86,6 +86,7 @@ class CardiacWidget(QWidget):
         self.image_picker = layer_picker(napari_viewer, Image, "image")
         self.model_picker = ModelPicker(TASK)
         self.device_picker = device_picker()
+        self.backend_picker = backend_picker()
         self.runner = TaskRunner("Run")
         self.runner.run_button.clicked.connect(self.run)
 
@@ -128,6 +129,7 @@ class CardiacWidget(QWidget):
         form.addRow("image", self.image_picker.native)
         form.addRow("model", self.model_picker)
         form.addRow("device", self.device_picker)
+        form.addRow("backend", self.backend_picker)
         files = QHBoxLayout()
         files.addWidget(self.save_button)
         files.addWidget(self.export_button)
@@ -170,7 +172,7 @@ class CardiacWidget(QWidget):
             show_warning(f"{layer.name} has no voxel spacing (scale 1, e.g. read from PNG/TIFF): the model and the "
                          "measures take 1 mm voxels; set the layer's scale to the scan's spacing in mm")
         steps = segment_heart_steps(vol.data, spacing, model, self.device_picker.currentText(),
-                                    cancelled=self.runner.cancel_requested)
+                                    cancelled=self.runner.cancel_requested, backend=self.backend_picker.currentText())
         return self.runner.start(steps, lambda result: self.show_result(result, layer, spacing),
                                  description=f"segmenting {layer.name}", viewer=self.viewer, inputs=(layer,))
 
@@ -194,7 +196,7 @@ class CardiacWidget(QWidget):
         geometry = {"scale": source.scale, "translate": source.translate, "rotate": source.rotate,
                     "shear": source.shear, "affine": source.affine}
         meta = copy.deepcopy(dict(source.metadata))
-        meta.update(model=result.model_name, model_sha256=result.model_sha256)
+        meta.update(model=result.model_name, model_sha256=result.model_sha256, backend=result.backend)
         foreground = 1.0 - result.probabilities[0].astype(np.float32)
         self.probability_layer = self.viewer.add_image(
             foreground, name=f"{source.name} [cardiac probability]", colormap="inferno",

@@ -47,7 +47,7 @@ from qtpy.QtWidgets import (
 from ..imaging.volume import Volume, resample_onto
 from ..methods import lesions as lesion_method
 from ..samples.brain_lesions import LABEL_COLORS
-from ._common import USER_ERRORS, ModelPicker, TaskRunner, device_picker, layer_picker, may_replace, notify_error
+from ._common import USER_ERRORS, ModelPicker, TaskRunner, backend_picker, device_picker, layer_picker, may_replace, notify_error
 from .lesions_review import AdaptPanel, EnsemblePanel, ReviewPanel
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -127,6 +127,7 @@ class LesionWidget(QWidget):
         self.model_picker = ModelPicker(TASK)
         self.model_picker.currentIndexChanged.connect(lambda _i: self._sync_channels())
         self.device_picker = device_picker()
+        self.backend_picker = backend_picker()
         self.mask_picker = ComboBox(label="brain mask", choices=self._mask_choices)
         self.mask_picker.native.setToolTip(
             "automatic: the non-zero voxels of skull-stripped scans; a Labels or Image layer: its "
@@ -176,6 +177,7 @@ class LesionWidget(QWidget):
         self.form.addRow("model", self.model_picker)
         self.form.addRow("mask", self.mask_picker.native)
         self.form.addRow("device", self.device_picker)
+        self.form.addRow("backend", self.backend_picker)
         layout = QVBoxLayout(self)
         layout.addLayout(self.form)
         layout.addWidget(self.ensemble)
@@ -342,7 +344,7 @@ class LesionWidget(QWidget):
             return None
         steps = lesion_method.segment_lesions_steps(
             channels, spacing, model=model, brain_mask=mask, device=self.device_picker.currentText(),
-            cancelled=self.runner.cancel_requested, affine=affine)
+            cancelled=self.runner.cancel_requested, affine=affine, backend=self.backend_picker.currentText())
         source = layers[0]
         return self.runner.start(steps, lambda result: self.show_result(result, source, spacing),
                                  description=f"segmenting lesions in {source.name}", viewer=self.viewer,
@@ -369,7 +371,7 @@ class LesionWidget(QWidget):
                     "shear": source.shear, "affine": source.affine}
         meta = copy.deepcopy(dict(source.metadata))
         method = "EMMA" if result.uncertainty is not None else METHOD
-        meta.update(model=self.model_name, model_sha256=self.model_sha256, method=method)
+        meta.update(model=self.model_name, model_sha256=self.model_sha256, method=method, backend=result.backend)
         if result.members:
             meta["members"] = list(result.members)
         values = [int(v) for v in result.label_values]
