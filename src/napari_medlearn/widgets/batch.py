@@ -45,6 +45,7 @@ from ..batch import (
     record_correction,
     run_batch_steps,
 )
+from ..imaging import structures
 from ._common import USER_ERRORS, ModelPicker, TaskRunner, device_picker, notify_error
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -70,6 +71,8 @@ KEY_COLUMNS = {
     "correct-mask": ("plausibility_before", "plausibility_after", "voxels_changed"),
 }
 #: a case's output files shown by Open case: (file, layer type)
+#: the structures in each job's label maps (imaging.structures)
+JOB_STRUCTURES = {"segment-heart": "cardiac", "segment-lesions": "brats", "correct-mask": "cardiac"}
 CASE_LAYERS = {
     "segment-heart": (("labels.nii.gz", "labels"),),
     "segment-lesions": (("uncertainty.nii.gz", "image"), ("labels.nii.gz", "labels")),
@@ -394,6 +397,11 @@ class BatchWidget(QWidget):
     def _add(self, vol, name: str, kind: str):
         data, kwargs, _ = vol.to_layer_data(name=name, layer_type=kind)
         if kind == "labels":
+            # the structures the file records, else those of the job (results written before they did)
+            found = structures.kind_of(kwargs["metadata"]) or JOB_STRUCTURES.get(self.job)
+            if found is not None:
+                kwargs["metadata"] = {**kwargs["metadata"], structures.META_KEY: found}
+                kwargs.update(structures.labels_kwargs(found))
             return self.viewer.add_labels(data.astype("int32", copy=False), **kwargs)
         if name.endswith("[uncertainty]") or name.endswith("[saliency]"):
             kwargs.update(colormap="inferno", blending="additive", opacity=0.6, contrast_limits=(0.0, 1.0))
