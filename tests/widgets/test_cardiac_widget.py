@@ -367,3 +367,40 @@ def test_a_save_that_cannot_be_written_is_one_notification_naming_the_file(done,
     np.testing.assert_array_equal(w.labels_layer.data, before)          # nothing lost: save again elsewhere
     assert w.save_button.isEnabled() and w.save_labels(tmp_path / "ok.nii.gz") == tmp_path / "ok.nii.gz"
     assert (tmp_path / "afile").read_text() == "not a folder"
+
+
+def test_a_second_run_refreshes_its_layers_and_keeps_an_edited_one(done, qtbot):
+    """One layer per output: a new run writes into the widget's unedited layers (no '[1]' copies);
+    once the user has painted on the labels, they stay and the new labels are named with the model."""
+    w = done
+    viewer = w.viewer
+    labels, prob = w.labels_layer, w.probability_layer
+    n_layers = len(viewer.layers)
+    assert viewer.layers.selection.active is labels            # the layer to paint on, not the last added
+    run_and_wait(w, qtbot)
+    assert len(viewer.layers) == n_layers
+    assert w.labels_layer is labels and w.probability_layer is prob
+    assert [la.name for la in viewer.layers] == ["cine", "cine [cardiac probability]", "cine [cardiac]"]
+    value = (int(labels.data[0, 5, 30, 30]) + 1) % 4
+    labels.paint((0, 5, 30, 30), value)                         # a user's stroke
+    run_and_wait(w, qtbot)
+    assert labels in viewer.layers and labels.name == "cine [cardiac]"
+    new = w.labels_layer
+    assert new is not labels and new.name == f"cine [cardiac {w.model_name}]"
+    assert viewer.layers.selection.active is new
+    assert w.probability_layer is prob                          # never painted on: refreshed
+
+
+def test_saved_labels_reopen_in_the_widgets_colours(done, tmp_path):
+    """Save -> reopen through the plugin's reader gives LV red, myocardium green, RV blue again
+    (not napari's random colours) and the structure names under the cursor."""
+    from napari_medlearn.imaging import structures
+
+    w = done
+    out = w.save_labels(tmp_path / "cine_cardiac.nii.gz")
+    layer, = w.viewer.open(str(out), plugin="napari-medlearn")
+    for value in (1, 2, 3):
+        np.testing.assert_allclose(layer.colormap.map(value), w.labels_layer.colormap.map(value))
+        np.testing.assert_allclose(layer.colormap.map(value), structures.color_dict("cardiac")[value])
+    assert list(layer.features["structure"]) == ["background", "LV cavity", "myocardium", "RV cavity"]
+    assert w.viewer.dims.axis_labels == ("t", "z", "y", "x")

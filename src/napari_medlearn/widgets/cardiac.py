@@ -32,12 +32,14 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..imaging.measures import CARDIAC_LABELS, CARDIAC_MEASURES, display_name
+from ..imaging import structures
+from ..imaging.measures import CARDIAC_MEASURES, display_name
 from ..imaging.volume import Volume
 from ..methods.cardiac import TASK, measure_with_qc, segment_heart_steps
 from ..methods.report import measures_row, write_measures_csv
 from ._common import (USER_ERRORS, ModelPicker, TaskRunner, device_picker, layer_picker, notify_error, save_path,
                       themed_canvas)
+from ._outputs import OutputLayers
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -47,8 +49,7 @@ if TYPE_CHECKING:  # pragma: no cover
 #: table rows: the clinical measures, then the frames they were taken at
 TABLE_ROWS = tuple(display_name(k) for k in CARDIAC_MEASURES) + ("ED frame", "ES frame")
 #: label value -> RGBA; background transparent (LV red, myocardium green, RV blue, as in ACDC figures)
-LABEL_COLORS = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: (1.0, 0.25, 0.25, 1), 2: (0.3, 0.85, 0.3, 1),
-                3: (0.3, 0.55, 1.0, 1)}
+LABEL_COLORS = structures.color_dict("cardiac")
 LV_COLOR, RV_COLOR = "#ff4040", "#4d8cff"
 #: quiet time (ms) after a `set_data` before the measures are recomputed
 SETTLE_MS = 150
@@ -82,6 +83,7 @@ class CardiacWidget(QWidget):
         self.source = ""
         self.measures: dict = {}
         self.qc: list[dict] = []
+        self.outputs = OutputLayers(napari_viewer)
 
         self.image_picker = layer_picker(napari_viewer, Image, "image")
         self.model_picker = ModelPicker(TASK)
@@ -184,9 +186,8 @@ class CardiacWidget(QWidget):
 
     # ----- results ------------------------------------------------------------------------
     def show_result(self, result: "CardiacResult", source, spacing) -> None:
-        """Add the labels and probability layers over ``source`` and fill table and curve."""
-        from napari.utils.colormaps import DirectLabelColormap
-
+        """Add the labels and probability layers over ``source`` (or refresh this widget's earlier
+        ones, see :class:`~._outputs.OutputLayers`) and fill table and curve."""
         # keep names, not the result: its probabilities are four maps the size of the cine
         self.model_name, self.model_sha256 = result.model_name, result.model_sha256
         self.spacing = tuple(float(s) for s in spacing)
@@ -196,15 +197,20 @@ class CardiacWidget(QWidget):
         meta = copy.deepcopy(dict(source.metadata))
         meta.update(model=result.model_name, model_sha256=result.model_sha256)
         foreground = 1.0 - result.probabilities[0].astype(np.float32)
-        self.probability_layer = self.viewer.add_image(
-            foreground, name=f"{source.name} [cardiac probability]", colormap="inferno",
+        self.probability_layer = self.outputs.put(
+            ("probability", source.name), self.viewer.add_image, foreground,
+            f"{source.name} [cardiac probability]", result.model_name, colormap="inferno",
             contrast_limits=(0.0, 1.0), blending="additive", opacity=0.7, visible=False,
             metadata=copy.deepcopy(meta), **geometry)
-        self.follow_labels(self.viewer.add_labels(
-            result.labels, name=f"{source.name} [cardiac]", metadata=meta, opacity=0.5,
-            colormap=DirectLabelColormap(color_dict=LABEL_COLORS),
-            features={"index": list(CARDIAC_LABELS), "structure": list(CARDIAC_LABELS.values())},
-            **geometry))
+        meta[structures.META_KEY] = "cardiac"
+        labels = self.outputs.put(
+            ("labels", source.name), self.viewer.add_labels, result.labels, f"{source.name} [cardiac]",
+            result.model_name, metadata=meta, opacity=0.5, **structures.labels_kwargs("cardiac"), **geometry)
+        if labels is self.labels_layer:
+            self.update_measures()          # refreshed in place
+        else:
+            self.follow_labels(labels)
+        self.viewer.layers.selection.active = labels
 
     def update_measures(self, event=None) -> dict:
         """Measure the labels layer's current data; refresh table, QC flags and curve."""
