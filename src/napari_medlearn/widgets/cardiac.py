@@ -39,6 +39,7 @@ from ..methods.cardiac import TASK, measure_with_qc, segment_heart_steps
 from ..methods.report import measures_row, write_measures_csv
 from ._common import (USER_ERRORS, ModelPicker, TaskRunner, device_picker, layer_picker, notify_error, save_path,
                       themed_canvas)
+from ._fit import FitWatch
 from ._outputs import OutputLayers
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -90,6 +91,7 @@ class CardiacWidget(QWidget):
         self.device_picker = device_picker()
         self.runner = TaskRunner("Run")
         self.runner.run_button.clicked.connect(self.run)
+        self.fit = FitWatch(self.image_picker, self.model_picker)
 
         self.table = QTableWidget(len(TABLE_ROWS), 2)
         self.table.setHorizontalHeaderLabels(["measure", "value"])
@@ -135,6 +137,7 @@ class CardiacWidget(QWidget):
         files.addWidget(self.export_button)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
+        layout.addWidget(self.fit.label)
         layout.addWidget(self.runner)
         layout.addWidget(self.table)
         layout.addWidget(self.qc_label)

@@ -48,6 +48,7 @@ from ..imaging.volume import Volume, resample_onto
 from ..methods import lesions as lesion_method
 from ..imaging import structures
 from ._common import USER_ERRORS, ModelPicker, TaskRunner, device_picker, layer_picker, may_replace, notify_error
+from ._fit import FitWatch
 from ._outputs import OutputLayers
 from .lesions_review import AdaptPanel, EnsemblePanel, ReviewPanel
 
@@ -192,6 +193,9 @@ class LesionWidget(QWidget):
         layout.addStretch(1)
         self.setMinimumWidth(300)
         self._sync_channels()
+        # the first modality (FLAIR) says what kind of image the scans are
+        self.fit = FitWatch(next(iter(self.modality_pickers.values())), self.model_picker)
+        layout.insertWidget(1, self.fit.label)
         # after the pickers' own refresh: a scan opened later goes to the modality it names
         napari_viewer.layers.events.inserted.connect(lambda _e=None: self.guess_modalities(keep_matching=True))
         napari_viewer.layers.events.removed.connect(self._on_layer_removed)
