@@ -41,6 +41,7 @@ from ._common import (USER_ERRORS, ModelPicker, TaskRunner, device_picker, layer
                       themed_canvas)
 from ._fit import FitWatch
 from ._outputs import OutputLayers
+from ._viewing import ViewingPanel
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -144,6 +145,10 @@ class CardiacWidget(QWidget):
         layout.addWidget(self.canvas)
         layout.addWidget(hint)
         layout.addLayout(files)
+        self.viewing = ViewingPanel(napari_viewer, (
+            ("Alt-R", "run", self.run), ("Alt-S", "save labels", lambda: self.save_labels()),
+            ("Alt-V", "show/hide the labels", self.toggle_labels)))
+        layout.addWidget(self.viewing)
         layout.addStretch(1)
         self.setMinimumWidth(300)
         napari_viewer.layers.events.removed.connect(self._on_layer_removed)
@@ -347,6 +352,11 @@ class CardiacWidget(QWidget):
         return out
 
     # ----- bookkeeping --------------------------------------------------------------------
+    def toggle_labels(self) -> None:
+        """Show or hide the labels layer (a shortcut: look at the image under them)."""
+        if self.labels_layer is not None:
+            self.labels_layer.visible = not self.labels_layer.visible
+
     def _set_has_result(self, has: bool) -> None:
         self.save_button.setEnabled(has)
         self.export_button.setEnabled(has)

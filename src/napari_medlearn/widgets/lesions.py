@@ -50,6 +50,7 @@ from ..imaging import structures
 from ._common import USER_ERRORS, ModelPicker, TaskRunner, device_picker, layer_picker, may_replace, notify_error
 from ._fit import FitWatch
 from ._outputs import OutputLayers
+from ._viewing import ViewingPanel
 from .lesions_review import AdaptPanel, EnsemblePanel, ReviewPanel
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -190,6 +191,10 @@ class LesionWidget(QWidget):
         layout.addWidget(self.save_button)
         layout.addWidget(self.review)
         layout.addWidget(self.adapt_panel)
+        self.viewing = ViewingPanel(napari_viewer, (
+            ("Alt-R", "run", self.run), ("Alt-S", "save", lambda: self.save()),
+            ("Alt-V", "show/hide the labels", self.toggle_labels)))
+        layout.addWidget(self.viewing)
         layout.addStretch(1)
         self.setMinimumWidth(300)
         self._sync_channels()
@@ -500,6 +505,11 @@ class LesionWidget(QWidget):
         return nifti, csv_path
 
     # ----- bookkeeping --------------------------------------------------------------------
+    def toggle_labels(self) -> None:
+        """Show or hide the labels layer (a shortcut: look at the scan under them)."""
+        if self.labels_layer is not None:
+            self.labels_layer.visible = not self.labels_layer.visible
+
     def _disconnect_labels(self) -> None:
         if self.labels_layer is None:
             return
