@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from napari_medlearn import zoo
+from napari_medlearn.batch import REVIEW_COLUMNS
 from napari_medlearn.imaging.measures import CARDIAC_MEASURES, display_name
 from napari_medlearn.imaging.volume import Volume, affine_from_spacing
 from napari_medlearn.methods.report import CARDIAC_COLUMNS
@@ -261,11 +262,16 @@ def test_export_measures_writes_unit_named_columns(done, qtbot, tmp_path, tiny_c
     w.labels_layer.data = known
     voxel_ml = float(np.prod(w.spacing)) / 1000.0
     wait_for_lvedv(w, qtbot, 400 * voxel_ml)
+    assert w.review_bar.review("flagged") is None                     # a flag needs a reason
+    assert w.review_bar.review("approved")["status"] == "approved"
+    assert w.review_bar.state_label.text() == "review: approved"
     out = w.export_measures(tmp_path / "measures.csv")
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 1 and tuple(rows[0]) == CARDIAC_COLUMNS
+    assert len(rows) == 1 and tuple(rows[0]) == CARDIAC_COLUMNS + REVIEW_COLUMNS
     row = rows[0]
+    # the verdict and that the labels were edited by hand (the known labels were set above)
+    assert (row["review_status"], row["hand_edited"]) == ("approved", "yes") and row["reviewed_at"]
     assert float(row["LVEDV_mL"]) == pytest.approx(400 * voxel_ml, abs=1e-3)
     assert float(row["LVESV_mL"]) == pytest.approx(200 * voxel_ml, abs=1e-3)
     assert float(row["LVEF_pct"]) == pytest.approx(50.0)

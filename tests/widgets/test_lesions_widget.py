@@ -296,6 +296,9 @@ def test_save_writes_nifti_and_csv_and_never_overwrites_silently(done, qtbot, tm
     with open(table, newline="") as f:
         (row,) = list(csv.DictReader(f))
     ml = voxel_ml(w)
+    # not reviewed yet, edited by hand (the known labels above); reopened in the BraTS colours
+    assert (row["review_status"], row["hand_edited"]) == ("", "yes")
+    assert vol.meta["structures"] == "brats"
     assert float(row["oedema_mL"]) == pytest.approx(28 * ml, abs=1e-3)
     assert float(row["enhancing_mL"]) == pytest.approx(4 * ml, abs=1e-3)
     assert float(row["whole_tumour_mL"]) == pytest.approx(32 * ml, abs=1e-3)

@@ -27,6 +27,10 @@ class OutputLayers:
                 self._edited.add(id(layer))
         return mark
 
+    def edited(self, layer) -> bool:
+        """Whether the user painted on ``layer`` (one of the widget's)."""
+        return id(layer) in self._edited
+
     def reusable(self, key) -> Any:
         """The layer of ``key`` that a new run may overwrite, or None."""
         layer, name = self._given.get(key, (None, ""))

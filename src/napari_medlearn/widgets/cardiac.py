@@ -41,6 +41,7 @@ from ._common import (USER_ERRORS, ModelPicker, TaskRunner, device_picker, layer
                       themed_canvas)
 from ._fit import FitWatch
 from ._outputs import OutputLayers
+from ._review import ReviewBar
 from ._viewing import ViewingPanel
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -145,6 +146,8 @@ class CardiacWidget(QWidget):
         layout.addWidget(self.canvas)
         layout.addWidget(hint)
         layout.addLayout(files)
+        self.review_bar = ReviewBar(lambda: self.labels_layer, self.outputs.edited)
+        layout.addWidget(self.review_bar)
         self.viewing = ViewingPanel(napari_viewer, (
             ("Alt-R", "run", self.run), ("Alt-S", "save labels", lambda: self.save_labels()),
             ("Alt-V", "show/hide the labels", self.toggle_labels)))
@@ -219,6 +222,7 @@ class CardiacWidget(QWidget):
         else:
             self.follow_labels(labels)
         self.viewer.layers.selection.active = labels
+        self.review_bar.refresh()
 
     def update_measures(self, event=None) -> dict:
         """Measure the labels layer's current data; refresh table, QC flags and curve."""
@@ -343,6 +347,7 @@ class CardiacWidget(QWidget):
         if path is None:
             return None
         row = measures_row(self.measures, self.qc, self.model_name, self.model_sha256, self.source)
+        row.update(self.review_bar.columns())
         try:
             out = write_measures_csv([row], path)
         except USER_ERRORS as exc:

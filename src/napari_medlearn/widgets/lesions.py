@@ -50,6 +50,7 @@ from ..imaging import structures
 from ._common import USER_ERRORS, ModelPicker, TaskRunner, device_picker, layer_picker, may_replace, notify_error
 from ._fit import FitWatch
 from ._outputs import OutputLayers
+from ._review import ReviewBar
 from ._viewing import ViewingPanel
 from .lesions_review import AdaptPanel, EnsemblePanel, ReviewPanel
 
@@ -74,6 +75,8 @@ VOLUME_ROWS = (
     ("whole_tumour_mL", "whole tumour (mL)"),
 )
 MASK_AUTOMATIC, MASK_NONE = "automatic", "none"
+#: the dock's minimum width (px): at 300 napari cut its title to "Brain lesion segmenta..."
+TITLE_WIDTH = 360
 SETTLE_MS = 150
 
 
@@ -189,6 +192,8 @@ class LesionWidget(QWidget):
         layout.addWidget(self.warning)
         layout.addWidget(hint)
         layout.addWidget(self.save_button)
+        self.review_bar = ReviewBar(lambda: self.labels_layer, self.outputs.edited)
+        layout.addWidget(self.review_bar)
         layout.addWidget(self.review)
         layout.addWidget(self.adapt_panel)
         self.viewing = ViewingPanel(napari_viewer, (
@@ -196,7 +201,8 @@ class LesionWidget(QWidget):
             ("Alt-V", "show/hide the labels", self.toggle_labels)))
         layout.addWidget(self.viewing)
         layout.addStretch(1)
-        self.setMinimumWidth(300)
+        # wide enough for the dock's title, "Brain lesion segmentation (MedLearn)", and its buttons
+        self.setMinimumWidth(TITLE_WIDTH)
         self._sync_channels()
         # the first modality (FLAIR) says what kind of image the scans are
         self.fit = FitWatch(next(iter(self.modality_pickers.values())), self.model_picker)
@@ -416,6 +422,7 @@ class LesionWidget(QWidget):
         self.mask_picker.reset_choices()
         self.save_button.setEnabled(True)
         self.viewer.layers.selection.active = self.labels_layer   # the one to paint on, not the outline
+        self.review_bar.refresh()
         self.update_volumes()
         for w in result.extras.get("warnings") or []:
             show_warning(w)                 # e.g. scans that look not skull-stripped
@@ -497,6 +504,7 @@ class LesionWidget(QWidget):
             row = {"source": self.source, "model": self.model_name, "model_sha256": self.model_sha256,
                    "labels_file": nifti.name}
             row.update({k: round(float(self.volumes[k]), 3) for k, _ in VOLUME_ROWS if k in self.volumes})
+            row.update(self.review_bar.columns())
             csv_path = write_measures_csv([row], csv_path)
         except USER_ERRORS as exc:
             notify_error(exc)
