@@ -142,11 +142,11 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
     its whole series; the same series named twice is read once). Each layer carries
     ``scale``, ``translate`` and ``metadata['affine']`` from :meth:`Volume.layer_kwargs`.
     """
-    from .imaging.structures import style_layer_data
     from .imaging.io import (
         ITK_SUFFIXES, NIFTI_SUFFIXES, dicom_series_uid, dicom_videos, is_dicom_video, read_dicom_folder,
         read_dicom_series, read_volume,
     )
+    from .imaging.structures import style_layer_data
 
     layers: list[LayerData] = []
     seen_series: set[tuple[str, str]] = set()
