@@ -75,8 +75,8 @@ VOLUME_ROWS = (
     ("whole_tumour_mL", "whole tumour (mL)"),
 )
 MASK_AUTOMATIC, MASK_NONE = "automatic", "none"
-#: the dock's minimum width (px): at 300 napari cut its title to "Brain lesion segmenta..."
-TITLE_WIDTH = 360
+#: the dock's title as napari writes it (display name and package), and the room its buttons take
+DOCK_TITLE, TITLE_BUTTONS_PX = "Brain lesion segmentation (napari-medlearn)", 110
 SETTLE_MS = 150
 
 
@@ -201,8 +201,8 @@ class LesionWidget(QWidget):
             ("Alt-V", "show/hide the labels", self.toggle_labels)))
         layout.addWidget(self.viewing)
         layout.addStretch(1)
-        # wide enough for the dock's title, "Brain lesion segmentation (MedLearn)", and its buttons
-        self.setMinimumWidth(TITLE_WIDTH)
+        # wide enough for the dock's title and its three buttons (at 300 px napari cut the title)
+        self.setMinimumWidth(max(300, self.fontMetrics().horizontalAdvance(DOCK_TITLE) + TITLE_BUTTONS_PX))
         self._sync_channels()
         # the first modality (FLAIR) says what kind of image the scans are
         self.fit = FitWatch(next(iter(self.modality_pickers.values())), self.model_picker)
