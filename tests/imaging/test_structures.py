@@ -43,17 +43,9 @@ def test_labels_saved_and_reopened_keep_their_structure_colours_and_names(tmp_pa
     assert read_nifti(again).meta["structures"] == "cardiac"
 
 
-def test_a_labels_file_without_a_record_opens_as_before(tmp_path):
-    data, kwargs, _ = _cardiac_layer_data()
-    kwargs["metadata"] = {k: v for k, v in kwargs["metadata"].items() if k != "structures"}
-    out = tmp_path / "plain_seg.nii.gz"
-    write_labels(str(out), data, kwargs)
-    assert _ours(out) == []
-    (_d, back_kwargs, _t), = get_reader(str(out))(str(out))
-    assert "colormap" not in back_kwargs and "structures" not in back_kwargs["metadata"]
-
-
-def test_float_maps_and_maps_that_no_longer_say_a_kind_carry_no_record(tmp_path):
+def test_only_labels_that_say_their_kind_carry_a_record(tmp_path):
+    """A float map never carries one; a volume whose metadata no longer says a kind loses the
+    record its template header had; without a record a file opens as before."""
     data, kwargs, _ = _cardiac_layer_data()
     prob = tmp_path / "p.nii.gz"
     write_image(str(prob), data.astype(np.float32) / 3, kwargs)     # a probability map from labels' metadata
@@ -61,10 +53,13 @@ def test_float_maps_and_maps_that_no_longer_say_a_kind_carry_no_record(tmp_path)
     labelled = tmp_path / "l_seg.nii.gz"
     write_labels(str(labelled), data, kwargs)
     vol = read_nifti(labelled)                                      # its header (with the record) is the template
+    assert vol.meta["structures"] == "cardiac"
     meta = {k: v for k, v in vol.meta.items() if k != "structures"}
     plain = write_nifti(Volume(vol.data, vol.affine, vol.axes, meta), tmp_path / "plain.nii.gz")
     assert _ours(plain) == []
     assert read_nifti(plain).meta.get("structures") is None
+    (_d, back_kwargs, _t), = get_reader(str(plain))(str(plain))
+    assert "colormap" not in back_kwargs and "structures" not in back_kwargs["metadata"]
 
 
 def test_a_foreign_comment_extension_is_kept_and_ignored(tmp_path):
