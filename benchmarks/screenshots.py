@@ -32,6 +32,11 @@ measured along the way.
   back between the slices, myocardium grown); ``correction_lesion``: on the synthetic lesion
   (islands removed, a stroke painted within a FLAIR window).
 
+- ``review``: issue 34's traps on the cardiac sample (image active, t/z sliders, matching model,
+  two runs in one labels layer, Save -> reopen in the same colours); ``review_lesion``: the
+  synthetic lesion sample (mismatch note for a BraTS model, EMMA: labels active, outline locked,
+  uncertainty heat map over the bright lesion).
+
 Usage: ``xvfb-run -a python benchmarks/screenshots.py OUT_DIR [sample|acdc|dicom|recon|lesions|planes|emma|batch|correction ...]``
 """
 
@@ -702,6 +707,67 @@ def scenario_correction_lesion(viewer, out: Path):
 
 SCENARIOS["correction"] = scenario_correction
 SCENARIOS["correction_lesion"] = scenario_correction_lesion
+
+
+def scenario_review(viewer, out: Path):
+    """Issue 34's review traps and colours on the cardiac sample: opened with its image active, t/z
+    sliders and the phantom model chosen; two runs (one labels layer, refreshed); labels saved,
+    removed and reopened through the reader in the same colours."""
+    print("review: cardiac sample")
+    viewer.open_sample("napari-medlearn", "cardiac_cine")
+    settle(0.5)
+    image = viewer.layers["cardiac cine (phantom)"]
+    w = open_widget(viewer)
+    print(f"  active layer {viewer.layers.selection.active.name!r}, axes {viewer.dims.axis_labels}, "
+          f"model {w.model_picker.model()}, fit note {w.fit.label.text()!r}")
+    labels = run_widget(w, image)
+    run_widget(w, image)
+    print(f"  after two runs: {[la.name for la in viewer.layers]}; active {viewer.layers.selection.active.name!r}")
+    viewer.dims.set_point(1, (labels.data.shape[1] // 2) * image.scale[1])
+    shoot(viewer, out / "review_cardiac_runs.png")
+    saved = w.save_labels(out / "review_cardiac_labels.nii.gz", overwrite=True)
+    viewer.layers.remove(labels)
+    reopened = viewer.open(str(saved), plugin="napari-medlearn")[0]
+    colours = [tuple(np.round(reopened.colormap.map(v), 2)) for v in (1, 2, 3)]
+    print(f"  reopened {reopened.name!r}: colours of 1-3 {colours}")
+    shoot(viewer, out / "review_cardiac_reopened.png")
+    w.model_picker.setCurrentIndex(w.model_picker.findData("cardiac-fcn-acdc"))
+    print(f"  with cardiac-fcn-acdc: fit note {w.fit.label.text()!r}")
+
+
+def scenario_review_lesion(viewer, out: Path):
+    """The synthetic lesion sample: the matching model chosen; a BraTS-only model said to be made
+    for real scans; EMMA of lesions-synthetic and lesions-brats: labels active, outline locked,
+    uncertainty heat map over the bright FLAIR lesion."""
+    print("review_lesion: synthetic lesion sample")
+    viewer.open_sample("napari-medlearn", "brain_lesion")
+    settle(0.5)
+    flair = viewer.layers["synthetic lesion FLAIR"]
+    _, w = viewer.window.add_plugin_dock_widget("napari-medlearn", "Brain lesion segmentation")
+    print(f"  active {viewer.layers.selection.active.name!r}, model {w.model_picker.model()}")
+    w.model_picker.setCurrentIndex(w.model_picker.findData("lesions-brats"))
+    print(f"  lesions-brats: {w.fit.label.text()!r}")
+    shoot(viewer, out / "review_lesion_mismatch.png")
+    w.model_picker.setCurrentIndex(w.model_picker.findData("lesions-synthetic"))
+    w.ensemble.refresh()
+    w.ensemble.set_members(["lesions-synthetic", "lesions-brats"])     # two members: minutes, not an hour, on 2 CPUs
+    t0 = time.time()
+    w.run()
+    wait(lambda: not w.running)
+    print(f"  EMMA {time.time() - t0:.1f} s: {w.runner.status.text()}; active {viewer.layers.selection.active.name!r}, "
+          f"outline editable {w.review.outline_layer.editable}")
+    truth = viewer.layers["synthetic lesion FLAIR [truth]"]
+    z = int(np.argmax((np.asarray(truth.data) > 0).sum(axis=(1, 2))))
+    viewer.dims.set_point(0, z * flair.scale[0] + flair.translate[0])
+    w.labels_layer.visible = False
+    for layer in w.probability_layers.values():
+        layer.visible = False
+    w.review.set_level(0.3)
+    shoot(viewer, out / "review_lesion_uncertainty.png")
+
+
+SCENARIOS["review"] = scenario_review
+SCENARIOS["review_lesion"] = scenario_review_lesion
 
 
 def main() -> None:

@@ -18,7 +18,9 @@ labels layer when its array is integer (or bool) and either
 
 A float file whose name says labels and whose values are non-negative whole numbers (masks
 saved as float by some tools) also opens as labels, converted to the narrowest integer type.
-Everything else opens as an image.
+Everything else opens as an image. A labels file written by the plugin names its structures
+(:mod:`napari_medlearn.imaging.structures`, a NIfTI header extension): it opens in their colours,
+with their names under the cursor.
 """
 
 from __future__ import annotations
@@ -145,6 +147,7 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
         ITK_SUFFIXES, NIFTI_SUFFIXES, dicom_series_uid, dicom_videos, is_dicom_video, read_dicom_folder,
         read_dicom_series, read_volume,
     )
+    from .imaging.structures import style_layer_data
 
     layers: list[LayerData] = []
     seen_series: set[tuple[str, str]] = set()
@@ -185,7 +188,7 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
             if labels is None:
                 layers.append(volume.to_layer_data(name=name, layer_type="image"))
             else:
-                layers.append(volume.with_data(labels).to_layer_data(name=name, layer_type="labels"))
+                layers.append(style_layer_data(volume.with_data(labels).to_layer_data(name=name, layer_type="labels")))
         elif is_dicom_video(p):
             add_video(p)
         elif _is_seg(p):

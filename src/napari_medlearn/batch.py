@@ -665,8 +665,67 @@ def record_correction(out: str | os.PathLike, case: str, labels) -> dict[str, An
     write_nifti(model_labels.with_data(labels.astype(model_labels.data.dtype, copy=False)), folder / CORRECTED_FILE,
                 overwrite=True)
     record.setdefault("row_model", record.get("row", {}))
+    row.update(_review_columns(record.get("review"), hand_edited=True))
     record["row"] = row
     write_json_atomic(record, folder / CASE_FILE)
+    _replace_table_row(out, case, row, record)
+    return row
+
+
+#: a reviewer's verdicts on a case (``record_review``)
+REVIEW_STATUSES = ("approved", "flagged", "needs edit")
+REVIEW_COLUMNS = ("review_status", "review_reason", "hand_edited", "reviewer", "reviewed_at")
+
+
+def _review_columns(review: Mapping[str, Any] | None, hand_edited: bool) -> dict[str, Any]:
+    review = review or {}
+    return {"review_status": review.get("status", ""), "review_reason": review.get("reason", ""),
+            "hand_edited": "yes" if hand_edited else "no", "reviewer": review.get("reviewer", ""),
+            "reviewed_at": review.get("at", "")}
+
+
+def record_review(out: str | os.PathLike, case: str, status: str, reason: str = "",
+                  reviewer: str | None = None) -> dict[str, Any]:
+    """Keep a reviewer's verdict on a finished case (approved, flagged with a reason, needs edit)
+    in its ``case.json`` (``review``: status, reason, reviewer, UTC time) and as the columns
+    :data:`REVIEW_COLUMNS` of its ``cohort.csv`` row (``hand_edited``: a hand correction is
+    kept). The reviewer defaults to the login name. Returns the new row."""
+    import datetime
+    import getpass
+
+    from .zoo import write_json_atomic
+
+    if status not in REVIEW_STATUSES:
+        raise ValueError(f"unknown review status {status!r}: one of {', '.join(REVIEW_STATUSES)}")
+    if status == "flagged" and not reason.strip():
+        raise ValueError(f"{case}: say why it is flagged (a reason is required)")
+    folder = case_folder(out, case)
+    record = _read_case_file(folder)
+    if record is None or record.get("status") != "done":
+        raise ValueError(f"{case}: no finished result in {folder} to review")
+    if reviewer is None:
+        try:
+            reviewer = getpass.getuser()
+        except (KeyError, OSError):          # no login name (a container): left empty
+            reviewer = ""
+    at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    record["review"] = {"status": status, "reason": reason.strip(), "reviewer": reviewer, "at": at}
+    row = {**record.get("row", {}),
+           **_review_columns(record["review"], hand_edited=(folder / CORRECTED_FILE).exists())}
+    record["row"] = row
+    write_json_atomic(record, folder / CASE_FILE)
+    _replace_table_row(out, case, row, record)
+    return row
+
+
+def review_of(out: str | os.PathLike, case: str) -> dict[str, Any]:
+    """The review kept in a case's ``case.json`` (empty when none)."""
+    record = _read_case_file(case_folder(out, case))
+    return dict((record or {}).get("review") or {})
+
+
+def _replace_table_row(out: str | os.PathLike, case: str, row: Mapping[str, Any], record: dict) -> None:
+    """``cohort.csv`` with ``case``'s row replaced by ``row`` (status, time, warnings kept)."""
     table = Path(out) / TABLE_FILE
     rows = []
     if table.exists():
@@ -683,7 +742,6 @@ def record_correction(out: str | os.PathLike, case: str, labels) -> dict[str, An
     else:
         outcomes.append(CaseOutcome(case, "done", float(record.get("seconds", 0.0)), row))
     _write_table(outcomes, table)
-    return row
 
 
 def _run_with_dask(job, cases, indices, out, options, model, device, overwrite, workers, scheduler, finished):
@@ -717,4 +775,4 @@ def _run_with_dask(job, cases, indices, out, options, model, device, overwrite, 
     with _Finished():
         dask.compute(*tasks, scheduler=name, num_workers=workers)
 __all__ = ["BatchResult", "Case", "CaseOutcome", "JOBS", "case_folder", "corrected_row", "find_cases",
-           "record_correction", "run_batch", "run_batch_steps", "run_case"]
+           "record_correction", "record_review", "review_of", "run_batch", "run_batch_steps", "run_case"]

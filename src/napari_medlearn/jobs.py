@@ -102,7 +102,7 @@ def write_cardiac_outputs(out: Path, vol, result, source: str) -> dict[str, Path
     from .imaging.io import write_nifti
     from .methods.report import measures_row, write_measures_csv
 
-    labels_vol = vol.with_data(result.labels)
+    labels_vol = vol.with_data(result.labels, structures="cardiac")    # reopens in the cardiac colours
     paths = {"labels": out / "labels.nii.gz", "csv": out / "measures.csv", "json": out / "measures.json"}
     write_nifti(labels_vol, paths["labels"], overwrite=True)
     row = measures_row(result.measures, result.qc, result.model_name, result.model_sha256, source)
@@ -180,7 +180,7 @@ def write_lesion_outputs(out: Path, ref, result, source: str) -> dict[str, Path]
     from .zoo import write_json_atomic
 
     paths = {"labels": out / "labels.nii.gz", "csv": out / "volumes.csv", "json": out / "lesions.json"}
-    write_nifti(ref.with_data(result.labels), paths["labels"], overwrite=True)
+    write_nifti(ref.with_data(result.labels, structures="brats"), paths["labels"], overwrite=True)
     for k, value in enumerate(result.label_values):
         if value in LESION_CLASS_FILES:
             p = out / f"probability_{LESION_CLASS_FILES[value]}.nii.gz"
@@ -628,7 +628,7 @@ def correct_mask_job(out_file: str | Path, labels: str | Path, *, model=None, de
                          "(z, y, x) or a cine (t, z, y, x)")
     res = correct_mask(vol.data, vol.spacing, model=model, device=device, progress=progress)
     _ready(Path(out_file).parent)
-    write_nifti(vol.with_data(res.labels), out_file, overwrite=overwrite)
+    write_nifti(vol.with_data(res.labels, structures="cardiac"), out_file, overwrite=overwrite)
     lines = [f"plausibility before {res.plausibility_before:.3f}  after {res.plausibility:.3f}  "
              f"({res.n_changed} voxels changed, model {res.model_name})", f"wrote {out_file}"]
     row = {"plausibility_before": round(res.plausibility_before, 4), "plausibility_after": round(res.plausibility, 4),

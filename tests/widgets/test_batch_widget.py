@@ -147,3 +147,38 @@ def test_an_output_folder_held_by_another_run_is_one_notification(widget, qtbot,
         run_and_wait(w, qtbot)
     assert len(errors) == 1 and "is in use by `medlearn batch segment-heart elsewhere`" in errors[0]
     assert not (tmp_path / "out" / "cohort.csv").exists() and not (tmp_path / "out" / "case1").exists()
+
+
+def test_cases_are_reviewed_into_case_json_and_cohort_csv(widget, qtbot, errors, cohort, tmp_path):
+    """Approve / Needs edit / Flag (with a reason) land in case.json and cohort.csv (review_status,
+    hand_edited, reviewer, time), survive a resumed run, and Next unreviewed skips reviewed and
+    failed cases; an opened case's labels are in the cardiac colours."""
+    import csv
+    import json
+
+    from napari_medlearn.imaging import structures
+
+    w = widget
+    out = tmp_path / "out"
+    w.cohort_edit.setText(str(cohort))
+    w.out_edit.setText(str(out))
+    w.find()
+    run_and_wait(w, qtbot)
+    assert w.review_case("flagged", row=0, reason="") is None and "reason" in errors[-1]
+    assert w.review_case("flagged", row=0, reason="apex cut off")["review_status"] == "flagged"
+    review = json.loads((out / "case1" / "case.json").read_text())["review"]
+    assert review["status"] == "flagged" and review["reason"] == "apex cut off" and review["at"]
+    assert w.cell("case1", "review_status") == "flagged"
+    # next unreviewed: case2 (case1 is reviewed, flat failed), opened in the cardiac colours
+    assert w.next_unreviewed() == 1
+    labels = w.viewer.layers["case2 [labels]"]
+    np.testing.assert_allclose(labels.colormap.map(2), structures.color_dict("cardiac")[2])
+    w.review_case("approved", row=1)
+    assert w.next_unreviewed() is None and "every finished case" in errors[-1]
+    run_and_wait(w, qtbot)                                    # a resumed run keeps the verdicts
+    with open(out / "cohort.csv", newline="") as f:
+        rows = {r["case"]: r for r in csv.DictReader(f)}
+    assert rows["case1"]["review_status"] == "flagged" and rows["case1"]["review_reason"] == "apex cut off"
+    assert rows["case2"]["review_status"] == "approved" and rows["case2"]["hand_edited"] == "no"
+    assert rows["case1"]["reviewed_at"] and "reviewer" in rows["case1"]
+    assert w.cell("case2", "review_status") == "approved"

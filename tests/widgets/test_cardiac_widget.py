@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from napari_medlearn import zoo
+from napari_medlearn.batch import REVIEW_COLUMNS
 from napari_medlearn.imaging.measures import CARDIAC_MEASURES, display_name
 from napari_medlearn.imaging.volume import Volume, affine_from_spacing
 from napari_medlearn.methods.report import CARDIAC_COLUMNS
@@ -261,11 +262,16 @@ def test_export_measures_writes_unit_named_columns(done, qtbot, tmp_path, tiny_c
     w.labels_layer.data = known
     voxel_ml = float(np.prod(w.spacing)) / 1000.0
     wait_for_lvedv(w, qtbot, 400 * voxel_ml)
+    assert w.review_bar.review("flagged") is None                     # a flag needs a reason
+    assert w.review_bar.review("approved")["status"] == "approved"
+    assert w.review_bar.state_label.text() == "review: approved"
     out = w.export_measures(tmp_path / "measures.csv")
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 1 and tuple(rows[0]) == CARDIAC_COLUMNS
+    assert len(rows) == 1 and tuple(rows[0]) == CARDIAC_COLUMNS + REVIEW_COLUMNS
     row = rows[0]
+    # the verdict and that the labels were edited by hand (the known labels were set above)
+    assert (row["review_status"], row["hand_edited"]) == ("approved", "yes") and row["reviewed_at"]
     assert float(row["LVEDV_mL"]) == pytest.approx(400 * voxel_ml, abs=1e-3)
     assert float(row["LVESV_mL"]) == pytest.approx(200 * voxel_ml, abs=1e-3)
     assert float(row["LVEF_pct"]) == pytest.approx(50.0)
@@ -385,3 +391,40 @@ def test_backend_setting_runs_that_backend_and_is_recorded(widget, qtbot, errors
     combo = backend_picker()
     item = combo.model().item(inference.BACKENDS.index("onnx"))
     assert not item.isEnabled() and inference.INSTALL in item.toolTip()
+
+
+def test_a_second_run_refreshes_its_layers_and_keeps_an_edited_one(done, qtbot):
+    """One layer per output: a new run writes into the widget's unedited layers (no '[1]' copies);
+    once the user has painted on the labels, they stay and the new labels are named with the model."""
+    w = done
+    viewer = w.viewer
+    labels, prob = w.labels_layer, w.probability_layer
+    n_layers = len(viewer.layers)
+    assert viewer.layers.selection.active is labels            # the layer to paint on, not the last added
+    run_and_wait(w, qtbot)
+    assert len(viewer.layers) == n_layers
+    assert w.labels_layer is labels and w.probability_layer is prob
+    assert [la.name for la in viewer.layers] == ["cine", "cine [cardiac probability]", "cine [cardiac]"]
+    value = (int(labels.data[0, 5, 30, 30]) + 1) % 4
+    labels.paint((0, 5, 30, 30), value)                         # a user's stroke
+    run_and_wait(w, qtbot)
+    assert labels in viewer.layers and labels.name == "cine [cardiac]"
+    new = w.labels_layer
+    assert new is not labels and new.name == f"cine [cardiac {w.model_name}]"
+    assert viewer.layers.selection.active is new
+    assert w.probability_layer is prob                          # never painted on: refreshed
+
+
+def test_saved_labels_reopen_in_the_widgets_colours(done, tmp_path):
+    """Save -> reopen through the plugin's reader gives LV red, myocardium green, RV blue again
+    (not napari's random colours) and the structure names under the cursor."""
+    from napari_medlearn.imaging import structures
+
+    w = done
+    out = w.save_labels(tmp_path / "cine_cardiac.nii.gz")
+    layer, = w.viewer.open(str(out), plugin="napari-medlearn")
+    for value in (1, 2, 3):
+        np.testing.assert_allclose(layer.colormap.map(value), w.labels_layer.colormap.map(value))
+        np.testing.assert_allclose(layer.colormap.map(value), structures.color_dict("cardiac")[value])
+    assert list(layer.features["structure"]) == ["background", "LV cavity", "myocardium", "RV cavity"]
+    assert w.viewer.dims.axis_labels == ("t", "z", "y", "x")

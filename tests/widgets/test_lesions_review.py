@@ -72,6 +72,14 @@ def test_ensemble_run_adds_members_uncertainty_and_review_outline(widget, qtbot,
     n_low = widget.review.set_level(0.05)
     assert n_low >= n_high and n_low == int((u.data > 0.05).sum())
     assert widget.review.outline_layer.contour >= 1
+    # review traps: strokes go to the labels, never to the outline the slider redraws
+    outline = widget.review.outline_layer
+    assert widget.viewer.layers.selection.active is widget.labels_layer
+    widget.viewer.layers.selection.active = outline
+    widget.review.set_level(0.2)                     # napari makes a labels layer editable again on new data
+    assert not outline.editable and outline.mode == "pan_zoom"
+    # the heat map: translucent and clear where nothing is uncertain (additive inferno went white over FLAIR)
+    assert u.blending == "translucent" and u.colormap.map(np.array([0.0]))[0][3] == 0.0
     assert widget.review.table.rowCount() == 2 and widget.labels_layer.metadata["members"] == ["tiny-dm", "tiny-unet"]
 
 

@@ -296,6 +296,9 @@ def test_save_writes_nifti_and_csv_and_never_overwrites_silently(done, qtbot, tm
     with open(table, newline="") as f:
         (row,) = list(csv.DictReader(f))
     ml = voxel_ml(w)
+    # not reviewed yet, edited by hand (the known labels above); reopened in the BraTS colours
+    assert (row["review_status"], row["hand_edited"]) == ("", "yes")
+    assert vol.meta["structures"] == "brats"
     assert float(row["oedema_mL"]) == pytest.approx(28 * ml, abs=1e-3)
     assert float(row["enhancing_mL"]) == pytest.approx(4 * ml, abs=1e-3)
     assert float(row["whole_tumour_mL"]) == pytest.approx(32 * ml, abs=1e-3)
@@ -367,3 +370,26 @@ def test_scans_that_look_not_skull_stripped_give_a_warning_and_still_a_result(wi
     run_and_wait(widget, qtbot)
     assert not errors and len(warnings) == 1 and "skull-stripped" in warnings[0]
     assert widget.labels_layer.metadata["warnings"] == warnings
+
+
+def test_a_second_run_refreshes_labels_and_probabilities_instead_of_piling_up(done, qtbot):
+    """A new run writes into the widget's own unedited layers: no '... [DeepMedic] [1]', no second
+    set of probability maps; the labels layer is the active one; p(oedema) is not the oedema's colour."""
+    from napari_medlearn.imaging import structures
+
+    w = done
+    viewer = w.viewer
+    names = [layer.name for layer in viewer.layers]
+    labels, probs = w.labels_layer, dict(w.probability_layers)
+    probs[4].visible = True                                   # the user's choice of what to see stays
+    run_and_wait(w, qtbot)
+    assert [layer.name for layer in viewer.layers] == names
+    assert w.labels_layer is labels and w.probability_layers == probs and probs[4].visible
+    assert viewer.layers.selection.active is labels
+    oedema = structures.color_dict("brats")[2]
+    assert not np.allclose(probs[2].colormap.map(np.array([1.0]))[0], oedema)
+    labels.name = "my reviewed lesions"                       # renamed: the user's now
+    run_and_wait(w, qtbot)
+    assert labels in viewer.layers and w.labels_layer is not labels
+    assert w.labels_layer.name == f"Flair_subtrMeanDivStd [DeepMedic {w.model_name}]"
+    assert len(viewer.layers) == len(names) + 1

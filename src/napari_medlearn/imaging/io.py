@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from . import structures
 from .atomic import atomic_path
 from .volume import SPATIAL_AXES, Volume
 
@@ -284,6 +285,9 @@ def read_nifti(path: str | os.PathLike) -> Volume:
     }
     if repaired:
         meta["geometry_repaired"] = repaired
+    kind = structures.kind_from_nifti(header)
+    if kind is not None:
+        meta[structures.META_KEY] = kind
     if arr.ndim == 4:
         t_unit = _xyzt_units(header)[1]
         step = float(header["pixdim"][4])
@@ -527,6 +531,11 @@ def write_nifti(volume: Volume, path: str | os.PathLike, overwrite: bool = False
         hdr.set_xyzt_units("mm", _xyzt_units(hdr)[1])   # the affine is in mm, whatever the source's unit
     else:
         hdr.set_xyzt_units("mm", "sec")
+
+    # which structures an integer map holds travels inside the file (imaging.structures)
+    kind = structures.kind_of(meta)
+    integer = np.issubdtype(out_dtype, np.integer) or out_dtype == bool
+    structures.set_nifti_kind(hdr, kind if integer else None)
 
     sform_code = int(meta.get("sform_code") or 0)
     qform_code = int(meta.get("qform_code") or 0)

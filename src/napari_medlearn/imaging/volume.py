@@ -130,7 +130,8 @@ class Volume:
 
     # ----- napari ------------------------------------------------------------------------
     def layer_kwargs(self) -> dict[str, Any]:
-        """``scale``, ``translate`` and ``metadata`` for a napari layer showing this volume."""
+        """``scale``, ``translate``, ``axis_labels`` (the sliders read t / z, not -4 / -3) and
+        ``metadata`` for a napari layer showing this volume."""
         n_sp = len(self.spatial_axes)
         n_other = np.ndim(self.data) - n_sp
         origin_in_frame = self.direction.T @ self.affine[:3, 3]
@@ -139,8 +140,9 @@ class Volume:
         return {
             "scale": tuple(scale_other) + tuple(self.spacing),
             "translate": tuple([0.0] * n_other) + tuple(float(v) for v in translate_sp),
+            "axis_labels": tuple(self.axes),
             "metadata": {"affine": self.affine.copy(), "axes": self.axes, **{
-                k: v for k, v in self.meta.items() if k in ("time_step", "source", "series", "modality")
+                k: v for k, v in self.meta.items() if k in ("time_step", "source", "series", "modality", "structures")
             }},
         }
 

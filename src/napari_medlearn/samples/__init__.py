@@ -6,17 +6,49 @@ tuples carrying the volume's geometry.
 
 from __future__ import annotations
 
+#: what each sample is, for the widgets' model choice (``widgets._fit``)
+PHANTOM, SYNTHETIC, REAL = "phantom", "synthetic", "real"
+
+
+def _kind(layer_data: tuple, kind: str) -> tuple:
+    data, kwargs, layer_type = layer_data
+    return data, {**kwargs, "metadata": {**kwargs.get("metadata", {}), "image_kind": kind}}, layer_type
+
+
+def _activate_after_opening(name: str) -> None:
+    """napari makes a sample's last layer (its hidden truth) the active one, so the layer controls
+    and a mask-correction picker start on the answer key; once the layers are in, make the image
+    named ``name`` active instead. No-op without a viewer (scripts, tests of the data)."""
+    try:
+        from napari import current_viewer
+        from qtpy.QtCore import QTimer
+    except ImportError:  # pragma: no cover
+        return
+    viewer = current_viewer()
+    if viewer is None:
+        return
+
+    def activate() -> None:
+        shown = [layer for layer in viewer.layers if layer.name.startswith(name) and layer.visible]
+        if shown:
+            viewer.layers.selection.active = shown[-1]
+    QTimer.singleShot(0, activate)
+
 
 def cardiac_cine_sample(seed: int = 2024):
     """A short-axis cine phantom ``(t, z, y, x)`` with its exact labels (hidden)."""
     from .cardiac_phantom import cardiac_cine_phantom
 
+    from ..imaging import structures
+
     ph = cardiac_cine_phantom(seed=seed)
     image, labels = ph.volumes()
+    _activate_after_opening("cardiac cine (phantom)")
     return [
-        image.to_layer_data(name="cardiac cine (phantom)", layer_type="image",
-                            colormap="gray", contrast_limits=(0.0, float(ph.image.max()))),
-        labels.to_layer_data(name="cardiac cine (phantom) truth", layer_type="labels", visible=False),
+        _kind(image.to_layer_data(name="cardiac cine (phantom)", layer_type="image",
+                                  colormap="gray", contrast_limits=(0.0, float(ph.image.max()))), PHANTOM),
+        structures.style_layer_data(labels.with_data(labels.data, structures="cardiac").to_layer_data(
+            name="cardiac cine (phantom) truth", layer_type="labels", visible=False)),
     ]
 
 
@@ -42,7 +74,7 @@ def mni152_t1(resolution: int = 2):
 
 def mni152_t1_sample():
     """npe2 sample: the real MNI152 T1 brain from nilearn."""
-    return [mni152_t1().to_layer_data(name="MNI152 T1 (nilearn)", layer_type="image", colormap="gray")]
+    return [_kind(mni152_t1().to_layer_data(name="MNI152 T1 (nilearn)", layer_type="image", colormap="gray"), REAL)]
 
 
 def brain_lesion_sample(seed: int = 3, domain: str = "A"):
@@ -60,13 +92,14 @@ def brain_lesion_sample(seed: int = 3, domain: str = "A"):
     for name in case.channel_names:
         v = vols[name]
         hi = float(np.percentile(v.data[case.brain_mask], 99.5))
-        layers.append(v.to_layer_data(name=f"synthetic lesion {name}", layer_type="image",
-                                      colormap="gray", contrast_limits=(0.0, hi),
-                                      visible=name == case.channel_names[0]))
+        layers.append(_kind(v.to_layer_data(name=f"synthetic lesion {name}", layer_type="image",
+                                            colormap="gray", contrast_limits=(0.0, hi),
+                                            visible=name == case.channel_names[0]), SYNTHETIC))
     truth = vols["labels"].to_layer_data(name="synthetic lesion FLAIR [truth]", layer_type="labels",
                                          visible=False, colormap=dict(LABEL_COLORS))
-    truth[1]["metadata"] = {**truth[1]["metadata"], "label_names": dict(LABEL_NAMES)}
+    truth[1]["metadata"] = {**truth[1]["metadata"], "label_names": dict(LABEL_NAMES), "structures": "brats"}
     layers.append(truth)
+    _activate_after_opening(f"synthetic lesion {case.channel_names[0]}")
     return layers
 
 
@@ -81,6 +114,6 @@ def fetal_sweep_sample(seed: int = 2024):
     sw = fetal_sweep(seed=seed)
     sp = float(sw.pixel_spacing_mm)
     meta = {"source": f"fetal phantom sweep (seed {seed})", "plane_labels": sw.label_names,
-            "class_names": list(sw.class_names), "pixel_spacing_mm": sp}
+            "class_names": list(sw.class_names), "pixel_spacing_mm": sp, "image_kind": PHANTOM}
     return [(sw.frames, {"name": "fetal ultrasound sweep (phantom)", "scale": (1.0, sp, sp), "axis_labels": ("t", "y", "x"), "colormap": "gray",
                          "contrast_limits": (0.0, 1.0), "metadata": meta}, "image")]

@@ -46,13 +46,13 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..imaging import structures
 from ..imaging.volume import Volume
 
 CHANNEL_NAMES = ("FLAIR", "T1c")
 LABEL_NAMES = {0: "background", 1: "necrotic core", 2: "oedema", 4: "enhancing tumour"}
 #: RGBA per BraTS label, the colours of the BraTS papers' figures (3: the older non-enhancing core)
-LABEL_COLORS = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: (0.95, 0.2, 0.2, 1), 2: (0.25, 0.85, 0.3, 1),
-                3: (0.3, 0.55, 1.0, 1), 4: (1.0, 0.9, 0.15, 1)}
+LABEL_COLORS = structures.color_dict("brats")
 TISSUES = ("csf", "gm", "wm", "oedema", "necrotic", "enhancing")
 
 # Relative tissue intensities per modality (before gamma, bias, noise, scale). Each entry is a

@@ -48,8 +48,13 @@ def notify_error(error: BaseException | str) -> str:
             str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
     else:
         msg = str(error)
+    _LAST_ERROR[:] = [_LAST_ERROR[0] + 1, msg]
     show_error(msg)
     return msg
+
+
+#: how many errors were notified, and the last one (a refused Run says it on its status line)
+_LAST_ERROR: list = [0, ""]
 
 
 def save_path(parent: QWidget, path, title: str, default: str, file_filter: str, suffixes: tuple[str, ...],
@@ -100,6 +105,7 @@ def layer_picker(viewer: "napari.viewer.Viewer", layer_type: type, label: str = 
 
     def sync(event=None):
         picker.reset_choices()
+        prefer_shown(picker)
 
     def watch(layer):
         layer.events.name.connect(sync)
@@ -110,10 +116,26 @@ def layer_picker(viewer: "napari.viewer.Viewer", layer_type: type, label: str = 
 
     for layer in viewer.layers:
         watch(layer)
+    prefer_shown(picker)
     viewer.layers.events.inserted.connect(on_inserted)
     viewer.layers.events.removed.connect(sync)
     viewer.layers.events.moved.connect(sync)
     return picker
+
+
+def _truth(layer) -> bool:
+    return "truth" in layer.name.lower()
+
+
+def prefer_shown(picker: ComboBox) -> None:
+    """Move ``picker`` off a sample's truth (the answer key, not the work to review) onto the newest
+    visible other layer, when there is one; any other choice stays (a hidden T1c is still the T1c)."""
+    current = picker.value
+    if current is None or not _truth(current):
+        return
+    shown = [c for c in picker.choices if not _truth(c) and c.visible]
+    if shown:
+        picker.value = shown[-1]
 
 
 class ModelPicker(QComboBox):
@@ -255,6 +277,8 @@ class TaskRunner(QWidget):
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.status)
         self.cancel_button.clicked.connect(self.cancel)
+        # connected before the owner's run: the status line never keeps the previous run's message
+        self.run_button.clicked.connect(self._on_run_clicked)
         self._set_running(False)
 
     @property
@@ -297,6 +321,22 @@ class TaskRunner(QWidget):
         self._set_running(True)
         worker.start()
         return worker
+
+    def _on_run_clicked(self) -> None:
+        from qtpy.QtCore import QTimer
+
+        if self.running:
+            return
+        self.status.setText("")
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+        self.progress_bar.setFormat("")
+        mark = _LAST_ERROR[0]
+
+        def said_why() -> None:      # after the owner's run: a refusal is said here too
+            if not self.running and not self.status.text() and _LAST_ERROR[0] != mark:
+                self.status.setText(f"not run: {_LAST_ERROR[1]}")
+        QTimer.singleShot(0, said_why)
 
     def _docked(self) -> bool:
         """In a napari window (closing a dock takes its widget out of the window, alive)."""

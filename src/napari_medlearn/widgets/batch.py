@@ -43,8 +43,10 @@ from ..batch import (
     corrected_row,
     find_cases,
     record_correction,
+    record_review,
     run_batch_steps,
 )
+from ..imaging import structures
 from ._common import USER_ERRORS, ModelPicker, TaskRunner, device_picker, notify_error
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -70,6 +72,8 @@ KEY_COLUMNS = {
     "correct-mask": ("plausibility_before", "plausibility_after", "voxels_changed"),
 }
 #: a case's output files shown by Open case: (file, layer type)
+#: the structures in each job's label maps (imaging.structures)
+JOB_STRUCTURES = {"segment-heart": "cardiac", "segment-lesions": "brats", "correct-mask": "cardiac"}
 CASE_LAYERS = {
     "segment-heart": (("labels.nii.gz", "labels"),),
     "segment-lesions": (("uncertainty.nii.gz", "image"), ("labels.nii.gz", "labels")),
@@ -146,6 +150,20 @@ class BatchWidget(QWidget):
         open_row.addWidget(self.open_button)
         open_row.addWidget(self.save_button)
         layout.addLayout(open_row)
+        self.reason_edit = QLineEdit()
+        self.reason_edit.setPlaceholderText("reason (required to flag)")
+        review_row = QHBoxLayout()
+        self.review_buttons = {}
+        for status, text in (("approved", "Approve"), ("needs edit", "Needs edit"), ("flagged", "Flag")):
+            button = QPushButton(text)
+            button.clicked.connect(lambda _c=False, s=status: self.review_case(s))
+            review_row.addWidget(button)
+            self.review_buttons[status] = button
+        self.next_button = QPushButton("Next unreviewed")
+        self.next_button.clicked.connect(lambda: self.next_unreviewed())
+        review_row.addWidget(self.next_button)
+        layout.addWidget(self.reason_edit)
+        layout.addLayout(review_row)
 
         self.job_picker.currentTextChanged.connect(self._on_job_changed)
         self.folder_button.clicked.connect(self._choose_folder)
@@ -253,7 +271,7 @@ class BatchWidget(QWidget):
 
     def _columns(self) -> list[str]:
         """The table's columns, as cohort.csv names."""
-        return ["case", "status", *KEY_COLUMNS[self.job], "error"]
+        return ["case", "status", *KEY_COLUMNS[self.job], "review_status", "error"]
 
     def _fill(self, rows: list[dict[str, Any]]) -> None:
         columns = self._columns()
@@ -286,6 +304,39 @@ class BatchWidget(QWidget):
             value = status if c == "status" else row.get(c, "")
             text = f"{value:.1f}" if isinstance(value, float) else str("" if value is None else value)
             self.table.item(i, j).setText(text)
+
+    # ----- review ------------------------------------------------------------------------
+    def review_case(self, status: str, row: int | None = None, reason: str | None = None) -> dict | None:
+        """Record a verdict (approved, needs edit, flagged with the reason typed) on the chosen case
+        in its case.json and cohort.csv; the table shows it. Returns the new row."""
+        row = self.table.currentRow() if row is None else row
+        if row is None or row < 0 or row >= self.table.rowCount():
+            notify_error("choose a case in the table first")
+            return None
+        name, status_text = self.table.item(row, 0).text(), self.table.item(row, 1).text()
+        reason = self.reason_edit.text() if reason is None else reason
+        try:
+            new = record_review(self._out(), name, status, reason)
+        except USER_ERRORS as exc:
+            notify_error(exc)
+            return None
+        self._update_row(name, new, status_text)
+        self.reason_edit.clear()
+        return new
+
+    def next_unreviewed(self) -> int | None:
+        """Choose and open the next finished case without a verdict (after the chosen one, wrapping)."""
+        n = self.table.rowCount()
+        col = self._columns().index("review_status")
+        start = self.table.currentRow()
+        for k in range(1, n + 1):
+            i = (start + k) % n
+            if self.table.item(i, 1).text() in ("done", "skipped") and not self.table.item(i, col).text():
+                self.table.selectRow(i)
+                self.open_case(i)
+                return i
+        notify_error("every finished case has been reviewed")
+        return None
 
     # ----- hand correction of an opened case ----------------------------------------------
     def _follow(self, case: str, layer, spacing, record: dict) -> None:
@@ -394,6 +445,11 @@ class BatchWidget(QWidget):
     def _add(self, vol, name: str, kind: str):
         data, kwargs, _ = vol.to_layer_data(name=name, layer_type=kind)
         if kind == "labels":
+            # the structures the file records, else those of the job (results written before they did)
+            found = structures.kind_of(kwargs["metadata"]) or JOB_STRUCTURES.get(self.job)
+            if found is not None:
+                kwargs["metadata"] = {**kwargs["metadata"], structures.META_KEY: found}
+                kwargs.update(structures.labels_kwargs(found))
             return self.viewer.add_labels(data.astype("int32", copy=False), **kwargs)
         if name.endswith("[uncertainty]") or name.endswith("[saliency]"):
             kwargs.update(colormap="inferno", blending="additive", opacity=0.6, contrast_limits=(0.0, 1.0))

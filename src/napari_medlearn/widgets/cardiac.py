@@ -32,12 +32,17 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..imaging.measures import CARDIAC_LABELS, CARDIAC_MEASURES, display_name
+from ..imaging import structures
+from ..imaging.measures import CARDIAC_MEASURES, display_name
 from ..imaging.volume import Volume
 from ..methods.cardiac import TASK, measure_with_qc, segment_heart_steps
 from ..methods.report import measures_row, write_measures_csv
 from ._common import (USER_ERRORS, ModelPicker, TaskRunner, backend_picker, device_picker, layer_picker, notify_error, save_path,
                       themed_canvas)
+from ._fit import FitWatch
+from ._outputs import OutputLayers
+from ._review import ReviewBar
+from ._viewing import ViewingPanel
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -47,8 +52,7 @@ if TYPE_CHECKING:  # pragma: no cover
 #: table rows: the clinical measures, then the frames they were taken at
 TABLE_ROWS = tuple(display_name(k) for k in CARDIAC_MEASURES) + ("ED frame", "ES frame")
 #: label value -> RGBA; background transparent (LV red, myocardium green, RV blue, as in ACDC figures)
-LABEL_COLORS = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: (1.0, 0.25, 0.25, 1), 2: (0.3, 0.85, 0.3, 1),
-                3: (0.3, 0.55, 1.0, 1)}
+LABEL_COLORS = structures.color_dict("cardiac")
 LV_COLOR, RV_COLOR = "#ff4040", "#4d8cff"
 #: quiet time (ms) after a `set_data` before the measures are recomputed
 SETTLE_MS = 150
@@ -82,6 +86,7 @@ class CardiacWidget(QWidget):
         self.source = ""
         self.measures: dict = {}
         self.qc: list[dict] = []
+        self.outputs = OutputLayers(napari_viewer)
 
         self.image_picker = layer_picker(napari_viewer, Image, "image")
         self.model_picker = ModelPicker(TASK)
@@ -89,6 +94,7 @@ class CardiacWidget(QWidget):
         self.backend_picker = backend_picker()
         self.runner = TaskRunner("Run")
         self.runner.run_button.clicked.connect(self.run)
+        self.fit = FitWatch(self.image_picker, self.model_picker)
 
         self.table = QTableWidget(len(TABLE_ROWS), 2)
         self.table.setHorizontalHeaderLabels(["measure", "value"])
@@ -135,12 +141,19 @@ class CardiacWidget(QWidget):
         files.addWidget(self.export_button)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
+        layout.addWidget(self.fit.label)
         layout.addWidget(self.runner)
         layout.addWidget(self.table)
         layout.addWidget(self.qc_label)
         layout.addWidget(self.canvas)
         layout.addWidget(hint)
         layout.addLayout(files)
+        self.review_bar = ReviewBar(lambda: self.labels_layer, self.outputs.edited)
+        layout.addWidget(self.review_bar)
+        self.viewing = ViewingPanel(napari_viewer, (
+            ("Alt-R", "run", self.run), ("Alt-S", "save labels", lambda: self.save_labels()),
+            ("Alt-V", "show/hide the labels", self.toggle_labels)))
+        layout.addWidget(self.viewing)
         layout.addStretch(1)
         self.setMinimumWidth(300)
         napari_viewer.layers.events.removed.connect(self._on_layer_removed)
@@ -186,9 +199,8 @@ class CardiacWidget(QWidget):
 
     # ----- results ------------------------------------------------------------------------
     def show_result(self, result: "CardiacResult", source, spacing) -> None:
-        """Add the labels and probability layers over ``source`` and fill table and curve."""
-        from napari.utils.colormaps import DirectLabelColormap
-
+        """Add the labels and probability layers over ``source`` (or refresh this widget's earlier
+        ones, see :class:`~._outputs.OutputLayers`) and fill table and curve."""
         # keep names, not the result: its probabilities are four maps the size of the cine
         self.model_name, self.model_sha256 = result.model_name, result.model_sha256
         self.spacing = tuple(float(s) for s in spacing)
@@ -198,15 +210,21 @@ class CardiacWidget(QWidget):
         meta = copy.deepcopy(dict(source.metadata))
         meta.update(model=result.model_name, model_sha256=result.model_sha256, backend=result.backend)
         foreground = 1.0 - result.probabilities[0].astype(np.float32)
-        self.probability_layer = self.viewer.add_image(
-            foreground, name=f"{source.name} [cardiac probability]", colormap="inferno",
+        self.probability_layer = self.outputs.put(
+            ("probability", source.name), self.viewer.add_image, foreground,
+            f"{source.name} [cardiac probability]", result.model_name, colormap="inferno",
             contrast_limits=(0.0, 1.0), blending="additive", opacity=0.7, visible=False,
             metadata=copy.deepcopy(meta), **geometry)
-        self.follow_labels(self.viewer.add_labels(
-            result.labels, name=f"{source.name} [cardiac]", metadata=meta, opacity=0.5,
-            colormap=DirectLabelColormap(color_dict=LABEL_COLORS),
-            features={"index": list(CARDIAC_LABELS), "structure": list(CARDIAC_LABELS.values())},
-            **geometry))
+        meta[structures.META_KEY] = "cardiac"
+        labels = self.outputs.put(
+            ("labels", source.name), self.viewer.add_labels, result.labels, f"{source.name} [cardiac]",
+            result.model_name, metadata=meta, opacity=0.5, **structures.labels_kwargs("cardiac"), **geometry)
+        if labels is self.labels_layer:
+            self.update_measures()          # refreshed in place
+        else:
+            self.follow_labels(labels)
+        self.viewer.layers.selection.active = labels
+        self.review_bar.refresh()
 
     def update_measures(self, event=None) -> dict:
         """Measure the labels layer's current data; refresh table, QC flags and curve."""
@@ -331,6 +349,7 @@ class CardiacWidget(QWidget):
         if path is None:
             return None
         row = measures_row(self.measures, self.qc, self.model_name, self.model_sha256, self.source)
+        row.update(self.review_bar.columns())
         try:
             out = write_measures_csv([row], path)
         except USER_ERRORS as exc:
@@ -340,6 +359,11 @@ class CardiacWidget(QWidget):
         return out
 
     # ----- bookkeeping --------------------------------------------------------------------
+    def toggle_labels(self) -> None:
+        """Show or hide the labels layer (a shortcut: look at the image under them)."""
+        if self.labels_layer is not None:
+            self.labels_layer.visible = not self.labels_layer.visible
+
     def _set_has_result(self, has: bool) -> None:
         self.save_button.setEnabled(has)
         self.export_button.setEnabled(has)

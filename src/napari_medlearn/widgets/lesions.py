@@ -46,8 +46,12 @@ from qtpy.QtWidgets import (
 
 from ..imaging.volume import Volume, resample_onto
 from ..methods import lesions as lesion_method
-from ..samples.brain_lesions import LABEL_COLORS
+from ..imaging import structures
 from ._common import USER_ERRORS, ModelPicker, TaskRunner, backend_picker, device_picker, layer_picker, may_replace, notify_error
+from ._fit import FitWatch
+from ._outputs import OutputLayers
+from ._review import ReviewBar
+from ._viewing import ViewingPanel
 from .lesions_review import AdaptPanel, EnsemblePanel, ReviewPanel
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -56,9 +60,10 @@ if TYPE_CHECKING:  # pragma: no cover
 TASK = lesion_method.TASK
 DEFAULT_CHANNELS = ("FLAIR", "T1c")
 METHOD = "DeepMedic"
-#: BraTS label value -> name (colours: those of the synthetic sample's truth)
-LABEL_NAMES = {1: "necrotic core", 2: "oedema", 3: "non-enhancing core", 4: "enhancing tumour"}
-PROBABILITY_COLORMAPS = {1: "red", 2: "green", 4: "yellow"}
+#: BraTS label value -> name (names and colours: :mod:`napari_medlearn.imaging.structures`)
+LABEL_NAMES = {v: n for v, n in structures.names("brats").items() if v}
+#: probability maps: sequential colormaps, none of them a structure's flat colour
+PROBABILITY_COLORMAPS = {1: "magma", 2: structures.PROBABILITY_COLORMAP, 4: "plasma"}
 #: the probability layer shown after a run (the others are added hidden)
 SHOWN_PROBABILITY = 2
 #: table rows: (key in the volumes dict, row title)
@@ -70,6 +75,8 @@ VOLUME_ROWS = (
     ("whole_tumour_mL", "whole tumour (mL)"),
 )
 MASK_AUTOMATIC, MASK_NONE = "automatic", "none"
+#: the dock's title as napari writes it (display name and package), and the room its buttons take
+DOCK_TITLE, TITLE_BUTTONS_PX = "Brain lesion segmentation (napari-medlearn)", 110
 SETTLE_MS = 150
 
 
@@ -123,6 +130,7 @@ class LesionWidget(QWidget):
         self.model_name = ""
         self.model_sha256 = ""
         self.volumes: dict = {}
+        self.outputs = OutputLayers(napari_viewer)
 
         self.model_picker = ModelPicker(TASK)
         self.model_picker.currentIndexChanged.connect(lambda _i: self._sync_channels())
@@ -186,11 +194,21 @@ class LesionWidget(QWidget):
         layout.addWidget(self.warning)
         layout.addWidget(hint)
         layout.addWidget(self.save_button)
+        self.review_bar = ReviewBar(lambda: self.labels_layer, self.outputs.edited)
+        layout.addWidget(self.review_bar)
         layout.addWidget(self.review)
         layout.addWidget(self.adapt_panel)
+        self.viewing = ViewingPanel(napari_viewer, (
+            ("Alt-R", "run", self.run), ("Alt-S", "save", lambda: self.save()),
+            ("Alt-V", "show/hide the labels", self.toggle_labels)))
+        layout.addWidget(self.viewing)
         layout.addStretch(1)
-        self.setMinimumWidth(300)
+        # wide enough for the dock's title and its three buttons (at 300 px napari cut the title)
+        self.setMinimumWidth(max(300, self.fontMetrics().horizontalAdvance(DOCK_TITLE) + TITLE_BUTTONS_PX))
         self._sync_channels()
+        # the first modality (FLAIR) says what kind of image the scans are
+        self.fit = FitWatch(next(iter(self.modality_pickers.values())), self.model_picker)
+        layout.insertWidget(1, self.fit.label)
         # after the pickers' own refresh: a scan opened later goes to the modality it names
         napari_viewer.layers.events.inserted.connect(lambda _e=None: self.guess_modalities(keep_matching=True))
         napari_viewer.layers.events.removed.connect(self._on_layer_removed)
@@ -361,7 +379,6 @@ class LesionWidget(QWidget):
     # ----- results ------------------------------------------------------------------------
     def show_result(self, result, source, spacing) -> None:
         """Add the probability and labels layers over ``source``; fill the volume table."""
-        from napari.utils.colormaps import DirectLabelColormap
 
         self._disconnect_labels()
         self.model_name, self.model_sha256 = str(result.model), str(result.model_sha256)
@@ -375,25 +392,27 @@ class LesionWidget(QWidget):
         if result.members:
             meta["members"] = list(result.members)
         values = [int(v) for v in result.label_values]
+        model = self.model_name if method == METHOD else "+".join(result.members or ())
         self.probability_layers = {}
         for index, value in enumerate(values):
             if value == 0 or index >= len(result.probabilities):
                 continue
             name = LABEL_NAMES.get(value, f"label {value}")
-            self.probability_layers[value] = self.viewer.add_image(
+            self.probability_layers[value] = self.outputs.put(
+                (f"p{value}", method, source.name), self.viewer.add_image,
                 np.asarray(result.probabilities[index], dtype=np.float32),
-                name=f"{source.name} [{method} p({name})]",
+                f"{source.name} [{method} p({name})]", model,
                 colormap=PROBABILITY_COLORMAPS.get(value, "magma"), contrast_limits=(0.0, 1.0),
                 blending="additive", opacity=0.6, visible=value == SHOWN_PROBABILITY,
                 metadata=copy.deepcopy(meta), **geometry)
         # how the labels followed from the probabilities (decision, clean-up, hole filling)
         meta["postprocess"] = copy.deepcopy(dict(result.extras.get("postprocess") or {}))
         meta["warnings"] = list(result.extras.get("warnings") or [])
-        self.labels_layer = self.viewer.add_labels(
-            np.asarray(result.labels, dtype=np.uint8), name=f"{source.name} [{method}]",
-            metadata=meta, opacity=0.5, colormap=DirectLabelColormap(color_dict=LABEL_COLORS),
-            features={"index": [0, *LABEL_NAMES], "structure": ["background", *LABEL_NAMES.values()]},
-            **geometry)
+        meta[structures.META_KEY] = "brats"
+        self.labels_layer = self.outputs.put(
+            ("labels", method, source.name), self.viewer.add_labels,
+            np.asarray(result.labels, dtype=np.uint8), f"{source.name} [{method}]", model,
+            metadata=meta, opacity=0.5, **structures.labels_kwargs("brats"), **geometry)
         events = self.labels_layer.events
         events.paint.connect(self._on_labels_edited)
         events.data.connect(self._on_labels_edited)
@@ -404,6 +423,8 @@ class LesionWidget(QWidget):
             self.review.setVisible(False)
         self.mask_picker.reset_choices()
         self.save_button.setEnabled(True)
+        self.viewer.layers.selection.active = self.labels_layer   # the one to paint on, not the outline
+        self.review_bar.refresh()
         self.update_volumes()
         for w in result.extras.get("warnings") or []:
             show_warning(w)                 # e.g. scans that look not skull-stripped
@@ -485,6 +506,7 @@ class LesionWidget(QWidget):
             row = {"source": self.source, "model": self.model_name, "model_sha256": self.model_sha256,
                    "labels_file": nifti.name}
             row.update({k: round(float(self.volumes[k]), 3) for k, _ in VOLUME_ROWS if k in self.volumes})
+            row.update(self.review_bar.columns())
             csv_path = write_measures_csv([row], csv_path)
         except USER_ERRORS as exc:
             notify_error(exc)
@@ -493,6 +515,11 @@ class LesionWidget(QWidget):
         return nifti, csv_path
 
     # ----- bookkeeping --------------------------------------------------------------------
+    def toggle_labels(self) -> None:
+        """Show or hide the labels layer (a shortcut: look at the scan under them)."""
+        if self.labels_layer is not None:
+            self.labels_layer.visible = not self.labels_layer.visible
+
     def _disconnect_labels(self) -> None:
         if self.labels_layer is None:
             return

@@ -37,7 +37,9 @@ from qtpy.QtWidgets import (
 )
 
 from ..methods import lesions as lesion_method
+from ..imaging import structures
 from ._common import TaskRunner, notify_error
+from ._outputs import OutputLayers, heat_colormap
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -109,6 +111,20 @@ class EnsemblePanel(QGroupBox):
         return lesion_method.ensemble_card_of(names) or names
 
 
+def lock_outline(layer) -> None:
+    """Make a drawn-for-review Labels layer take no paint: it is redrawn by the slider, so strokes
+    on it would change nothing. napari turns ``editable`` back on with every 2D redraw, so it is
+    switched off again each time."""
+    layer.contour = 1
+    layer.mode = "pan_zoom"
+
+    def relock(_event=None) -> None:
+        if layer.editable:
+            layer.editable = False
+    layer.events.editable.connect(relock)
+    layer.editable = False
+
+
 class ReviewPanel(QWidget):
     """Uncertainty heat map, review outline above a level, members' labels and volumes."""
 
@@ -119,6 +135,7 @@ class ReviewPanel(QWidget):
         self.outline_layer = None
         self.member_layers: dict[str, Any] = {}
         self.uncertainty: np.ndarray | None = None
+        self.outputs = OutputLayers(viewer)
         self.slider = QSlider(Qt.Horizontal)
         self.slider.setRange(0, 100)
         self.slider.setValue(int(DEFAULT_LEVEL * 100))
@@ -152,24 +169,28 @@ class ReviewPanel(QWidget):
         """Add members (hidden), uncertainty and outline layers over ``source``; fill the table."""
         from napari.utils.colormaps import DirectLabelColormap
 
-        from ..samples.brain_lesions import LABEL_COLORS
-
         self.member_layers = {}
+        models = "+".join(result.members or ())
         for name, labels in result.extras.get("member_labels", {}).items():
-            self.member_layers[name] = self.viewer.add_labels(
-                np.asarray(labels, np.uint8), name=f"{source.name} [member {name}]", visible=False, opacity=0.5,
-                colormap=DirectLabelColormap(color_dict=LABEL_COLORS), metadata={**copy.deepcopy(meta), "model": name},
-                **geometry)
+            self.member_layers[name] = self.outputs.put(
+                ("member", name, source.name), self.viewer.add_labels, np.asarray(labels, np.uint8),
+                f"{source.name} [member {name}]", models, visible=False, opacity=0.5,
+                metadata={**copy.deepcopy(meta), "model": name, structures.META_KEY: "brats"},
+                **structures.labels_kwargs("brats"), **geometry)
         self.uncertainty = np.asarray(result.uncertainty, np.float32)
-        self.uncertainty_layer = self.viewer.add_image(
-            self.uncertainty, name=f"{source.name} [EMMA uncertainty]", colormap="inferno",
-            contrast_limits=(0.0, 1.0), blending="additive", opacity=0.7, metadata=copy.deepcopy(meta), **geometry)
-        self.outline_layer = self.viewer.add_labels(
-            np.zeros(self.uncertainty.shape, np.uint8), name=f"{source.name} [EMMA review]", opacity=1.0,
+        # translucent over the anatomy, fading to clear at 0: additive inferno saturated to white
+        # over a bright FLAIR lesion, just where the reviewer looks
+        self.uncertainty_layer = self.outputs.put(
+            ("uncertainty", source.name), self.viewer.add_image, self.uncertainty,
+            f"{source.name} [EMMA uncertainty]", models, colormap=heat_colormap("inferno"),
+            contrast_limits=(0.0, 1.0), blending="translucent", opacity=0.8, metadata=copy.deepcopy(meta),
+            **geometry)
+        self.outline_layer = self.outputs.put(
+            ("outline", source.name), self.viewer.add_labels, np.zeros(self.uncertainty.shape, np.uint8),
+            f"{source.name} [EMMA review]", models, opacity=1.0,
             colormap=DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: "cyan"}),
             metadata=copy.deepcopy(meta), **geometry)
-        self.outline_layer.contour = 1
-        self.outline_layer.editable = False
+        lock_outline(self.outline_layer)
         vols = result.extras.get("member_volumes_ml", {})
         self.table.setRowCount(len(vols))
         for row, (name, v) in enumerate(vols.items()):
@@ -195,7 +216,7 @@ class ReviewPanel(QWidget):
             self._update_label()
             return 0
         above = self.uncertainty > level
-        self.outline_layer.data = above.astype(np.uint8)
+        self.outputs.write(self.outline_layer, above.astype(np.uint8))
         n = int(above.sum())
         self._update_label(n)
         return n

@@ -33,6 +33,7 @@ from qtpy.QtWidgets import (
 
 from ..methods.planes import TASK, classify_frame, detect_planes_steps, model_spec, resolve_model
 from ._common import USER_ERRORS, ModelPicker, TaskRunner, device_picker, layer_picker, notify_error, themed_canvas
+from ._fit import FitWatch
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -98,6 +99,7 @@ class PlanesWidget(QWidget):
         self.saliency_check.setToolTip("guided back-propagation x category map (2-3x slower than classifying)")
         self.runner = TaskRunner("Detect planes")
         self.runner.run_button.clicked.connect(self.run)
+        self.fit = FitWatch(self.video_picker, self.model_picker)
 
         self.canvas = themed_canvas(napari_viewer, height=2.4)
         self.canvas.setMinimumHeight(180)
@@ -126,6 +128,7 @@ class PlanesWidget(QWidget):
         form.addRow("", self.saliency_check)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
+        layout.addWidget(self.fit.label)
         layout.addWidget(self.runner)
         layout.addWidget(self.canvas)
         layout.addWidget(self.frame_label)
