@@ -144,8 +144,7 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
     ``scale``, ``translate`` and ``metadata['affine']`` from :meth:`Volume.layer_kwargs`.
     """
     from .imaging.io import (
-        ITK_SUFFIXES, NIFTI_SUFFIXES, dicom_series_uid, dicom_videos, is_dicom_video, read_dicom_folder,
-        read_dicom_series, read_volume,
+        ITK_SUFFIXES, NIFTI_SUFFIXES, dicom_series_uid, dicom_videos, is_dicom_video, read_dicom_series, read_volume,
     )
     from .imaging.structures import style_layer_data
 

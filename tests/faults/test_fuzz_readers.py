@@ -29,7 +29,6 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 # a longer hunt: MEDLEARN_FUZZ_CASES=2000 MEDLEARN_FUZZ_SEED=7 pytest tests/faults/test_fuzz_readers.py
 N_CASES = int(os.environ.get("MEDLEARN_FUZZ_CASES", 150))
