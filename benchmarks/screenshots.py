@@ -104,16 +104,21 @@ def shoot(viewer, path):
     print(f"  wrote {path}")
 
 
-def scenario_sample(viewer, out: Path):
-    from napari_medlearn.imaging.io import read_nifti
-
-    print("sample: File > Open Sample > cardiac cine")
+def _segmented_sample(viewer):
+    """File > Open Sample > cardiac cine, segmented in the Cardiac segmentation widget:
+    ``(image, widget, labels, ED frame, LVEDV text)``."""
     viewer.open_sample("napari-medlearn", "cardiac_cine")
     image = viewer.layers["cardiac cine (phantom)"]
     w = open_widget(viewer)
     labels = run_widget(w, image)
-    ed = int(w.measures["ED_frame"])
-    before = w.measure_text("LVEDV (mL)")
+    return image, w, labels, int(w.measures["ED_frame"]), w.measure_text("LVEDV (mL)")
+
+
+def scenario_sample(viewer, out: Path):
+    from napari_medlearn.imaging.io import read_nifti
+
+    print("sample: File > Open Sample > cardiac cine")
+    image, w, labels, ed, before = _segmented_sample(viewer)
     viewer.dims.set_point(1, (labels.data.shape[1] // 2) * image.scale[1])
     paint_stroke(viewer, labels, ed)
     print(f"  LVEDV (mL) before the stroke {before}, after {w.measure_text('LVEDV (mL)')}")
@@ -633,12 +638,7 @@ def scenario_correction(viewer, out: Path):
     truth copied as an editable layer, islands sprinkled and removed, a stroke painted within a
     FLAIR window."""
     print("correction: the cardiac sample, segmented, two slices of the LV erased")
-    viewer.open_sample("napari-medlearn", "cardiac_cine")
-    image = viewer.layers["cardiac cine (phantom)"]
-    w = open_widget(viewer)
-    labels = run_widget(w, image)
-    ed = int(w.measures["ED_frame"])
-    before = w.measure_text("LVEDV (mL)")
+    image, w, labels, ed, before = _segmented_sample(viewer)
     _, dock = viewer.window.add_plugin_dock_widget("napari-medlearn", "Correction tools")
     dock.labels_picker.value = labels
     viewer.dims.set_point(0, ed * image.scale[0])

@@ -651,6 +651,17 @@ def _text_header(path: Path, first: bytes) -> tuple[list[str], int] | None:
     return (lines, len(blob)) if nrrd and len(blob) < 1 << 16 else None
 
 
+def _header_fields(lines, sep: str) -> dict[str, str]:
+    """``key<sep>value`` lines of a text header, keys lower-cased; comments (``#``) and NRRD's
+    ``key:=value`` pairs are not fields."""
+    fields = {}
+    for line in lines:
+        key, found, value = line.partition(sep)
+        if found and not line.startswith("#") and not (sep == ":" and ":=" in line):
+            fields[key.strip().lower()] = value.strip()
+    return fields
+
+
 def _itk_data_source(path: Path) -> tuple[Path, int, str, int] | None:
     """Where an NRRD / MetaImage file's data are and how they are stored:
     ``(data file, first byte, encoding, bytes to skip after decoding)``, encoding one of
@@ -662,12 +673,7 @@ def _itk_data_source(path: Path) -> tuple[Path, int, str, int] | None:
         if parsed is None:
             return None
         lines, start = parsed
-        fields = {}
-        for line in lines[1:]:
-            if line.startswith("#") or ":=" in line or ":" not in line:
-                continue
-            key, _, value = line.partition(":")
-            fields[key.strip().lower()] = value.strip()
+        fields = _header_fields(lines[1:], ":")
         encoding = {"raw": "raw", "gzip": "gzip", "gz": "gzip", "bzip2": "bzip2", "bz2": "bzip2",
                     "ascii": "text", "text": "text", "txt": "text"}.get(fields.get("encoding", "").lower())
         data = fields.get("data file", fields.get("datafile"))
@@ -693,11 +699,7 @@ def _itk_data_source(path: Path) -> tuple[Path, int, str, int] | None:
         if parsed is None:
             return None
         lines, start = parsed
-        fields = {}
-        for line in lines:
-            key, eq, value = line.partition("=")
-            if eq:
-                fields[key.strip().lower()] = value.strip()
+        fields = _header_fields(lines, "=")
         data = fields.get("elementdatafile", "")
         compressed = fields.get("compresseddata", "false").lower() == "true"
         try:
