@@ -146,8 +146,6 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
     from .imaging.io import (
         ITK_SUFFIXES, NIFTI_SUFFIXES, dicom_series_uid, dicom_videos, is_dicom_video, read_dicom_series, read_volume,
     )
-    from .imaging.structures import style_layer_data
-
     layers: list[LayerData] = []
     seen_series: set[tuple[str, str]] = set()
 
@@ -187,7 +185,7 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
             if labels is None:
                 layers.append(volume.to_layer_data(name=name, layer_type="image"))
             else:
-                layers.append(style_layer_data(volume.with_data(labels).to_layer_data(name=name, layer_type="labels")))
+                layers.append(_styled(volume.with_data(labels).to_layer_data(name=name, layer_type="labels")))
         elif is_dicom_video(p):
             add_video(p)
         elif _is_seg(p):
@@ -203,6 +201,19 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
 
                 add_series([read_dicom_file(p, series_uid)])
     return layers
+
+
+def _styled(layer_data: LayerData) -> LayerData:
+    """A labels layer in its structures' colours and names (:mod:`.imaging.structures`, napari-free)
+    with the colour table as napari's ``DirectLabelColormap``."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    from .imaging.structures import style_layer_data
+
+    data, kwargs, layer_type = style_layer_data(layer_data)
+    if isinstance(kwargs.get("colormap"), dict):
+        kwargs = {**kwargs, "colormap": DirectLabelColormap(color_dict=kwargs["colormap"])}
+    return data, kwargs, layer_type
 
 
 def _is_seg(path: Path) -> bool:

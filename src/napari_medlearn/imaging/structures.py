@@ -69,11 +69,10 @@ def kind_of(metadata: dict | None) -> str | None:
 
 def labels_kwargs(kind: str) -> dict[str, Any]:
     """``colormap`` and ``features`` for ``viewer.add_labels``: the structure's colour and its
-    name in the status bar under the cursor."""
-    from napari.utils.colormaps import DirectLabelColormap
-
+    name in the status bar under the cursor. The colormap is a plain ``{value: RGBA}`` dict,
+    which napari turns into a ``DirectLabelColormap`` (imaging imports no napari)."""
     table = names(kind)
-    return {"colormap": DirectLabelColormap(color_dict=color_dict(kind)),
+    return {"colormap": color_dict(kind),
             "features": {"index": list(table), "structure": list(table.values())}}
 
 
