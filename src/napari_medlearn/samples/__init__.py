@@ -15,26 +15,6 @@ def _kind(layer_data: tuple, kind: str) -> tuple:
     return data, {**kwargs, "metadata": {**kwargs.get("metadata", {}), "image_kind": kind}}, layer_type
 
 
-def _activate_after_opening(name: str) -> None:
-    """napari makes a sample's last layer (its hidden truth) the active one, so the layer controls
-    and a mask-correction picker start on the answer key; once the layers are in, make the image
-    named ``name`` active instead. No-op without a viewer (scripts, tests of the data)."""
-    try:
-        from napari import current_viewer
-        from qtpy.QtCore import QTimer
-    except ImportError:  # pragma: no cover
-        return
-    viewer = current_viewer()
-    if viewer is None:
-        return
-
-    def activate() -> None:
-        shown = [layer for layer in viewer.layers if layer.name.startswith(name) and layer.visible]
-        if shown:
-            viewer.layers.selection.active = shown[-1]
-    QTimer.singleShot(0, activate)
-
-
 def cardiac_cine_sample(seed: int = 2024):
     """A short-axis cine phantom ``(t, z, y, x)`` with its exact labels (hidden)."""
     from .cardiac_phantom import cardiac_cine_phantom
@@ -43,7 +23,6 @@ def cardiac_cine_sample(seed: int = 2024):
 
     ph = cardiac_cine_phantom(seed=seed)
     image, labels = ph.volumes()
-    _activate_after_opening("cardiac cine (phantom)")
     return [
         _kind(image.to_layer_data(name="cardiac cine (phantom)", layer_type="image",
                                   colormap="gray", contrast_limits=(0.0, float(ph.image.max()))), PHANTOM),
@@ -99,7 +78,6 @@ def brain_lesion_sample(seed: int = 3, domain: str = "A"):
                                          visible=False, colormap=dict(LABEL_COLORS))
     truth[1]["metadata"] = {**truth[1]["metadata"], "label_names": dict(LABEL_NAMES), "structures": "brats"}
     layers.append(truth)
-    _activate_after_opening(f"synthetic lesion {case.channel_names[0]}")
     return layers
 
 
